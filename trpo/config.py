@@ -1,0 +1,384 @@
+"""Config schemas: one dataclass per config group, registered in Hydra's ConfigStore.
+
+Each YAML under ``conf/`` starts with ``defaults: [/schema/<group>/<schema>@_here_, _self_]``, so
+a misspelt key or a wrong type fails when Hydra composes the config. Ranges that a type cannot
+express (``solver.max_kl > 0``, ``advantage.lam`` in [0, 1], ...) are checked by
+:func:`validate_config`, which the runner calls before it builds any environment; it raises a
+:class:`ConfigError` whose message is one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range. ``str(error)`` is one line naming the key."""
+
+    def __init__(self, key: str, allowed: str, value: Any):
+        self.key, self.allowed, self.value = key, allowed, value
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+    def under(self, group: str) -> "ConfigError":
+        """The same error with its key prefixed by the config group it came from."""
+        return ConfigError(f"{group}.{self.key}", self.allowed, self.value)
+
+
+def require(condition: bool, key: str, allowed: str, value: Any) -> None:
+    """Raise :class:`ConfigError` for ``key`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(key, allowed, value)
+
+
+def _positive_int(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        require(value > 0, name, "must be a positive integer", value)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        require(math.isfinite(value) and value > 0, name, "must be a finite number > 0", value)
+
+
+# --------------------------------------------------------------------------------------- enums
+
+
+class Activation(Enum):
+    """Hidden-layer non-linearity of the policy and value MLPs."""
+
+    tanh = "tanh"
+    relu = "relu"
+    elu = "elu"
+
+
+class Init(Enum):
+    """Weight initialisation of the MLPs.
+
+    ``orthogonal``: orthogonal weights, gain √2 in hidden layers, 0.01 on the policy output and 1 on
+    the value output, zero biases (OpenAI baselines; SB3's ``ortho_init``; Engstrom et al. 2020).
+    ``default``: PyTorch's default ``nn.Linear`` initialisation.
+    """
+
+    orthogonal = "orthogonal"
+    default = "default"
+
+
+class VectorMode(Enum):
+    """How the training environments of one process are stepped: in turn or in subprocesses."""
+
+    sync = "sync"
+    async_ = "async"
+
+
+class WandbMode(Enum):
+    """W&B mode. ``offline`` writes the run under the run directory; ``wandb sync`` uploads it."""
+
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+# ------------------------------------------------------------------------------------- env group
+
+
+@dataclass
+class EnvConfig:
+    """One Gymnasium task."""
+
+    # Gymnasium id; ``module:Id`` imports ``module`` first (it registers ``Id``).
+    id: str = MISSING
+    # Environment steps of a run on this task unless ``total_steps`` is overridden.
+    # MuJoCo: 1M, the budget of the TRPO/PPO benchmarks (Schulman et al. 2017; sb3-contrib docs).
+    default_steps: int = 1_000_000
+    # Time limit in steps; null keeps the limit registered with the id (1000 for MuJoCo tasks).
+    max_episode_steps: Optional[int] = None
+    # Keyword arguments passed to ``gymnasium.make``.
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _positive_int(self, "default_steps")
+        if self.max_episode_steps is not None:
+            _positive_int(self, "max_episode_steps")
+        check_env_id(self.id)
+
+
+def check_env_id(env_id: str) -> None:
+    """Check that ``env_id`` is registered with Gymnasium, without building the environment."""
+    import gymnasium
+
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError("id", f"module '{module}' cannot be imported ({error})", env_id)
+    if name not in gymnasium.registry:
+        hint = ", e.g. Hopper-v5, Walker2d-v5, CartPole-v1 (or module:Id)"
+        raise ConfigError("id", f"must be a registered Gymnasium id{hint}", env_id)
+
+
+# ---------------------------------------------------------------------------------- network group
+
+
+@dataclass
+class NetworkConfig:
+    """Policy and value MLPs (separate networks, as in the TRPO and GAE papers)."""
+
+    # Hidden layer widths of the policy; [64, 64] as in the GAE paper's MuJoCo experiments
+    # (Schulman et al. 2016) and OpenAI baselines' TRPO.
+    policy_hidden: List[int] = field(default_factory=lambda: [64, 64])
+    # Hidden layer widths of the value function (same source).
+    value_hidden: List[int] = field(default_factory=lambda: [64, 64])
+    activation: Activation = Activation.tanh
+    init: Init = Init.orthogonal
+    # Initial log standard deviation of the Gaussian policy: std 1 (modular_rl, SB3).
+    log_std_init: float = 0.0
+
+    def validate(self) -> None:
+        for name in ("policy_hidden", "value_hidden"):
+            widths = list(getattr(self, name))
+            require(len(widths) > 0 and all(w > 0 for w in widths), name,
+                    "must be a non-empty list of positive widths", widths)
+        require(math.isfinite(self.log_std_init), "log_std_init", "must be finite",
+                self.log_std_init)
+
+
+# -------------------------------------------------------------------------------- advantage group
+
+
+@dataclass
+class EstimatorConfig:
+    """Fields every advantage estimator has."""
+
+    _target_: str = MISSING
+    # Discount factor γ; 0.99 as in sb3-contrib's and OpenAI baselines' TRPO.
+    gamma: float = 0.99
+    # Standardise advantages per batch (modular_rl, OpenAI baselines, SB3).
+    normalize: bool = True
+
+    def validate(self) -> None:
+        require(0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1]", self.gamma)
+
+
+@dataclass
+class GAEConfig(EstimatorConfig):
+    _target_: str = "trpo.advantages.GAE"
+    # GAE λ; 0.97 as in the GAE paper's locomotion experiments (Schulman et al. 2016).
+    lam: float = 0.97
+
+    def validate(self) -> None:
+        super().validate()
+        require(0.0 <= self.lam <= 1.0, "lam", "must be in [0, 1]", self.lam)
+
+
+@dataclass
+class TDConfig(EstimatorConfig):
+    _target_: str = "trpo.advantages.td"
+
+
+@dataclass
+class MonteCarloConfig(EstimatorConfig):
+    _target_: str = "trpo.advantages.monte_carlo"
+
+
+# ----------------------------------------------------------------------------------- solver group
+
+
+@dataclass
+class NaturalGradientConfig:
+    """The natural-gradient direction shared by NPG and TRPO."""
+
+    _target_: str = "trpo.solvers.NaturalPolicyGradient"
+    # Trust region δ on the mean KL(old ‖ new); 0.01 as in the TRPO paper (Schulman et al. 2015).
+    max_kl: float = 0.01
+    # Conjugate-gradient iterations; 10 as in the TRPO paper's appendix and OpenAI baselines.
+    cg_iters: int = 10
+    # Damping added to the Fisher-vector product, F + λI; 0.1 as in modular_rl and baselines.
+    cg_damping: float = 0.1
+    # CG stops early once the squared residual falls below this (OpenAI baselines).
+    cg_residual_tol: float = 1e-10
+    # Fisher-vector products use every k-th state of the batch; 1 uses all (baselines uses 5).
+    fvp_subsample: int = 1
+
+    def validate(self) -> None:
+        _positive(self, "max_kl")
+        _positive_int(self, "cg_iters", "fvp_subsample")
+        require(self.cg_damping >= 0, "cg_damping", "must be >= 0", self.cg_damping)
+        require(self.cg_residual_tol >= 0, "cg_residual_tol", "must be >= 0", self.cg_residual_tol)
+
+
+@dataclass
+class NPGConfig(NaturalGradientConfig):
+    _target_: str = "trpo.solvers.NaturalPolicyGradient"
+    # Fixed step α on the natural gradient, θ += α F⁻¹g (Kakade 2001); null scales the step to the
+    # trust region √(2δ / gᵀF⁻¹g) instead (Rajeswaran et al. 2017).
+    step_size: Optional[float] = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.step_size is not None:
+            _positive(self, "step_size")
+
+
+@dataclass
+class TRPOConfig(NaturalGradientConfig):
+    _target_: str = "trpo.solvers.TRPO"
+    # Each backtracking step shrinks the step by this factor; 0.5 as in the TRPO paper / baselines.
+    backtrack_factor: float = 0.5
+    # Candidate steps tried before the update is rejected; 10 as in OpenAI baselines.
+    max_backtracks: int = 10
+
+    def validate(self) -> None:
+        super().validate()
+        require(0 < self.backtrack_factor < 1, "backtrack_factor", "must be in (0, 1)",
+                self.backtrack_factor)
+        _positive_int(self, "max_backtracks")
+
+
+@dataclass
+class KLPenaltyConfig:
+    """Adam on the surrogate minus β·KL: the adaptive-KL-penalty objective of the PPO paper."""
+
+    _target_: str = "trpo.solvers.KLPenalty"
+    # KL target d_targ; 0.01, the middle of the PPO paper's sweep (Schulman et al. 2017, Table 1).
+    target_kl: float = 0.01
+    # Initial β; 1 as in the PPO paper ("the initial value of β is a hyperparameter but is not
+    # important in practice").
+    beta: float = 1.0
+    # Adapt β after each update: ×2 when KL > 1.5·target, ÷2 when KL < target/1.5 (PPO paper, §4).
+    adaptive: bool = True
+    # Adam learning rate, epochs and minibatch size: the PPO paper's MuJoCo values (Table 3).
+    lr: float = 3e-4
+    epochs: int = 10
+    minibatch_size: int = 64
+
+    def validate(self) -> None:
+        _positive(self, "target_kl", "beta", "lr")
+        _positive_int(self, "epochs", "minibatch_size")
+
+
+# ----------------------------------------------------------------------------------- logger group
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go: always ``progress.csv`` in the run directory, and W&B unless disabled."""
+
+    # offline: works with no account or network; ``wandb sync <run dir>/wandb/offline-run-*``.
+    mode: WandbMode = WandbMode.offline
+    project: str = "trpo"
+    entity: Optional[str] = None
+    # Runs of one experiment share a W&B group.
+    group: str = II("name")
+    tags: List[str] = field(default_factory=list)
+    # Console line every this many iterations.
+    console_every: int = 1
+
+    def validate(self) -> None:
+        _positive_int(self, "console_every")
+
+
+# ------------------------------------------------------------------------------------ top level
+
+
+@dataclass
+class CriticConfig:
+    """Regression of the value network on its targets (returns = advantages + values)."""
+
+    # Adam learning rate, epochs over the batch and minibatch size: rl-baselines3-zoo's tuned
+    # sb3-contrib TRPO for MuJoCo (learning_rate 1e-3, n_critic_updates 20, batch_size 128).
+    lr: float = 1e-3
+    epochs: int = 20
+    minibatch_size: int = 128
+
+    def validate(self) -> None:
+        _positive(self, "lr")
+        _positive_int(self, "epochs", "minibatch_size")
+
+
+@dataclass
+class TrainConfig:
+    """The whole experiment: four composed groups plus the runner's own settings."""
+
+    env: EnvConfig = MISSING
+    network: NetworkConfig = MISSING
+    advantage: Any = MISSING
+    solver: Any = MISSING
+    logger: LoggerConfig = MISSING
+    critic: CriticConfig = field(default_factory=CriticConfig)
+
+    # Experiment name: the W&B group and the first part of output folder names.
+    name: str = "default"
+    seed: int = 0
+    # Environment steps after which the run ends (the env's ``default_steps`` unless overridden).
+    total_steps: int = II("env.default_steps")
+    # Environment steps per policy update, over all parallel envs: 2048, as in rl-baselines3-zoo's
+    # sb3-contrib TRPO for MuJoCo (2 envs × 1024 steps) and the PPO paper.
+    steps_per_iteration: int = 2048
+    # Parallel training environments in one process, stepped as one batch.
+    num_envs: int = 8
+    vector_mode: VectorMode = VectorMode.sync
+    # Running mean/std observation normalisation (SB3 VecNormalize, as in the zoo's TRPO settings).
+    normalize_obs: bool = True
+    # Normalised observations are clipped to ±obs_clip (SB3 VecNormalize's clip_obs).
+    obs_clip: float = 10.0
+    # Scale rewards by a running std of the discounted return (Engstrom et al. 2020); off by
+    # default as in the zoo's TRPO settings (norm_reward: False).
+    normalize_reward: bool = False
+    # Deterministic evaluation every this many iterations (and after the last one).
+    eval_every: int = 10
+    eval_episodes: int = 5
+    # Torch intra-op threads per run; 1 keeps parallel jobs of a sweep from oversubscribing cores.
+    torch_threads: int = 1
+
+    def validate(self) -> None:
+        _positive_int(self, "total_steps", "steps_per_iteration", "num_envs", "eval_every",
+                      "eval_episodes", "torch_threads")
+        _positive(self, "obs_clip")
+        require(self.steps_per_iteration % self.num_envs == 0, "steps_per_iteration",
+                f"must be a multiple of num_envs={self.num_envs}", self.steps_per_iteration)
+        require(self.seed >= 0, "seed", "must be >= 0", self.seed)
+
+
+# Sections of the config that hold a schema of their own: the five groups and ``critic``.
+SECTIONS = ("env", "network", "advantage", "solver", "logger", "critic")
+
+GROUP_SCHEMAS = {
+    "env": {"env": EnvConfig},
+    "network": {"mlp": NetworkConfig},
+    "advantage": {"gae": GAEConfig, "td": TDConfig, "mc": MonteCarloConfig},
+    "solver": {"trpo": TRPOConfig, "npg": NPGConfig, "kl_penalty": KLPenaltyConfig},
+    "logger": {"wandb": LoggerConfig},
+}
+
+
+def register_configs() -> None:
+    """Register the schemas: ``train_schema`` at the top and ``schema/<group>/<name>`` per group."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, schema in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=schema)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every value's range; raise :class:`ConfigError` naming the first bad key."""
+    for group in SECTIONS:
+        try:
+            OmegaConf.to_object(cfg[group]).validate()
+        except ConfigError as error:
+            raise error.under(group) from None
+    top_level = {f.name: cfg[f.name] for f in fields(TrainConfig) if f.name not in SECTIONS}
+    TrainConfig(**top_level).validate()
+
+
+register_configs()

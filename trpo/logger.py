@@ -1,0 +1,133 @@
+"""Metric logging: one small writer interface, with CSV, W&B and console back ends.
+
+A row is a flat mapping from metric name to a number, or ``None`` for "not measured in this
+iteration" (written as an empty CSV cell and left out of the W&B step). ``progress.csv``'s
+columns are fixed by the first row.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from trpo.config import LoggerConfig, WandbMode
+
+log = logging.getLogger("trpo")
+
+Row = Mapping[str, Optional[float]]
+
+
+class MetricWriter(ABC):
+    """A destination for one row of metrics per iteration."""
+
+    @abstractmethod
+    def write(self, row: Row) -> None:
+        """Record one iteration's row."""
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and release; ``failed`` marks a run that ended with an error."""
+
+
+class CSVWriter(MetricWriter):
+    """``progress.csv``: a header from the first row, one line per iteration, flushed at once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = open(self.path, "w", newline="")
+        self.writer: csv.DictWriter | None = None
+
+    def write(self, row: Row) -> None:
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row), extrasaction="ignore")
+            self.writer.writeheader()
+        elif set(row) - set(self.writer.fieldnames):
+            log.warning("%s: dropping columns not in its header: %s", self.path,
+                        sorted(set(row) - set(self.writer.fieldnames)))
+        self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        self.file.flush()
+
+    def close(self, failed: bool = False) -> None:
+        self.file.close()
+
+
+class WandbWriter(MetricWriter):
+    """A W&B run whose x-axis is ``env_steps``; finished on close, also after an error."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, run_name: str,
+                 config: dict[str, Any]):
+        import wandb
+
+        self.run = wandb.init(
+            project=cfg.project, entity=cfg.entity, group=cfg.group, name=run_name,
+            tags=list(cfg.tags), config=config, dir=str(run_dir), mode=cfg.mode.value,
+            # A joblib worker runs several jobs in one process: never continue a leftover run.
+            reinit="finish_previous", settings=wandb.Settings(quiet=True, console="off"))
+        self.run.define_metric("env_steps")
+        self.run.define_metric("*", step_metric="env_steps")
+
+    def write(self, row: Row) -> None:
+        self.run.log({k: v for k, v in row.items() if v is not None})
+
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+class ConsoleWriter(MetricWriter):
+    """A progress line every ``every`` iterations: steps, returns, KL, speed and time left."""
+
+    def __init__(self, total_steps: int, every: int = 1):
+        self.total_steps, self.every = total_steps, every
+
+    def write(self, row: Row) -> None:
+        iteration, steps = int(row["iteration"]), int(row["env_steps"])
+        if iteration % self.every and steps < self.total_steps:
+            return
+        rate = steps / row["wall_s"] if row["wall_s"] else math.nan
+        left = max(self.total_steps - steps, 0) / rate if rate > 0 else math.nan
+        parts = [f"iter {iteration:4d}", f"steps {steps:>9,}/{self.total_steps:,}",
+                 f"return {_fmt(row.get('return_mean'))}"]
+        if row.get("eval_return_mean") is not None:
+            parts.append(f"eval {_fmt(row['eval_return_mean'])}")
+        parts += [f"kl {_fmt(row.get('kl'), '.4f')}", f"{_fmt(row.get('steps_per_s'), ',.0f')} steps/s",
+                  f"left {left / 60:.1f} min"]
+        log.info(" | ".join(parts))
+
+
+def _fmt(value: Optional[float], spec: str = ".1f") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(
+        value, spec)
+
+
+class MetricLogger(MetricWriter):
+    """Sends each row to every writer; closes them all, each even if another fails."""
+
+    def __init__(self, writers: list[MetricWriter]):
+        self.writers = writers
+
+    def write(self, row: Row) -> None:
+        for writer in self.writers:
+            writer.write(row)
+
+    def close(self, failed: bool = False) -> None:
+        errors = []
+        for writer in self.writers:
+            try:
+                writer.close(failed)
+            except Exception as error:  # close the others before reporting
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+
+def make_logger(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict[str, Any],
+                total_steps: int) -> MetricLogger:
+    """``progress.csv`` and the console always; W&B unless ``logger.mode=disabled``."""
+    writers: list[MetricWriter] = [CSVWriter(run_dir / "progress.csv"),
+                                   ConsoleWriter(total_steps, cfg.console_every)]
+    if cfg.mode is not WandbMode.disabled:
+        writers.append(WandbWriter(cfg, run_dir, run_name, config))
+    return MetricLogger(writers)

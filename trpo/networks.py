@@ -1,0 +1,100 @@
+"""Policy and value MLPs.
+
+A Box action space gets a diagonal Gaussian policy whose mean is an MLP of the observation and
+whose log standard deviation is a learned, state-independent parameter (TRPO paper, §8); a
+Discrete one gets a Categorical policy over MLP logits. Both return ``torch.distributions``
+objects whose ``log_prob``, ``entropy`` and KL are per sample (shape ``[B]``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from trpo.config import Activation, Init, NetworkConfig
+
+ACTIVATIONS = {Activation.tanh: nn.Tanh, Activation.relu: nn.ReLU, Activation.elu: nn.ELU}
+
+
+def mlp(in_dim: int, hidden: list[int], out_dim: int, activation: Activation, init: Init,
+        out_gain: float) -> nn.Sequential:
+    """``in_dim → hidden... → out_dim`` with ``activation`` between layers and none at the end.
+
+    With ``Init.orthogonal``, hidden layers get gain √2 and the output layer ``out_gain``, all
+    biases zero (OpenAI baselines; SB3's ``ortho_init``).
+    """
+    sizes = [in_dim, *hidden, out_dim]
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(n_in, n_out)
+        is_output = i == len(sizes) - 2
+        if init is Init.orthogonal:
+            nn.init.orthogonal_(linear.weight, gain=out_gain if is_output else math.sqrt(2))
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not is_output:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class GaussianPolicy(nn.Module):
+    """π(a|s) = N(μ_θ(s), diag(exp(log_std)²)) for Box action spaces."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: NetworkConfig):
+        super().__init__()
+        self.mean = mlp(obs_dim, list(cfg.policy_hidden), act_dim, cfg.activation, cfg.init, 0.01)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(cfg.log_std_init)))
+
+    def forward(self, obs: torch.Tensor) -> Distribution:
+        mean = self.mean(obs)
+        return Independent(Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False),
+                           1, validate_args=False)
+
+    @staticmethod
+    def mode(dist: Distribution) -> torch.Tensor:
+        """The most likely action: the mean."""
+        return dist.mean
+
+
+class CategoricalPolicy(nn.Module):
+    """π(a|s) = softmax(logits_θ(s)) for Discrete action spaces."""
+
+    def __init__(self, obs_dim: int, num_actions: int, cfg: NetworkConfig):
+        super().__init__()
+        self.logits = mlp(obs_dim, list(cfg.policy_hidden), num_actions, cfg.activation, cfg.init,
+                          0.01)
+
+    def forward(self, obs: torch.Tensor) -> Distribution:
+        return Categorical(logits=self.logits(obs), validate_args=False)
+
+    @staticmethod
+    def mode(dist: Distribution) -> torch.Tensor:
+        """The most likely action: the arg-max of the logits."""
+        return dist.logits.argmax(dim=-1)
+
+
+class ValueNetwork(nn.Module):
+    """V_φ(s): an MLP with one output, shape ``[B]``."""
+
+    def __init__(self, obs_dim: int, cfg: NetworkConfig):
+        super().__init__()
+        self.net = mlp(obs_dim, list(cfg.value_hidden), 1, cfg.activation, cfg.init, 1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+def build_policy(observation_space: gym.Space, action_space: gym.Space,
+                 cfg: NetworkConfig) -> nn.Module:
+    """The policy for ``action_space``: Gaussian for Box, Categorical for Discrete."""
+    obs_dim = int(np.prod(observation_space.shape))
+    if isinstance(action_space, gym.spaces.Box):
+        return GaussianPolicy(obs_dim, int(np.prod(action_space.shape)), cfg)
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalPolicy(obs_dim, int(action_space.n), cfg)
+    raise TypeError(f"unsupported action space {action_space}: expected Box or Discrete")

@@ -1,0 +1,137 @@
+"""Collecting on-policy experience from vectorised environments, and deterministic evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from trpo.envs import action_clipper
+from trpo.normalization import ObservationNormalizer, RewardScaler
+
+
+class NonFiniteError(RuntimeError):
+    """An environment returned NaN or ±inf in an observation or a reward."""
+
+
+@dataclass
+class Rollout:
+    """One iteration's experience: T steps of N environments, arrays of shape ``[T, N, ...]``."""
+
+    obs: np.ndarray  # normalised observations the policy saw, float32
+    actions: np.ndarray  # sampled (unclipped) actions
+    rewards: np.ndarray  # rewards used for learning (scaled if reward scaling is on), float64
+    terminated: np.ndarray  # bool: the episode reached a terminal state at this step
+    episode_end: np.ndarray  # bool: the episode ended at this step (terminated or truncated)
+    values: np.ndarray  # V(s_t)
+    next_values: np.ndarray  # V of the true next observation (the final one at an episode end)
+    # Undiscounted raw-reward returns and lengths of the episodes that finished in this rollout.
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, steps: int, envs: gym.vector.VectorEnv) -> "Rollout":
+        n, obs_shape = envs.num_envs, envs.single_observation_space.shape
+        space = envs.single_action_space
+        actions = (np.zeros((steps, n, *space.shape), np.float32)
+                   if isinstance(space, gym.spaces.Box) else np.zeros((steps, n), np.int64))
+        return cls(obs=np.zeros((steps, n, *obs_shape), np.float32), actions=actions,
+                   rewards=np.zeros((steps, n)), terminated=np.zeros((steps, n), bool),
+                   episode_end=np.zeros((steps, n), bool), values=np.zeros((steps, n)),
+                   next_values=np.zeros((steps, n)))
+
+
+class RolloutCollector:
+    """Steps N environments with the current policy and keeps episodes going across iterations.
+
+    Actions of all N environments come from one batched forward pass per step. Values are
+    computed after the rollout in one pass over all T·N observations, plus one pass over the
+    observations that bootstrap: the final observations of episodes that ended and the
+    observation after the last step.
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, policy: nn.Module, value: nn.Module,
+                 obs_normalizer: ObservationNormalizer, reward_scaler: RewardScaler,
+                 steps_per_env: int, seed: int, env_id: str):
+        self.envs, self.policy, self.value = envs, policy, value
+        self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
+        self.steps_per_env, self.env_id = steps_per_env, env_id
+        self.to_env_action = action_clipper(envs.single_action_space)
+        envs.action_space.seed(seed)
+        self.obs, _ = envs.reset(seed=seed)
+        self._check_finite(self.obs, "observation", 0)
+        self.running_returns = np.zeros(envs.num_envs)
+        self.running_lengths = np.zeros(envs.num_envs, np.int64)
+        self.total_steps = 0
+
+    def collect(self) -> Rollout:
+        rollout = Rollout.empty(self.steps_per_env, self.envs)
+        bootstrap_obs, bootstrap_at = [], []
+        for t in range(self.steps_per_env):
+            obs = self.obs_normalizer(self.obs, update=True)
+            with torch.inference_mode():
+                actions = self.policy(torch.from_numpy(obs)).sample().numpy()
+            next_obs, rewards, terminated, truncated, info = self.envs.step(
+                self.to_env_action(actions))
+            self.total_steps += self.envs.num_envs
+            self._check_finite(next_obs, "observation", self.total_steps)
+            self._check_finite(rewards, "reward", self.total_steps)
+            ended = terminated | truncated
+            rollout.obs[t], rollout.actions[t] = obs, actions
+            rollout.rewards[t] = self.reward_scaler(rewards, ended)
+            rollout.terminated[t], rollout.episode_end[t] = terminated, ended
+            self.running_returns += rewards
+            self.running_lengths += 1
+            for i in np.flatnonzero(ended):
+                final_obs = info["final_obs"][i]
+                self._check_finite(final_obs, "final observation", self.total_steps)
+                bootstrap_obs.append(self.obs_normalizer(final_obs[None])[0])
+                bootstrap_at.append((t, i))
+                rollout.episode_returns.append(float(self.running_returns[i]))
+                rollout.episode_lengths.append(int(self.running_lengths[i]))
+                self.running_returns[i], self.running_lengths[i] = 0.0, 0
+            self.obs = next_obs
+        self._compute_values(rollout, bootstrap_obs, bootstrap_at)
+        return rollout
+
+    def _compute_values(self, rollout: Rollout, bootstrap_obs: list, bootstrap_at: list) -> None:
+        steps, n = rollout.rewards.shape
+        last_obs = self.obs_normalizer(self.obs)
+        with torch.inference_mode():
+            values = self.value(torch.from_numpy(rollout.obs.reshape(steps * n, -1)))
+            rollout.values[:] = values.double().numpy().reshape(steps, n)
+            rollout.next_values[:-1] = rollout.values[1:]
+            rollout.next_values[-1] = self.value(torch.from_numpy(last_obs)).double().numpy()
+            if bootstrap_obs:
+                final_values = self.value(torch.from_numpy(np.stack(bootstrap_obs)))
+                t_index, env_index = zip(*bootstrap_at)
+                rollout.next_values[list(t_index), list(env_index)] = final_values.double().numpy()
+
+    def _check_finite(self, array: np.ndarray, what: str, step: int) -> None:
+        if not np.isfinite(array).all():
+            bad = np.asarray(array)[~np.isfinite(array)].ravel()[0]
+            raise NonFiniteError(f"{self.env_id} returned a non-finite {what} ({bad}) at "
+                                 f"environment step {step}")
+
+
+def evaluate(envs: gym.vector.VectorEnv, policy: nn.Module, obs_normalizer: ObservationNormalizer,
+             seed: int) -> np.ndarray:
+    """Undiscounted returns of one deterministic episode in each of ``envs``' sub-environments.
+
+    Actions are the policy's mode (the Gaussian mean, the most likely discrete action);
+    observations are normalised with the training statistics, frozen.
+    """
+    to_env_action = action_clipper(envs.single_action_space)
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(envs.num_envs)
+    done = np.zeros(envs.num_envs, bool)
+    while not done.all():
+        with torch.inference_mode():
+            actions = policy.mode(policy(torch.from_numpy(obs_normalizer(obs)))).numpy()
+        obs, rewards, terminated, truncated, _ = envs.step(to_env_action(actions))
+        returns += np.where(done, 0.0, rewards)
+        done |= terminated | truncated
+    return returns

@@ -1,0 +1,312 @@
+"""Policy solvers. They share one interface and differ only in how they change the parameters.
+
+* :class:`NaturalPolicyGradient` owns the natural-gradient direction: the gradient g of the
+  surrogate, the Fisher-vector product of the mean KL and conjugate gradient for x ≈ F⁻¹g, scaled
+  to the trust region √(2δ / xᵀFx) or by a fixed step; it applies the step as it is.
+* :class:`TRPO` adds only the backtracking line search that accepts a step when the sampled mean
+  KL ≤ δ and the surrogate improves, and restores the old parameters exactly when none does.
+* :class:`KLPenalty` is a first-order sibling: Adam on the surrogate minus β·KL with adaptive β.
+
+Every solver reads a :class:`PolicyBatch` and returns a dict of metrics with the same keys on
+every call.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+
+def take(dist: Distribution, index: torch.Tensor) -> Distribution:
+    """The distributions of the samples ``index`` of a batched Gaussian or Categorical policy."""
+    if isinstance(dist, Independent):
+        return Independent(take(dist.base_dist, index), dist.reinterpreted_batch_ndims,
+                           validate_args=False)
+    if isinstance(dist, Normal):
+        return Normal(dist.loc[index], dist.scale[index], validate_args=False)
+    if isinstance(dist, Categorical):
+        return Categorical(logits=dist.logits[index], validate_args=False)
+    raise TypeError(f"cannot index a {type(dist).__name__}")
+
+
+@dataclass
+class PolicyBatch:
+    """One batch of on-policy data, flattened over time and environments (B samples)."""
+
+    obs: torch.Tensor  # [B, obs_dim] normalised observations the policy saw
+    actions: torch.Tensor  # [B, act_dim] (Box) or [B] (Discrete)
+    advantages: torch.Tensor  # [B]
+    old_log_prob: torch.Tensor  # [B] log π_old(a|s)
+    old_dist: Distribution  # π_old(·|s), batch shape [B], no gradient
+
+    @classmethod
+    def from_policy(cls, policy: nn.Module, obs: torch.Tensor, actions: torch.Tensor,
+                    advantages: torch.Tensor) -> "PolicyBatch":
+        """Record the current policy as π_old on ``obs``."""
+        with torch.no_grad():
+            dist = policy(obs)
+            return cls(obs, actions, advantages, dist.log_prob(actions), dist)
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+    def take(self, index: torch.Tensor) -> "PolicyBatch":
+        """The samples ``index`` (a slice, or a tensor of indices)."""
+        return PolicyBatch(self.obs[index], self.actions[index], self.advantages[index],
+                           self.old_log_prob[index], take(self.old_dist, index))
+
+
+def surrogate(policy: nn.Module, batch: PolicyBatch) -> torch.Tensor:
+    """L(θ) = mean[π_θ(a|s) / π_old(a|s) · A] (TRPO paper, eq. 14)."""
+    ratio = torch.exp(policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
+    return (ratio * batch.advantages).mean()
+
+
+def mean_kl(policy: nn.Module, batch: PolicyBatch) -> torch.Tensor:
+    """Mean over the batch's states of KL(π_old(·|s) ‖ π_θ(·|s)), in closed form."""
+    return kl_divergence(batch.old_dist, policy(batch.obs)).mean()
+
+
+def flat_grad(output: torch.Tensor, params: list[nn.Parameter], **kwargs) -> torch.Tensor:
+    """∂output/∂params as one flat vector."""
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(output, params, **kwargs)])
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
+                       iterations: int, residual_tol: float = 1e-10
+                       ) -> tuple[torch.Tensor, int, float]:
+    """Solve A x = b for symmetric positive-definite A given only ``matvec(v) = A v``.
+
+    Returns ``(x, iterations run, final residual norm ‖b − A x‖)``; stops early once the squared
+    residual is below ``residual_tol`` (Shewchuk 1994, §B2; as in OpenAI baselines).
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r @ r
+    iterations_run = 0
+    while iterations_run < iterations and rr >= residual_tol:
+        Ap = matvec(p)
+        alpha = rr / (p @ Ap)
+        x += alpha * p
+        r -= alpha * Ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+        iterations_run += 1
+    return x, iterations_run, float(rr.sqrt())
+
+
+def fisher_vector_product(policy: nn.Module, batch: PolicyBatch, params: list[nn.Parameter],
+                          damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v ↦ (F + damping·I) v`` where F is the Hessian of the mean KL at θ_old.
+
+    At θ = θ_old the Hessian of KL(π_old ‖ π_θ) equals the Fisher information of the policy
+    averaged over the batch's states (TRPO paper, appendix C). The first derivative is built once
+    with its graph; each product is one more backward pass through it.
+    """
+    kl_grad = flat_grad(mean_kl(policy, batch), params, create_graph=True)
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        return flat_grad(kl_grad @ v, params, retain_graph=True) + damping * v
+
+    return product
+
+
+class PolicySolver(ABC):
+    """Changes a policy's parameters from one batch. Subclasses implement :meth:`step`."""
+
+    def __init__(self, policy: nn.Module):
+        self.policy = policy
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+
+    def update(self, batch: PolicyBatch) -> dict[str, float]:
+        """One policy update; metrics include the KL between the old and the new policy."""
+        with torch.no_grad():
+            entropy = float(batch.old_dist.entropy().mean())
+        metrics = self.step(batch)
+        with torch.no_grad():
+            metrics["kl"] = float(mean_kl(self.policy, batch))
+        metrics["entropy"] = entropy
+        return metrics
+
+    @abstractmethod
+    def step(self, batch: PolicyBatch) -> dict[str, float]:
+        """Change the parameters; return this solver's metrics (the same keys on every call)."""
+
+    def state_dict(self) -> dict:
+        """What the solver carries from one update to the next (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def _flat_params(self) -> torch.Tensor:
+        return parameters_to_vector(self.params).detach().clone()
+
+    def _set_flat_params(self, flat: torch.Tensor) -> None:
+        vector_to_parameters(flat, self.params)
+
+
+class NaturalPolicyGradient(PolicySolver):
+    """Natural policy gradient (Kakade 2001) with the trust-region step scale of TRPO.
+
+    Args:
+        max_kl: δ, the step is scaled so that its quadratic KL estimate ½xᵀFx equals δ.
+        cg_iters, cg_damping, cg_residual_tol: conjugate gradient on (F + damping·I) x = g.
+        fvp_subsample: Fisher-vector products use every k-th state of the batch.
+        step_size: fixed α for θ += α x instead of the trust-region scale (null: trust region).
+    """
+
+    def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 10,
+                 cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
+                 step_size: float | None = None):
+        super().__init__(policy)
+        self.max_kl, self.cg_iters, self.cg_damping = max_kl, cg_iters, cg_damping
+        self.cg_residual_tol, self.fvp_subsample, self.step_size = (cg_residual_tol,
+                                                                    fvp_subsample, step_size)
+
+    def step(self, batch: PolicyBatch) -> dict[str, float]:
+        old_params = self._flat_params()
+        objective = surrogate(self.policy, batch)
+        gradient = flat_grad(objective, self.params)
+        fvp_batch = batch if self.fvp_subsample == 1 else batch.take(
+            slice(None, None, self.fvp_subsample))
+        fvp = fisher_vector_product(self.policy, fvp_batch, self.params, self.cg_damping)
+        direction, cg_iterations, cg_residual = conjugate_gradient(
+            fvp, gradient, self.cg_iters, self.cg_residual_tol)
+        curvature = float(direction @ fvp(direction))  # xᵀ(F + damping·I)x
+        if self.step_size is None:
+            scale = math.sqrt(2.0 * self.max_kl / curvature) if curvature > 0 else math.nan
+        else:
+            scale = self.step_size
+        full_step = scale * direction
+        metrics = {"cg_iterations": float(cg_iterations), "cg_residual": cg_residual,
+                   "expected_improvement": float(gradient @ full_step)}
+        if not torch.isfinite(full_step).all():
+            metrics.update(self._reject(old_params))
+            return metrics
+        with torch.no_grad():
+            metrics.update(self.apply_step(batch, old_params, full_step, float(objective)))
+        return metrics
+
+    def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
+                   old_objective: float) -> dict[str, float]:
+        """Take the full step as it is (no line search)."""
+        self._set_flat_params(old_params + full_step)
+        return {"actual_improvement": float(surrogate(self.policy, batch)) - old_objective,
+                "step_norm": float(full_step.norm()), "linesearch_backtracks": 0.0,
+                "update_accepted": 1.0}
+
+    def _reject(self, old_params: torch.Tensor) -> dict[str, float]:
+        self._set_flat_params(old_params)
+        return {"actual_improvement": 0.0, "step_norm": 0.0, "linesearch_backtracks": 0.0,
+                "update_accepted": 0.0}
+
+
+class TRPO(NaturalPolicyGradient):
+    """Trust region policy optimisation (Schulman et al. 2015): NPG plus a line search.
+
+    The step θ_old + f·s is tried for f = 1, b, b², … (b = ``backtrack_factor``), at most
+    ``max_backtracks`` candidates; the first with sampled mean KL ≤ δ and a higher surrogate is
+    taken. If none is, the parameters are set back to θ_old bit for bit.
+    """
+
+    def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 10,
+                 cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
+                 backtrack_factor: float = 0.5, max_backtracks: int = 10):
+        super().__init__(policy, max_kl, cg_iters, cg_damping, cg_residual_tol, fvp_subsample)
+        self.backtrack_factor, self.max_backtracks = backtrack_factor, max_backtracks
+
+    def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
+                   old_objective: float) -> dict[str, float]:
+        for backtracks in range(self.max_backtracks):
+            step = self.backtrack_factor**backtracks * full_step
+            self._set_flat_params(old_params + step)
+            improvement = float(surrogate(self.policy, batch)) - old_objective
+            kl = float(mean_kl(self.policy, batch))
+            if math.isfinite(kl) and kl <= self.max_kl and improvement > 0:
+                return {"actual_improvement": improvement, "step_norm": float(step.norm()),
+                        "linesearch_backtracks": float(backtracks), "update_accepted": 1.0}
+        metrics = self._reject(old_params)
+        metrics["linesearch_backtracks"] = float(self.max_backtracks)
+        return metrics
+
+
+class FirstOrderSolver(PolicySolver):
+    """Adam on a loss, ``epochs`` passes over the batch in shuffled minibatches."""
+
+    def __init__(self, policy: nn.Module, lr: float, epochs: int, minibatch_size: int):
+        super().__init__(policy)
+        self.epochs, self.minibatch_size = epochs, minibatch_size
+        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+
+    @abstractmethod
+    def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
+        """The loss to minimise on one minibatch."""
+
+    def step(self, batch: PolicyBatch) -> dict[str, float]:
+        old_params = self._flat_params()
+        with torch.no_grad():
+            old_objective = float(surrogate(self.policy, batch))
+        for _ in range(self.epochs):
+            order = torch.randperm(len(batch))
+            for start in range(0, len(batch), self.minibatch_size):
+                loss = self.loss(batch.take(order[start:start + self.minibatch_size]))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        with torch.no_grad():
+            improvement = float(surrogate(self.policy, batch)) - old_objective
+        return {"actual_improvement": improvement,
+                "step_norm": float((self._flat_params() - old_params).norm())}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class KLPenalty(FirstOrderSolver):
+    """Maximise L(θ) − β·KL(π_old ‖ π_θ) with Adam (PPO paper, §4, adaptive KL penalty).
+
+    After each update, with d the mean KL it reached: β ← 2β if d > 1.5·target, β ← β/2 if
+    d < target/1.5; with ``adaptive=False`` β stays fixed.
+    """
+
+    def __init__(self, policy: nn.Module, target_kl: float = 0.01, beta: float = 1.0,
+                 adaptive: bool = True, lr: float = 3e-4, epochs: int = 10,
+                 minibatch_size: int = 64):
+        super().__init__(policy, lr, epochs, minibatch_size)
+        self.target_kl, self.beta, self.adaptive = target_kl, beta, adaptive
+
+    def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
+        return -(surrogate(self.policy, minibatch) - self.beta * mean_kl(self.policy, minibatch))
+
+    def step(self, batch: PolicyBatch) -> dict[str, float]:
+        beta = self.beta
+        metrics = super().step(batch)
+        if self.adaptive:
+            with torch.no_grad():
+                kl = float(mean_kl(self.policy, batch))
+            if kl > 1.5 * self.target_kl:
+                self.beta *= 2.0
+            elif kl < self.target_kl / 1.5:
+                self.beta /= 2.0
+        metrics["beta"] = beta
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "beta": self.beta}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.beta = float(state["beta"])
