@@ -1,0 +1,30 @@
+"""Shared fixtures: composing the project's Hydra config as ``run.py`` does."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import trpo  # noqa: F401  (registers the config schemas)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+# Overrides that make a run finish in about a second: small batches, one critic epoch, one
+# evaluation episode, no W&B.
+TINY = ["total_steps=256", "steps_per_iteration=128", "num_envs=2", "eval_every=1",
+        "eval_episodes=1", "critic.epochs=1", "logger.mode=disabled"]
+
+
+@pytest.fixture
+def compose_config():
+    """``compose_config(overrides)`` returns the composed config for ``overrides``."""
+
+    def _compose(overrides=()):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    yield _compose
+    GlobalHydra.instance().clear()

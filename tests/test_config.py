@@ -1,0 +1,164 @@
+"""Every option of every group composes and instantiates; bad values fail early with the key named."""
+
+import gymnasium as gym
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from tests.conftest import CONF_DIR
+from trpo.advantages import GAE
+from trpo.config import ConfigError, validate_config
+from trpo.envs import make_vector_env
+from trpo.networks import ValueNetwork, build_policy
+from trpo.solvers import PolicySolver
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_the_groups_hold_the_promised_options():
+    assert set(options("env")) >= {"hopper", "walker", "halfcheetah", "ant", "humanoid", "swimmer",
+                                   "inverted_pendulum", "cartpole", "pendulum"}
+    assert set(options("network")) >= {"mlp64", "mlp256"}
+    assert options("advantage") == ["gae", "mc", "td"]
+    assert options("solver") == ["kl_penalty", "npg", "trpo"]
+
+
+@pytest.mark.parametrize("env", options("env"))
+def test_every_env_composes_validates_and_builds(compose_config, env):
+    cfg = compose_config([f"env={env}"])
+    validate_config(cfg)
+    envs = make_vector_env(cfg.env, num_envs=1)
+    try:
+        assert envs.num_envs == 1
+        assert isinstance(envs.single_action_space, (gym.spaces.Box, gym.spaces.Discrete))
+    finally:
+        envs.close()
+
+
+@pytest.mark.parametrize("network", options("network"))
+@pytest.mark.parametrize("env", ["hopper", "cartpole"])
+def test_every_network_instantiates_for_box_and_discrete_actions(compose_config, network, env):
+    cfg = compose_config([f"network={network}", f"env={env}"])
+    validate_config(cfg)
+    env = gym.make(cfg.env.id)
+    obs_space, action_space = env.observation_space, env.action_space
+    env.close()
+    policy = build_policy(obs_space, action_space, cfg.network)
+    value = ValueNetwork(obs_space.shape[0], cfg.network)
+    obs = torch.zeros(5, obs_space.shape[0])
+    assert policy(obs).sample().shape[0] == 5
+    assert value(obs).shape == (5,)
+    first_layer = next(m for m in policy.modules() if isinstance(m, torch.nn.Linear))
+    assert first_layer.out_features == cfg.network.policy_hidden[0]
+
+
+@pytest.mark.parametrize("advantage, lam", [("gae", 0.97), ("td", 0.0), ("mc", 1.0)])
+def test_every_advantage_instantiates_to_gae_with_its_lambda(compose_config, advantage, lam):
+    cfg = compose_config([f"advantage={advantage}"])
+    estimator = instantiate(cfg.advantage)
+    assert isinstance(estimator, GAE)
+    assert (estimator.gamma, estimator.lam) == (0.99, lam)
+
+
+@pytest.mark.parametrize("solver", options("solver"))
+def test_every_solver_instantiates_with_a_policy(compose_config, solver):
+    cfg = compose_config([f"solver={solver}"])
+    validate_config(cfg)
+    policy = build_policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,)), cfg.network)
+    assert isinstance(instantiate(cfg.solver, policy=policy), PolicySolver)
+
+
+def test_defaults_are_the_documented_ones(compose_config):
+    cfg = compose_config()
+    assert cfg.env.id == "Hopper-v5"
+    assert cfg.solver.max_kl == 0.01
+    assert cfg.advantage.lam == 0.97 and cfg.advantage.gamma == 0.99
+    assert list(cfg.network.policy_hidden) == [64, 64]
+    assert cfg.logger.mode.value == "offline"
+    assert cfg.total_steps == 1_000_000
+
+
+def test_module_colon_id_env_ids_are_accepted(compose_config):
+    cfg = compose_config(["env=cartpole", "env.id=tests.toy_envs:Counter-v0"])
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("solver.max_kl=0", "solver.max_kl"),
+    ("solver.max_kl=-0.01", "solver.max_kl"),
+    ("advantage.lam=1.5", "advantage.lam"),
+    ("advantage.lam=-0.1", "advantage.lam"),
+    ("advantage.gamma=0", "advantage.gamma"),
+    ("advantage.gamma=1.01", "advantage.gamma"),
+    ("total_steps=0", "total_steps"),
+    ("total_steps=-5", "total_steps"),
+    ("steps_per_iteration=0", "steps_per_iteration"),
+    ("steps_per_iteration=100", "steps_per_iteration"),  # not a multiple of num_envs=8
+    ("num_envs=0", "num_envs"),
+    ("critic.minibatch_size=0", "critic.minibatch_size"),
+    ("solver=kl_penalty", None),  # valid, the control case
+    ("env.id=NoSuchEnv-v0", "env.id"),
+    ("env.id=no_such_module:Thing-v0", "env.id"),
+])
+def test_out_of_range_values_raise_one_line_naming_the_key(compose_config, override, key):
+    cfg = compose_config([override])
+    if key is None:
+        validate_config(cfg)
+        return
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    message = str(error.value)
+    assert error.value.key == key
+    assert message.startswith(f"{key}=") and "\n" not in message
+
+
+def test_npg_only_values(compose_config):
+    with pytest.raises(ConfigError, match=r"^solver\.step_size="):
+        validate_config(compose_config(["solver=npg", "solver.step_size=-1"]))
+    with pytest.raises(ConfigError, match=r"^solver\.target_kl="):
+        validate_config(compose_config(["solver=kl_penalty", "solver.target_kl=0"]))
+
+
+@pytest.mark.parametrize("override, error", [
+    ("solver.maxkl=0.1", ConfigCompositionException),       # a typo in a key
+    ("total_steps=lots", ConfigCompositionException),       # a wrong type
+    ("network.activation=sigmoid", ConfigCompositionException),  # not one of the enum values
+    ("advantage=td", None),
+])
+def test_typos_and_wrong_types_fail_at_composition(compose_config, override, error):
+    if error is None:
+        compose_config([override])
+        return
+    with pytest.raises(error):
+        compose_config([override])
+
+
+def test_lambda_is_not_a_key_of_td_or_mc(compose_config):
+    """TD and Monte-Carlo fix λ; setting it is a composition error, not a silent no-op."""
+    for advantage in ("td", "mc"):
+        with pytest.raises(ConfigCompositionException):
+            compose_config([f"advantage={advantage}", "advantage.lam=0.5"])
+
+
+def test_unknown_group_option_lists_the_choices(compose_config):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(["solver=sgd"])
+    message = str(error.value)
+    assert "trpo" in message and "npg" in message and "kl_penalty" in message
+
+
+def test_schema_errors_are_omegaconf_validation_errors():
+    """The schemas themselves reject wrong types when used directly, outside Hydra."""
+    from omegaconf import OmegaConf
+
+    from trpo.config import TRPOConfig
+
+    schema = OmegaConf.structured(TRPOConfig)
+    with pytest.raises(ValidationError):
+        schema.max_kl = "big"
+    with pytest.raises(ConfigAttributeError):
+        schema.maxkl = 0.1

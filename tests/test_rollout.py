@@ -1,0 +1,140 @@
+"""Rollouts: exact episode ends across vectorised envs, returns bookkeeping, normalisation."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tests.toy_envs  # noqa: F401  (registers Counter-v0)
+from trpo.config import EnvConfig, NetworkConfig
+from trpo.envs import make_vector_env
+from trpo.networks import build_policy
+from trpo.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
+from trpo.rollout import NonFiniteError, RolloutCollector, evaluate
+
+
+class FirstCoordinate(nn.Module):
+    """V(s) = s[0]: the step count of the Counter env, so a value names the observation."""
+
+    def forward(self, obs):
+        return obs[:, 0]
+
+
+def collect(env_id, num_envs=2, steps=7):
+    envs = make_vector_env(EnvConfig(id=env_id), num_envs)
+    policy = build_policy(envs.single_observation_space, envs.single_action_space,
+                          NetworkConfig(policy_hidden=[4]))
+    collector = RolloutCollector(envs, policy, FirstCoordinate(),
+                                 ObservationNormalizer((2,), enabled=False),
+                                 RewardScaler(num_envs, 0.99, enabled=False), steps, seed=0,
+                                 env_id=env_id)
+    return collector, collector.collect()
+
+
+def test_truncation_bootstraps_from_the_final_observation_not_the_reset_one():
+    """Counter-v0 is cut by a 3-step time limit: the final observation has k=3, the reset k=0."""
+    _, rollout = collect("Counter-v0")
+    # k seen by the policy: 0,1,2,0,1,2,0 (each env); the episode ends at t = 2 and 5, truncated.
+    np.testing.assert_array_equal(rollout.obs[:, 0, 0], [0, 1, 2, 0, 1, 2, 0])
+    np.testing.assert_array_equal(rollout.episode_end[:, 0], [0, 0, 1, 0, 0, 1, 0])
+    assert not rollout.terminated.any()
+    np.testing.assert_array_equal(rollout.values[:, 0], [0, 1, 2, 0, 1, 2, 0])
+    # V(s') is V of the true next observation: k+1, also at the ends (3, not the reset's 0).
+    np.testing.assert_array_equal(rollout.next_values[:, 0], [1, 2, 3, 1, 2, 3, 1])
+    np.testing.assert_array_equal(rollout.next_values, np.repeat(rollout.next_values[:, :1], 2, 1))
+
+
+def test_termination_is_recorded_and_the_next_episode_starts_fresh():
+    """CounterTerminating-v0 terminates at k=2 (its time limit, 5, is never reached)."""
+    _, rollout = collect("CounterTerminating-v0", steps=6)
+    np.testing.assert_array_equal(rollout.terminated[:, 1], [0, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(rollout.episode_end, rollout.terminated)
+    np.testing.assert_array_equal(rollout.next_values[:, 1], [1, 2, 1, 2, 1, 2])
+
+
+def test_episode_returns_count_only_finished_episodes_and_carry_over_iterations():
+    collector, first = collect("Counter-v0", num_envs=2, steps=4)
+    # Steps 0..3: one episode of 3 steps finished in each env; one step of the next carried over.
+    assert first.episode_returns == [3.0, 3.0] and first.episode_lengths == [3, 3]
+    second = collector.collect()  # steps 4..7: the carried episode ends at step 5
+    assert second.episode_returns == [3.0, 3.0]
+    assert collector.total_steps == 16
+
+
+def test_rollout_end_bootstraps_from_the_next_observation():
+    _, rollout = collect("Counter-v0", steps=2)
+    np.testing.assert_array_equal(rollout.next_values[-1], [2, 2])
+    assert not rollout.episode_end[-1].any()
+
+
+class NaNRewardEnv(tests.toy_envs.CounterEnv):
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, float("nan") if self.k == 2 else 1.0, terminated, truncated, info
+
+
+def test_non_finite_reward_stops_with_env_step_and_value():
+    import gymnasium as gym
+
+    gym.register("NaNReward-v0", entry_point=NaNRewardEnv, max_episode_steps=10)
+    with pytest.raises(NonFiniteError, match=r"NaNReward-v0 .*non-finite reward \(nan\) at "
+                                             r"environment step 4"):
+        collect("NaNReward-v0", num_envs=2, steps=5)
+
+
+def test_evaluation_runs_one_deterministic_episode_per_env():
+    envs = make_vector_env(EnvConfig(id="CartPole-v1"), 3)
+    policy = build_policy(envs.single_observation_space, envs.single_action_space,
+                          NetworkConfig())
+    normalizer = ObservationNormalizer((4,))
+    first = evaluate(envs, policy, normalizer, seed=5)
+    again = evaluate(envs, policy, normalizer, seed=5)
+    assert first.shape == (3,) and (first >= 1).all()
+    np.testing.assert_array_equal(first, again)
+
+
+# ------------------------------------------------------------------------------ normalisation
+
+
+def test_running_mean_std_matches_numpy_over_batches():
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(1000, 4))
+    stats = RunningMeanStd((4,))
+    for chunk in np.array_split(data, 7):
+        stats.update(chunk)
+    np.testing.assert_allclose(stats.mean, data.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.var, data.var(0), rtol=1e-4)
+
+
+def test_observation_normaliser_freezes_without_update_and_round_trips_its_state():
+    normalizer = ObservationNormalizer((2,), clip=5.0)
+    batch = np.array([[0.0, 10.0], [2.0, 30.0]])
+    normalizer(batch, update=True)
+    frozen = normalizer.state_dict()
+    out = normalizer(np.array([[1.0, 20.0]]))
+    np.testing.assert_allclose(out, [[0.0, 0.0]], atol=1e-3)
+    np.testing.assert_allclose(normalizer(np.array([[1e6, -1e6]])), [[5.0, -5.0]])
+    restored = ObservationNormalizer((2,), clip=5.0)
+    restored.load_state_dict(frozen)
+    np.testing.assert_array_equal(restored(batch), normalizer(batch))
+
+
+def test_reward_scaler_divides_by_the_std_of_discounted_returns_by_hand():
+    scaler = RewardScaler(num_envs=2, gamma=0.9)
+    rewards = np.array([1.0, 3.0])
+    first = scaler(rewards, np.array([False, True]))
+    # Returns so far: [1, 3]; the second env's episode ended, so its return restarts.
+    np.testing.assert_allclose(first, rewards / np.std([1.0, 3.0]), rtol=1e-3)
+    second = scaler(rewards, np.array([False, False]))
+    # Returns now: [1·0.9 + 1, 0 + 3] = [1.9, 3].
+    np.testing.assert_allclose(second, rewards / np.std([1.0, 3.0, 1.9, 3.0]), rtol=1e-3)
+    off = RewardScaler(num_envs=1, gamma=0.5, enabled=False)
+    assert off(np.array([3.0]), np.array([False]))[0] == 3.0
+
+
+def test_policy_sampling_is_seeded():
+    torch.manual_seed(1)
+    _, a = collect("Counter-v0")
+    torch.manual_seed(1)
+    _, b = collect("Counter-v0")
+    np.testing.assert_array_equal(a.actions, b.actions)

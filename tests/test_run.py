@@ -1,0 +1,82 @@
+"""``run.py`` end to end, as a user runs it: tiny budgets, real environments, real processes."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, TINY
+from trpo.train import train
+
+# Columns that measure time and so differ between two runs of the same command.
+TIMING_COLUMNS = ["wall_s", "steps_per_s", "time_rollout_s", "time_policy_s", "time_value_s",
+                  "time_eval_s"]
+INTERFACE_COLUMNS = ["iteration", "env_steps", "wall_s", "return_mean", "eval_return_mean", "kl"]
+
+
+def run_py(*args, timeout=300):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_every_solver_and_estimator_on_cartpole_and_hopper(tmp_path):
+    result = run_py("-m", "env=cartpole,hopper", "solver=trpo,npg,kl_penalty",
+                    "advantage=td,gae,mc", "hydra/launcher=basic", *TINY,
+                    f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.glob("*/progress.csv"))
+    assert len(runs) == 18
+    for run in runs:
+        progress = pd.read_csv(run / "progress.csv")
+        assert list(progress.columns[:6]) == INTERFACE_COLUMNS
+        assert progress["iteration"].tolist() == [1, 2]
+        assert progress["env_steps"].tolist() == [128, 256]
+        assert progress["kl"].notna().all() and progress["eval_return_mean"].notna().all()
+        assert (run / ".hydra" / "config.yaml").exists() and (run / "agent.pt").exists()
+
+
+def test_multirun_with_the_default_parallel_launcher_writes_one_directory_per_seed(tmp_path):
+    result = run_py("-m", "env=cartpole", "seed=0,1", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (pd.read_csv(tmp_path / str(n) / "progress.csv") for n in (0, 1))
+    assert len(first) == len(second) == 2
+    assert not first["kl"].equals(second["kl"])  # different seeds, different runs
+
+
+@pytest.mark.parametrize("overrides", [["env=hopper"], ["env=cartpole", "solver=kl_penalty"]])
+def test_the_same_seed_writes_the_same_progress_rows(compose_config, tmp_path, overrides):
+    cfg = compose_config([*overrides, *TINY, "total_steps=384", "eval_every=2"])
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    a, b = (pd.read_csv(tmp_path / name / "progress.csv").drop(columns=TIMING_COLUMNS)
+            for name in "ab")
+    pd.testing.assert_frame_equal(a, b)
+    assert a["eval_return_mean"].isna().tolist() == [True, False, False]
+
+
+def test_a_bad_value_exits_with_one_line_and_leaves_no_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_py("solver.max_kl=-1", f"hydra.run.dir={run_dir}", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: solver.max_kl=-1.0 is not allowed: must be a finite number > 0")
+    assert not run_dir.exists()
+
+
+def test_wandb_offline_run_is_written_under_the_run_directory(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("logger.mode")]
+    result = run_py("env=cartpole", *overrides, "logger.mode=offline",
+                    f"hydra.run.dir={tmp_path}", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["trpo", "npg", "kl_penalty"])
+def test_cartpole_reaches_the_maximum_return_with_each_solver(tmp_path, solver):
+    result = run_py("env=cartpole", f"solver={solver}", "logger.mode=disabled",
+                    f"hydra.run.dir={tmp_path}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pd.read_csv(tmp_path / "progress.csv")["eval_return_mean"].max() == 500.0

@@ -1,0 +1,319 @@
+"""Solvers: conjugate gradient, Fisher-vector products, KL, line search and each update's guarantees."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from trpo.config import NetworkConfig
+from trpo.networks import build_policy
+from trpo.solvers import (TRPO, KLPenalty, NaturalPolicyGradient, PolicyBatch,
+                          conjugate_gradient, fisher_vector_product, mean_kl, surrogate)
+
+
+
+@pytest.fixture(autouse=True)
+def float64_and_seed():
+    """Dense-matrix comparisons need float64; other test modules keep float32."""
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def linear_policy(kind, obs_dim=3, act_dim=2):
+    """A policy with no hidden layer: mean or logits = W s + b, so its Fisher has a closed form."""
+    obs_space = gym.spaces.Box(-1, 1, (obs_dim,))
+    action_space = (gym.spaces.Box(-1, 1, (act_dim,)) if kind == "gaussian"
+                    else gym.spaces.Discrete(act_dim))
+    policy = build_policy(obs_space, action_space,
+                          NetworkConfig(policy_hidden=[], log_std_init=-0.3))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.normal_(0, 0.5)
+    return policy
+
+
+def mlp_policy(kind, obs_dim=4, act_dim=2):
+    obs_space = gym.spaces.Box(-1, 1, (obs_dim,))
+    action_space = (gym.spaces.Box(-1, 1, (act_dim,)) if kind == "gaussian"
+                    else gym.spaces.Discrete(act_dim + 1))
+    return build_policy(obs_space, action_space, NetworkConfig(policy_hidden=[16, 16]))
+
+
+def make_batch(policy, batch_size=256):
+    obs_dim = next(m for m in policy.modules() if isinstance(m, torch.nn.Linear)).in_features
+    obs = torch.randn(batch_size, obs_dim)
+    with torch.no_grad():
+        actions = policy(obs).sample()
+    # Advantages that favour some actions, so the surrogate has a real gradient.
+    advantages = actions.sum(-1) if actions.dim() == 2 else actions.double() - 0.5
+    advantages = (advantages - advantages.mean()) / advantages.std()
+    return PolicyBatch.from_policy(policy, obs, actions, advantages)
+
+
+def flat_params(policy):
+    return torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
+
+
+# ------------------------------------------------------------------------- conjugate gradient
+
+
+@pytest.mark.parametrize("n", [1, 5, 20])
+def test_conjugate_gradient_matches_dense_solve(n):
+    rng = np.random.default_rng(n)
+    m = rng.normal(size=(n, n))
+    a = torch.tensor(m @ m.T + n * np.eye(n))
+    b = torch.tensor(rng.normal(size=n))
+    x, iterations, residual = conjugate_gradient(lambda v: a @ v, b, iterations=2 * n,
+                                                 residual_tol=1e-24)
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-8, atol=1e-12)
+    assert residual < 1e-11
+
+
+def test_conjugate_gradient_stops_once_the_residual_is_small():
+    """On a 3×3 system, exact arithmetic converges in 3 iterations; CG must not run on."""
+    a = torch.diag(torch.tensor([1.0, 2.0, 3.0]))
+    x, iterations, residual = conjugate_gradient(lambda v: a @ v, torch.ones(3), iterations=50)
+    assert iterations <= 4
+    np.testing.assert_allclose(x, [1.0, 0.5, 1 / 3], rtol=1e-6)
+
+
+def test_conjugate_gradient_stops_at_its_iteration_budget():
+    a = torch.diag(torch.arange(1.0, 11.0))
+    x, iterations, residual = conjugate_gradient(lambda v: a @ v, torch.ones(10), iterations=3)
+    assert iterations == 3
+    assert residual == pytest.approx(float((torch.ones(10) - a @ x).norm()), rel=1e-6)
+
+
+# ------------------------------------------------------------------------ Fisher-vector product
+
+
+def dense_kl_hessian(policy, batch):
+    """The Hessian of the mean KL at θ_old, from autograd on a function of the flat parameters."""
+    names = [name for name, _ in policy.named_parameters()]
+    shapes = [p.shape for p in policy.parameters()]
+    theta = flat_params(policy)
+
+    def kl_of(flat):
+        params, start = {}, 0
+        for name, shape in zip(names, shapes):
+            params[name] = flat[start:start + shape.numel()].reshape(shape)
+            start += shape.numel()
+        new = functional_call(policy, params, (batch.obs,))
+        return torch.distributions.kl_divergence(batch.old_dist, new).mean()
+
+    return torch.autograd.functional.hessian(kl_of, theta)
+
+
+def dense_fvp_matrix(policy, batch, damping=0.0):
+    params = list(policy.parameters())
+    product = fisher_vector_product(policy, batch, params, damping)
+    n = sum(p.numel() for p in params)
+    return torch.stack([product(e) for e in torch.eye(n)], dim=1)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_fisher_vector_product_matches_autograd_hessian_of_mean_kl(kind):
+    policy = mlp_policy(kind)
+    batch = make_batch(policy, 64)
+    np.testing.assert_allclose(dense_fvp_matrix(policy, batch),
+                               dense_kl_hessian(policy, batch), atol=1e-10)
+
+
+def test_fisher_vector_product_matches_closed_form_gaussian_fisher():
+    """μ = W s + b, σ = exp(log_std): F_mean = E[xxᵀ] ⊗ diag(1/σ²) with x = [s, 1]; F_logstd = 2I."""
+    policy = linear_policy("gaussian", obs_dim=3, act_dim=2)
+    batch = make_batch(policy, 128)
+    sigma2 = torch.exp(2 * policy.log_std.detach())
+    x = torch.cat([batch.obs, torch.ones(len(batch), 1)], dim=1)
+    second_moment = x.T @ x / len(batch)
+    # Parameter order: log_std (2), then W (2×3, row-major), then b (2).
+    act = 2
+    fisher = torch.zeros(act + 6 + act, act + 6 + act)
+
+    def index(i, j):  # W[i, j] for j < 3, b[i] for j == 3
+        return act + (i * 3 + j if j < 3 else 6 + i)
+
+    for i in range(act):
+        for j in range(4):
+            for k in range(4):
+                fisher[index(i, j), index(i, k)] = second_moment[j, k] / sigma2[i]
+    fisher[:act, :act] = 2 * torch.eye(act)
+    np.testing.assert_allclose(dense_fvp_matrix(policy, batch), fisher, atol=1e-10)
+
+
+def test_fisher_vector_product_matches_closed_form_categorical_fisher():
+    """z = W s + b: F = E_s[J_zᵀ (diag p − p pᵀ) J_z]."""
+    policy = linear_policy("categorical", obs_dim=3, act_dim=4)
+    batch = make_batch(policy, 128)
+    probs = batch.old_dist.probs
+    n_params = 4 * 3 + 4
+    fisher = torch.zeros(n_params, n_params)
+    for s, p in zip(batch.obs, probs):
+        logit_fisher = torch.diag(p) - torch.outer(p, p)
+        jacobian = torch.zeros(4, n_params)  # ∂z/∂(W row-major, b)
+        for i in range(4):
+            jacobian[i, i * 3:(i + 1) * 3] = s
+            jacobian[i, 12 + i] = 1.0
+        fisher += jacobian.T @ logit_fisher @ jacobian
+    np.testing.assert_allclose(dense_fvp_matrix(policy, batch), fisher / len(batch), atol=1e-10)
+
+
+def test_damping_adds_a_multiple_of_the_vector():
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy, 32)
+    params = list(policy.parameters())
+    v = torch.randn(sum(p.numel() for p in params))
+    plain = fisher_vector_product(policy, batch, params, 0.0)(v)
+    damped = fisher_vector_product(policy, batch, params, 0.25)(v)
+    np.testing.assert_allclose(damped, plain + 0.25 * v, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- KL
+
+
+def test_mean_kl_matches_closed_form_diagonal_gaussian():
+    policy = linear_policy("gaussian")
+    batch = make_batch(policy, 50)
+    with torch.no_grad():
+        policy.log_std.add_(0.2)
+        policy.mean[0].bias.add_(0.3)
+        new = policy(batch.obs)
+    mu0, s0 = batch.old_dist.mean, batch.old_dist.stddev
+    mu1, s1 = new.mean, new.stddev
+    expected = (torch.log(s1 / s0) + (s0**2 + (mu0 - mu1) ** 2) / (2 * s1**2) - 0.5).sum(-1)
+    with torch.no_grad():
+        assert float(mean_kl(policy, batch)) == pytest.approx(float(expected.mean()), rel=1e-10)
+
+
+def test_mean_kl_matches_closed_form_categorical():
+    policy = linear_policy("categorical", act_dim=3)
+    batch = make_batch(policy, 50)
+    with torch.no_grad():
+        policy.logits[0].weight.mul_(1.7)
+        q = policy(batch.obs).probs
+    p = batch.old_dist.probs
+    expected = (p * (p.log() - q.log())).sum(-1).mean()
+    with torch.no_grad():
+        assert float(mean_kl(policy, batch)) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_mean_kl_is_zero_at_the_old_policy():
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy, 20)
+    with torch.no_grad():
+        assert float(mean_kl(policy, batch)) == pytest.approx(0.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- the solvers
+
+
+class BackwardsTRPO(TRPO):
+    """TRPO stepping against the natural gradient, so every line-search candidate lowers L."""
+
+    def apply_step(self, batch, old_params, full_step, old_objective):
+        return super().apply_step(batch, old_params, -full_step, old_objective)
+
+
+def test_line_search_restores_parameters_exactly_when_every_candidate_fails():
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy)
+    before = [p.detach().clone() for p in policy.parameters()]
+    metrics = BackwardsTRPO(policy, max_backtracks=6).update(batch)
+    for old, new in zip(before, policy.parameters()):
+        assert torch.equal(old, new.detach())
+    assert metrics["update_accepted"] == 0.0
+    assert metrics["linesearch_backtracks"] == 6
+    assert metrics["kl"] == 0.0
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("max_kl", [0.001, 0.01, 0.05])
+def test_trpo_raises_surrogate_within_trust_region(kind, max_kl):
+    policy = mlp_policy(kind)
+    batch = make_batch(policy)
+    metrics = TRPO(policy, max_kl=max_kl).update(batch)
+    assert metrics["update_accepted"] == 1.0
+    assert metrics["actual_improvement"] > 0
+    with torch.no_grad():
+        assert float(surrogate(policy, batch)) > 0  # L(θ_old) = mean(A) = 0
+        assert 0 < float(mean_kl(policy, batch)) <= max_kl
+    assert metrics["kl"] <= max_kl
+
+
+def test_trpo_updates_the_gaussian_log_std():
+    policy = mlp_policy("gaussian")
+    before = policy.log_std.detach().clone()
+    TRPO(policy).update(make_batch(policy))
+    assert not torch.equal(before, policy.log_std.detach())
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_npg_trust_region_step_raises_surrogate_with_kl_near_delta(kind):
+    """With no line search the KL is only bounded through its quadratic model ½xᵀFx = δ."""
+    policy = mlp_policy(kind)
+    batch = make_batch(policy)
+    metrics = NaturalPolicyGradient(policy, max_kl=0.01).update(batch)
+    assert metrics["actual_improvement"] > 0
+    assert metrics["linesearch_backtracks"] == 0
+    assert 0.001 < metrics["kl"] <= 0.015
+
+
+def test_npg_fixed_step_size_is_kakades_update():
+    """θ ← θ + α x with x the CG solution: the step's norm is α‖x‖, whatever δ."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy)
+    solver = NaturalPolicyGradient(policy, max_kl=123.0, step_size=0.05, cg_iters=30)
+    params = list(policy.parameters())
+    objective = surrogate(policy, batch)
+    gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(objective, params)])
+    direction, _, _ = conjugate_gradient(fisher_vector_product(policy, batch, params, 0.1),
+                                         gradient, 30)
+    before = flat_params(policy)
+    metrics = solver.update(batch)
+    np.testing.assert_allclose(flat_params(policy) - before, 0.05 * direction, atol=1e-8)
+    assert metrics["step_norm"] == pytest.approx(0.05 * float(direction.norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_kl_penalty_raises_surrogate_and_keeps_kl_small(kind):
+    policy = mlp_policy(kind)
+    batch = make_batch(policy)
+    metrics = KLPenalty(policy, target_kl=0.01, beta=1.0, epochs=10, minibatch_size=64).update(
+        batch)
+    assert metrics["actual_improvement"] > 0
+    assert 0 < metrics["kl"] <= 1.5 * 0.01 * 2  # the adaptive band's upper edge, with slack
+
+
+@pytest.mark.parametrize("lr, expected_factor", [(1e-2, 2.0), (1e-7, 0.5)])
+def test_kl_penalty_adapts_beta_towards_the_target(lr, expected_factor):
+    """A large step (KL > 1.5·target) doubles β; a tiny one (KL < target/1.5) halves it."""
+    policy = mlp_policy("gaussian")
+    solver = KLPenalty(policy, target_kl=0.01, beta=1.0, lr=lr, epochs=10)
+    metrics = solver.update(make_batch(policy))
+    assert metrics["beta"] == 1.0  # the β this update used
+    assert solver.beta == expected_factor
+    assert (metrics["kl"] > 0.015) == (expected_factor == 2.0)
+
+
+def test_kl_penalty_with_fixed_beta_keeps_it():
+    policy = mlp_policy("gaussian")
+    solver = KLPenalty(policy, beta=3.0, adaptive=False, lr=1e-2)
+    solver.update(make_batch(policy))
+    assert solver.beta == 3.0
+
+
+def test_non_finite_direction_rejects_the_update_and_keeps_parameters():
+    """Zero advantages give a zero gradient: the trust-region scale √(2δ/0) is not finite."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy)
+    batch.advantages = torch.zeros_like(batch.advantages)
+    before = flat_params(policy)
+    metrics = TRPO(policy).update(batch)
+    assert torch.equal(before, flat_params(policy))
+    assert metrics["update_accepted"] == 0.0
+    assert math.isnan(metrics["expected_improvement"]) or metrics["expected_improvement"] == 0
