@@ -103,11 +103,20 @@ class EnvConfig:
     max_episode_steps: Optional[int] = None
     # Keyword arguments passed to ``gymnasium.make``.
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    # Returns that normalise scores across envs in the analysis, (R − random) / (reference −
+    # random): D4RL's random and expert returns (Fu et al. 2020) where published, else null
+    # (the analysis then normalises by the min and max over the runs compared, and says so).
+    random_return: Optional[float] = None
+    reference_return: Optional[float] = None
 
     def validate(self) -> None:
         _positive_int(self, "default_steps")
         if self.max_episode_steps is not None:
             _positive_int(self, "max_episode_steps")
+        if self.random_return is not None and self.reference_return is not None:
+            require(self.reference_return > self.random_return, "reference_return",
+                    f"must be greater than random_return={self.random_return}",
+                    self.reference_return)
         check_env_id(self.id)
 
 

@@ -77,7 +77,10 @@ class WandbWriter(MetricWriter):
 
 
 class ConsoleWriter(MetricWriter):
-    """A progress line every ``every`` iterations: steps, returns, KL, speed and time left."""
+    """A progress line every ``every`` iterations: steps, returns, KL, speed and time left.
+
+    Speed and time left use the run's average rate so far, evaluations included.
+    """
 
     def __init__(self, total_steps: int, every: int = 1):
         self.total_steps, self.every = total_steps, every
@@ -92,7 +95,7 @@ class ConsoleWriter(MetricWriter):
                  f"return {_fmt(row.get('return_mean'))}"]
         if row.get("eval_return_mean") is not None:
             parts.append(f"eval {_fmt(row['eval_return_mean'])}")
-        parts += [f"kl {_fmt(row.get('kl'), '.4f')}", f"{_fmt(row.get('steps_per_s'), ',.0f')} steps/s",
+        parts += [f"kl {_fmt(row.get('kl'), '.4f')}", f"{_fmt(rate, ',.0f')} steps/s",
                   f"left {left / 60:.1f} min"]
         log.info(" | ".join(parts))
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -35,6 +37,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def write_status(run_dir: Path, status: str, **details) -> None:
+    """Record the run's state in ``status.json`` (``running``, ``completed`` or ``failed``).
+
+    Written to a temporary file and renamed, so a reader never sees half a file.
+    """
+    tmp = run_dir / "status.json.tmp"
+    tmp.write_text(json.dumps({"status": status, **details}, indent=2) + "\n")
+    os.replace(tmp, run_dir / "status.json")
 
 
 def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) -> float:
@@ -69,17 +81,20 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
 
         logger = make_logger(cfg.logger, run_dir, run_name,
                              OmegaConf.to_container(cfg, resolve=True), cfg.total_steps)
-        failed = True
+        write_status(run_dir, "running", total_steps=cfg.total_steps)
         try:
             final_return = _train_loop(cfg, collector, estimator, solver, critic, policy,
                                        obs_normalizer, eval_envs, logger)
-            failed = False
-        finally:
-            logger.close(failed=failed)
+        except BaseException as error:
+            logger.close(failed=True)
+            write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+            raise
+        logger.close()
         torch.save({"policy": policy.state_dict(), "value": value.state_dict(),
                     "obs_normalizer": {k: torch.as_tensor(v) for k, v in
                                        obs_normalizer.state_dict().items()}},
                    run_dir / "agent.pt")
+        write_status(run_dir, "completed", final_eval_return=final_return)
     return final_return
 
 

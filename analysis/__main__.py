@@ -1,0 +1,88 @@
+"""``python -m analysis DIR [DIR ...] --out OUT``: figures and tables from run folders."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from analysis.figures import plot_aggregate, plot_curves, save_figure
+from analysis.load import detect_group_keys, load_runs
+from analysis.report import final_table, make_groups, write_tables
+
+log = logging.getLogger("analysis")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Learning curves, IQM tables with bootstrap CIs and aggregate statistics "
+                    "from Hydra run and multirun folders.")
+    parser.add_argument("dirs", nargs="+", type=Path,
+                        help="run or multirun folders (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for figures and tables")
+    parser.add_argument("--group-by", default=None,
+                        help="comma-separated config keys that name a line (default: the keys "
+                             "that differ between runs, seed aside), e.g. solver,advantage")
+    parser.add_argument("--metric", default="eval_return_mean",
+                        help="progress.csv column to plot and score (default: %(default)s)")
+    parser.add_argument("--include-incomplete", action="store_true",
+                        help="use runs that have not logged their whole budget, with their "
+                             "actual length (default: skip them, with a warning)")
+    parser.add_argument("--reps", type=int, default=2000,
+                        help="bootstrap resamples (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    missing = [str(d) for d in args.dirs if not d.is_dir()]
+    if missing:
+        print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    report = load_runs(args.dirs, include_incomplete=args.include_incomplete)
+    for path, why in report.skipped:
+        log.warning("skipped %s: %s", path, why)
+    for path, why in report.incomplete_used:
+        log.warning("using incomplete run %s (%s)", path, why)
+    if not report.runs:
+        where = ", ".join(str(d) for d in args.dirs)
+        print(f"error: no usable runs below {where} (a run is a folder with .hydra/config.yaml "
+              f"and progress.csv; {len(report.skipped)} skipped)", file=sys.stderr)
+        return 1
+    runs = report.runs
+    if args.metric not in runs[0].progress.columns:
+        print(f"error: --metric {args.metric} is not a progress.csv column; columns: "
+              f"{', '.join(runs[0].progress.columns)}", file=sys.stderr)
+        return 2
+    keys = args.group_by.split(",") if args.group_by else detect_group_keys(runs)
+    unknown = [k for k in keys if not any(k in run.config for run in runs)]
+    if unknown:
+        print(f"error: --group-by {','.join(unknown)} is not a config key of these runs",
+              file=sys.stderr)
+        return 2
+    groups = make_groups(runs, keys)
+    seed_counts = {(g.env, g.label): g.seeds for g in groups}
+    if len(set(seed_counts.values())) > 1:
+        log.warning("groups have different seed counts: %s", ", ".join(
+            f"{env}/{label}: {n}" for (env, label), n in sorted(seed_counts.items())))
+    log.info("%d runs in %d envs; lines by %s", len(runs), len({r.env for r in runs}),
+             ", ".join(keys) or "(nothing differs: one line per env)")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = final_table(groups, args.metric, reps=args.reps)
+    write_tables(table, runs, args.metric, args.out)
+    save_figure(plot_curves(groups, args.metric, reps=args.reps), args.out, "curves")
+    references = {run.env: (run.config.get("env.random_return"),
+                            run.config.get("env.reference_return")) for run in runs}
+    save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps), args.out,
+                "aggregate")
+    print((args.out / "final.md").read_text())
+    print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Paper figures: learning curves per env and aggregate statistics across envs.
+
+Vector PDF with embedded TrueType fonts plus a 200-dpi PNG; 8-pt text at 7 in (two-column text
+width); the Okabe-Ito colour-blind-safe palette, with one colour per group fixed across every
+panel and figure; legends outside the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from analysis import stats  # noqa: E402
+from analysis.report import Group, curve_on_grid, final_score, step_grid  # noqa: E402
+
+# Okabe & Ito (2008), "Color Universal Design": distinguishable with every colour-vision type.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
+           "#000000"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+METRIC_LABELS = {
+    "eval_return_mean": "Evaluation return",
+    "return_mean": "Training episode return",
+    "kl": "KL(π_old ‖ π_new)",
+    "entropy": "Policy entropy (nats)",
+    "explained_variance": "Explained variance of V",
+    "value_loss": "Value loss (MSE)",
+    "steps_per_s": "Environment steps per second",
+}
+
+STYLE = {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
+    "ytick.labelsize": 7, "legend.fontsize": 7, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5,
+    "lines.linewidth": 1.4, "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200,
+    "figure.dpi": 100,
+}
+
+FULL_WIDTH_IN = 7.0
+
+
+def colours(labels: list[str]) -> dict[str, tuple[str, str]]:
+    """A fixed (colour, line style) per group label, by sorted label, the same in every figure."""
+    ordered = sorted(set(labels))
+    return {label: (PALETTE[i % len(PALETTE)], LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)])
+            for i, label in enumerate(ordered)}
+
+
+def _steps(value: float, _position=None) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    return f"{value / 1e3:g}k" if value >= 1e3 else f"{value:g}"
+
+
+def _seeds_text(counts: list[int]) -> str:
+    low, high = min(counts), max(counts)
+    return f"n={low}" if low == high else f"n={low}–{high}"
+
+
+def save_figure(fig: plt.Figure, out: Path, name: str) -> None:
+    """``out/name.pdf`` (vector) and ``out/name.png``; closes the figure."""
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight")
+    fig.savefig(out / f"{name}.png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(groups: list[Group], metric: str, reps: int = 2000) -> plt.Figure:
+    """One panel per env, one IQM line with its 95% bootstrap band per group."""
+    envs = sorted({g.env for g in groups})
+    style = colours([g.label for g in groups])
+    seed_counts = {label: [g.seeds for g in groups if g.label == label] for label in style}
+    columns = min(len(envs), 3)
+    rows = int(np.ceil(len(envs) / columns))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(rows, columns, squeeze=False,
+                                 figsize=(FULL_WIDTH_IN, 2.1 * rows + 0.5))
+        for ax, env in zip(axes.flat, envs):
+            for group in (g for g in groups if g.env == env):
+                grid = step_grid(group.runs)
+                curves = np.array([curve_on_grid(run.progress, metric, grid)
+                                   for run in group.runs])
+                curves = curves[~np.isnan(curves).any(axis=1)]
+                if curves.size == 0:
+                    continue
+                iqm, low, high = stats.curve_iqm_ci(curves, reps=reps)
+                colour, linestyle = style[group.label]
+                ax.plot(grid, iqm, color=colour, linestyle=linestyle)
+                ax.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
+            ax.set_title(env)
+            ax.set_xlabel("Environment steps")
+            ax.xaxis.set_major_formatter(FuncFormatter(_steps))
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        for ax in list(axes.flat)[len(envs):]:
+            ax.set_visible(False)
+        handles = [plt.Line2D([], [], color=c, linestyle=ls, linewidth=2) for c, ls in
+                   style.values()]
+        labels = [f"{label} ({_seeds_text(seed_counts[label])})" for label in style]
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4),
+                   frameon=False, bbox_to_anchor=(0.5, 1.0))
+        fig.text(0.5, -0.02, "Lines: interquartile mean over seeds; bands: 95% stratified-"
+                 "bootstrap confidence intervals; n = seeds.", ha="center", va="top", fontsize=7)
+        fig.tight_layout()
+    return fig
+
+
+def normalised_final_scores(groups: list[Group], metric: str, references: dict[str, tuple]
+                            ) -> tuple[dict[str, np.ndarray], str]:
+    """Per group label, a ``[runs, envs]`` matrix of normalised final scores, and how.
+
+    Scores are normalised per env by the env config's (random, reference) returns when every
+    env has them, else by the min and max final score over all runs compared in that env. Where
+    groups have different seed counts across envs, the first runs (by seed) up to the smallest
+    count are used so the matrix is rectangular.
+    """
+    envs = sorted({g.env for g in groups})
+    raw = {(g.env, g.label): np.array([final_score(r.progress, metric)
+                                       for r in sorted(g.runs, key=lambda r: r.seed)])
+           for g in groups}
+    use_references = all(references.get(env, (None, None))[0] is not None and
+                         references[env][1] is not None for env in envs)
+    bounds = {}
+    for env in envs:
+        if use_references:
+            bounds[env] = references[env]
+        else:
+            values = np.concatenate([v for (e, _), v in raw.items() if e == env])
+            bounds[env] = (np.nanmin(values), np.nanmax(values))
+            if bounds[env][0] == bounds[env][1]:
+                bounds[env] = (bounds[env][0], bounds[env][0] + 1.0)
+    how = ("normalised per env as (R − random) / (reference − random), D4RL's reference "
+           "returns" if use_references else
+           "min-max normalised per env over the runs compared")
+    matrices = {}
+    for label in sorted({g.label for g in groups}):
+        columns = [raw.get((env, label)) for env in envs]
+        if any(c is None for c in columns):
+            continue  # the group is missing in some env: no cross-env aggregate for it
+        runs = min(len(c) for c in columns)
+        matrices[label] = np.stack([stats.normalize(c[:runs], *bounds[env])
+                                    for c, env in zip(columns, envs)], axis=1)
+    return matrices, how
+
+
+def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple],
+                   reps: int = 2000) -> plt.Figure:
+    """IQM across envs, probability of improvement and performance profiles, with 95% CIs."""
+    matrices, how = normalised_final_scores(groups, metric, references)
+    labels = list(matrices)
+    style = colours([g.label for g in groups])
+    envs = sorted({g.env for g in groups})
+    with plt.rc_context(STYLE):
+        fig, (ax_iqm, ax_poi, ax_profile) = plt.subplots(
+            1, 3, figsize=(FULL_WIDTH_IN, 2.4), gridspec_kw={"width_ratios": [1, 1.2, 1.3]})
+        for y, label in enumerate(labels):
+            scores = matrices[label]
+            low, high = stats.stratified_bootstrap_ci(stats.interquartile_mean, scores,
+                                                      reps=reps)
+            colour = style[label][0]
+            ax_iqm.plot([low, high], [y, y], color=colour, linewidth=6, alpha=0.35,
+                        solid_capstyle="butt")
+            ax_iqm.plot([stats.interquartile_mean(scores)], [y], "|", color=colour,
+                        markersize=12, markeredgewidth=2)
+        ax_iqm.set_yticks(range(len(labels)), labels)
+        ax_iqm.set_ylim(-0.7, len(labels) - 0.3)
+        ax_iqm.set_xlabel("IQM of normalised score")
+        ax_iqm.set_title(f"IQM across {len(envs)} env{'s' * (len(envs) > 1)}")
+
+        pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+        for y, (a, b) in enumerate(pairs):
+            probability = stats.probability_of_improvement(matrices[a], matrices[b])
+            low, high = stats.stratified_bootstrap_ci(stats.probability_of_improvement,
+                                                      matrices[a], matrices[b], reps=reps)
+            ax_poi.plot([low, high], [y, y], color=style[a][0], linewidth=6, alpha=0.35,
+                        solid_capstyle="butt")
+            ax_poi.plot([probability], [y], "|", color=style[a][0], markersize=12,
+                        markeredgewidth=2)
+        ax_poi.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
+        ax_poi.set_yticks(range(len(pairs)), [f"P({a} > {b})" for a, b in pairs])
+        ax_poi.set_ylim(-0.7, max(len(pairs), 1) - 0.3)
+        ax_poi.set_xlim(0, 1)
+        ax_poi.set_xlabel("Probability of improvement")
+        ax_poi.set_title("Pairwise comparison")
+
+        if matrices:
+            every = np.concatenate([m.ravel() for m in matrices.values()])
+            thresholds = np.linspace(min(every.min(), 0.0), max(every.max(), 1.0), 101)
+        for label in labels:
+            profile = stats.performance_profile(matrices[label], thresholds)
+            low, high = stats.performance_profile_ci(matrices[label], thresholds, reps=reps)
+            colour, linestyle = style[label]
+            ax_profile.plot(thresholds, profile, color=colour, linestyle=linestyle,
+                            label=label)
+            ax_profile.fill_between(thresholds, low, high, color=colour, alpha=0.2,
+                                    linewidth=0)
+        ax_profile.set_xlabel("Normalised score τ")
+        ax_profile.set_ylabel("Fraction of runs > τ")
+        ax_profile.set_title("Performance profile")
+        ax_profile.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        runs_text = ", ".join(f"{label}: {m.shape[0]} seeds" for label, m in matrices.items())
+        fig.text(0.5, -0.02, f"Final {metric} {how}; 95% stratified-bootstrap CIs ({runs_text}).",
+                 ha="center", va="top", fontsize=7, wrap=True)
+        fig.tight_layout()
+    return fig

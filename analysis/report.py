@@ -1,0 +1,173 @@
+"""From loaded runs to final scores, curves on a common step grid, and the tables."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import stats
+from analysis.load import Run, group_label
+
+log = logging.getLogger("analysis")
+
+# A run's final score averages its metric over the last FINAL_WINDOW of its environment steps.
+FINAL_WINDOW = 0.1
+# Points of the common step grid on which seeds are aggregated.
+GRID_POINTS = 100
+
+
+def final_score(progress: pd.DataFrame, metric: str = "eval_return_mean",
+                window: float = FINAL_WINDOW) -> float:
+    """Mean of ``metric`` over the rows in the last ``window`` of the run's environment steps.
+
+    The window is ``env_steps ≥ (1 − window)·last env_steps``; if no logged value of the
+    metric falls in it, the last logged value is used. NaN if the metric was never logged.
+    """
+    logged = progress.dropna(subset=[metric])
+    if logged.empty:
+        return math.nan
+    last_step = progress["env_steps"].iloc[-1]
+    in_window = logged[logged["env_steps"] >= (1 - window) * last_step]
+    return float((in_window if not in_window.empty else logged.iloc[-1:])[metric].mean())
+
+
+def step_grid(runs: list[Run], points: int = GRID_POINTS) -> np.ndarray:
+    """Steps from the first logged step to the last step every run reached."""
+    first = min(run.progress["env_steps"].iloc[0] for run in runs)
+    last = min(run.progress["env_steps"].iloc[-1] for run in runs)
+    return np.linspace(first, last, points)
+
+
+def curve_on_grid(progress: pd.DataFrame, metric: str, grid: np.ndarray) -> np.ndarray:
+    """``metric`` linearly interpolated at ``grid`` from the rows where it was logged."""
+    logged = progress.dropna(subset=[metric])
+    if logged.empty:
+        return np.full(grid.shape, np.nan)
+    return np.interp(grid, logged["env_steps"].to_numpy(float), logged[metric].to_numpy(float))
+
+
+@dataclass
+class Group:
+    """The runs of one line in one env panel."""
+
+    env: str
+    label: str
+    keys: dict  # group key -> value
+    runs: list[Run]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+
+def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
+    """Runs split by env and by the values of ``keys``, in a stable order."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        label = group_label(run, keys)
+        group = groups.setdefault((run.env, label), Group(
+            run.env, label, {k: run.config.get(k) for k in keys}, []))
+        group.runs.append(run)
+    return sorted(groups.values(), key=lambda g: (g.env, g.label))
+
+
+def final_table(groups: list[Group], metric: str, reps: int = 2000) -> pd.DataFrame:
+    """One row per env × group: keys, ``seeds``, ``iqm`` with its 95% CI, ``mean``."""
+    rows = []
+    for group in groups:
+        scores = np.array([final_score(run.progress, metric) for run in group.runs])
+        scores = scores[~np.isnan(scores)]
+        if scores.size == 0:
+            log.warning("%s / %s: no run logged %s; left out of the tables", group.env,
+                        group.label, metric)
+            continue
+        column = scores[:, None]
+        low, high = stats.stratified_bootstrap_ci(stats.interquartile_mean, column, reps=reps)
+        rows.append({"env": group.env, **group.keys, "group": group.label,
+                     "seeds": int(scores.size), "iqm": stats.interquartile_mean(column),
+                     "iqm_lo": low, "iqm_hi": high, "mean": stats.mean(column)})
+    return pd.DataFrame(rows)
+
+
+def _cell(row: pd.Series, digits: int) -> str:
+    return f"{row.iqm:.{digits}f} [{row.iqm_lo:.{digits}f}, {row.iqm_hi:.{digits}f}]"
+
+
+def _digits(table: pd.DataFrame) -> int:
+    return 0 if table["iqm"].abs().max() >= 100 else 2
+
+
+def markdown_table(table: pd.DataFrame, metric: str) -> str:
+    """Groups as rows, envs as columns, ``IQM [lo, hi]`` cells, the best IQM per env in bold."""
+    envs = sorted(table["env"].unique())
+    digits = _digits(table)
+    best = table.loc[table.groupby("env")["iqm"].idxmax()].set_index("env")["group"]
+    lines = [f"| | {' | '.join(envs)} |", "|---|" + "---|" * len(envs)]
+    for label in sorted(table["group"].unique()):
+        cells = []
+        for env in envs:
+            match = table[(table["env"] == env) & (table["group"] == label)]
+            if match.empty:
+                cells.append("–")
+                continue
+            row = match.iloc[0]
+            text = f"{_cell(row, digits)} (n={row.seeds})"
+            cells.append(f"**{text}**" if best.get(env) == label else text)
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines.append("")
+    lines.append(f"Final {metric}: interquartile mean over seeds of each run's mean over its "
+                 f"last {FINAL_WINDOW:.0%} of environment steps, with 95% stratified-bootstrap "
+                 "confidence intervals; n = seeds; best IQM per env in bold.")
+    return "\n".join(lines) + "\n"
+
+
+def latex_table(table: pd.DataFrame, metric: str) -> str:
+    """The same table as :func:`markdown_table` for a paper (booktabs)."""
+    envs = sorted(table["env"].unique())
+    digits = _digits(table)
+    best = table.loc[table.groupby("env")["iqm"].idxmax()].set_index("env")["group"]
+    lines = [r"\begin{tabular}{l" + "c" * len(envs) + "}", r"\toprule",
+             " & ".join(["", *[_tex(e) for e in envs]]) + r" \\", r"\midrule"]
+    for label in sorted(table["group"].unique()):
+        cells = []
+        for env in envs:
+            match = table[(table["env"] == env) & (table["group"] == label)]
+            if match.empty:
+                cells.append("--")
+                continue
+            text = _cell(match.iloc[0], digits)
+            cells.append(rf"\textbf{{{text}}}" if best.get(env) == label else text)
+        lines.append(" & ".join([_tex(label), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    caption = (f"% Final {metric}: IQM over seeds [95% stratified-bootstrap CI]; best per env "
+               "in bold.")
+    return caption + "\n" + "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    return str(text).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def tidy_runs(runs: list[Run]) -> pd.DataFrame:
+    """Every logged row of every run, with the run's path and config values as columns."""
+    frames = []
+    for run in runs:
+        frame = run.progress.copy()
+        frame.insert(0, "run", str(run.path))
+        for key, value in sorted(run.config.items()):
+            if key not in frame:
+                frame[key] = str(value) if isinstance(value, tuple) else value
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_tables(table: pd.DataFrame, runs: list[Run], metric: str, out: Path) -> None:
+    table.drop(columns=["group"]).to_csv(out / "final.csv", index=False)
+    (out / "final.md").write_text(markdown_table(table, metric))
+    (out / "final.tex").write_text(latex_table(table, metric))
+    tidy_runs(runs).to_csv(out / "runs.csv", index=False)

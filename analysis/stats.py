@@ -1,0 +1,121 @@
+"""Statistics for few-seed RL results (Agarwal et al. 2021, "Deep RL at the Edge of the
+Statistical Precipice"), as pure functions on arrays of scores.
+
+Scores are ``[runs, tasks]`` arrays: one row per seed, one column per environment. The
+definitions follow rliable 1.2.0 (``rliable.metrics`` and ``rliable.library``), which is not a
+dependency here because its ``arch`` dependency fails to import next to pandas 3; the tests check
+these functions against values computed with rliable.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+def interquartile_mean(scores: np.ndarray) -> float:
+    """Mean of the middle 50% of all scores pooled, ``scipy.stats.trim_mean(x, 0.25)``.
+
+    ``int(0.25·n)`` scores are cut from each end; with fewer than 4 scores nothing is cut and
+    the IQM is the mean.
+    """
+    flat = np.sort(np.asarray(scores, dtype=float).ravel())
+    cut = int(0.25 * flat.size)
+    return float(flat[cut:flat.size - cut].mean())
+
+
+def mean(scores: np.ndarray) -> float:
+    """Mean over runs of each task, averaged over tasks (rliable's ``aggregate_mean``)."""
+    return float(np.mean(np.mean(np.asarray(scores, dtype=float), axis=0)))
+
+
+def stratified_bootstrap_ci(statistic: Callable[..., float], *score_sets: np.ndarray,
+                            reps: int = 2000, confidence: float = 0.95,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile confidence interval of ``statistic(*score_sets)`` by stratified bootstrap.
+
+    Each resample draws, for every ``[runs, tasks]`` array and every task (the stratum), as many
+    runs as it has, with replacement; the arrays are resampled independently.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(s, dtype=float) for s in score_sets]
+    estimates = np.empty(reps)
+    for rep in range(reps):
+        resampled = []
+        for array in arrays:
+            runs, tasks = array.shape
+            rows = rng.integers(0, runs, size=(runs, tasks))
+            resampled.append(np.take_along_axis(array, rows, axis=0))
+        estimates[rep] = statistic(*resampled)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(estimates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """P(X > Y): the chance that a run of X beats a run of Y on a task, averaged over tasks.
+
+    Per task it is the Mann-Whitney U statistic over all pairs of runs, ties counting ½
+    (rliable's ``probability_of_improvement``). ``x`` and ``y`` are ``[runs, tasks]``; their run
+    counts may differ.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    per_task = []
+    for task in range(x.shape[1]):
+        diff = x[:, task][:, None] - y[:, task][None, :]
+        per_task.append(np.mean((diff > 0) + 0.5 * (diff == 0)))
+    return float(np.mean(per_task))
+
+
+def performance_profile(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Fraction of runs with a score above each threshold τ, averaged over tasks.
+
+    rliable's ``create_performance_profile`` with ``use_score_distribution=True``.
+    """
+    scores = np.asarray(scores, dtype=float)
+    return np.array([np.mean(np.mean(scores > tau, axis=0)) for tau in thresholds])
+
+
+def performance_profile_ci(scores: np.ndarray, thresholds: Sequence[float], reps: int = 2000,
+                           confidence: float = 0.95, seed: int = 0) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """Pointwise stratified-bootstrap percentile bands of :func:`performance_profile`."""
+    rng = np.random.default_rng(seed)
+    scores = np.asarray(scores, dtype=float)
+    runs, tasks = scores.shape
+    profiles = np.empty((reps, len(thresholds)))
+    for rep in range(reps):
+        rows = rng.integers(0, runs, size=(runs, tasks))
+        profiles[rep] = performance_profile(np.take_along_axis(scores, rows, axis=0), thresholds)
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(profiles, tail, axis=0), np.percentile(profiles, 100 - tail, axis=0)
+
+
+def normalize(scores: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``(scores − low) / (high − low)``: 0 at ``low`` (random), 1 at ``high`` (reference)."""
+    return (np.asarray(scores, dtype=float) - low) / (high - low)
+
+
+def iqm_along_runs(scores: np.ndarray) -> np.ndarray:
+    """:func:`interquartile_mean` over axis −2 (runs) of ``[..., runs, points]``, vectorised."""
+    ordered = np.sort(np.asarray(scores, dtype=float), axis=-2)
+    runs = ordered.shape[-2]
+    cut = int(0.25 * runs)
+    return ordered[..., cut:runs - cut, :].mean(axis=-2)
+
+
+def curve_iqm_ci(curves: np.ndarray, reps: int = 2000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQM across runs at each point of ``[runs, points]`` curves, with bootstrap percentile bands.
+
+    One task, so the stratified bootstrap resamples runs; the same resampled runs are used at
+    every point, so a band is the band of whole curves.
+    """
+    curves = np.asarray(curves, dtype=float)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, curves.shape[0], size=(reps, curves.shape[0]))
+    estimates = iqm_along_runs(curves[rows])
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(estimates, [tail, 100 - tail], axis=0)
+    return iqm_along_runs(curves), low, high

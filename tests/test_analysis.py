@@ -1,0 +1,314 @@
+"""Analysis: statistics against hand-computed values and rliable, grouping, final scores, tables,
+figures and robustness, on run folders written here with known numbers."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from analysis import stats
+from analysis.__main__ import main
+from analysis.figures import plot_aggregate, plot_curves
+from analysis.load import detect_group_keys, load_runs
+from analysis.report import final_score, final_table, make_groups
+
+# ------------------------------------------------------------------------------- statistics
+
+# Scores and the values rliable 1.2.0 computes for them (metrics.aggregate_iqm,
+# aggregate_mean, probability_of_improvement; library.create_performance_profile at
+# τ = 0, 0.5, …, 2; library.get_interval_estimates with 20000 resamples).
+X = np.array([[1.152, 0.48, 1.375], [1.47, 0.024, 0.349], [1.064, 0.842, 0.992],
+              [0.573, 1.44, 1.389], [1.033, 1.564, 1.234], [0.57, 1.184, 0.521],
+              [1.439, 0.975, 0.908]])
+Y = np.array([[0.46, 1.411, 0.723], [0.586, 0.624, 1.066], [0.983, 1.006, 1.015],
+              [1.871, 0.597, 0.544], [0.393, 1.108, 1.364]])
+RLIABLE = {"iqm_x": 1.030181818181818, "iqm_y": 0.8564444444444445, "mean_x": 0.979904761904762,
+           "poi": 0.5714285714285714,
+           "profile": [1.0, 0.8571428571428571, 0.5238095238095238, 0.047619047619047616, 0.0],
+           "iqm_ci_x": (0.7879090909090909, 1.2358204545454545)}
+
+
+def naive_iqm(scores):
+    """Drop the lowest and highest quarter (rounded down) of the pooled scores, one by one."""
+    values = sorted(np.ravel(scores).tolist())
+    for _ in range(int(0.25 * len(values))):
+        values.pop(0)
+        values.pop(-1)
+    return sum(values) / len(values)
+
+
+def test_iqm_by_hand():
+    assert stats.interquartile_mean(np.arange(1, 9)) == 4.5  # mean of 3, 4, 5, 6
+    assert stats.interquartile_mean([1, 2, 3, 4, 100]) == 3.0  # one cut from each end
+    assert stats.interquartile_mean([1, 2, 30]) == 11.0  # fewer than 4: the mean
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (5, 2), (10, 3), (7, 4)])
+def test_iqm_matches_naive_trimming(shape):
+    scores = np.random.default_rng(sum(shape)).normal(size=shape)
+    assert stats.interquartile_mean(scores) == pytest.approx(naive_iqm(scores))
+
+
+def test_iqm_along_runs_matches_the_pooled_version_per_point():
+    curves = np.random.default_rng(0).normal(size=(6, 5))
+    np.testing.assert_allclose(stats.iqm_along_runs(curves),
+                               [stats.interquartile_mean(curves[:, j]) for j in range(5)])
+
+
+def test_statistics_match_rliable():
+    assert stats.interquartile_mean(X) == pytest.approx(RLIABLE["iqm_x"])
+    assert stats.interquartile_mean(Y) == pytest.approx(RLIABLE["iqm_y"])
+    assert stats.mean(X) == pytest.approx(RLIABLE["mean_x"])
+    assert stats.probability_of_improvement(X, Y) == pytest.approx(RLIABLE["poi"])
+    np.testing.assert_allclose(stats.performance_profile(X, np.linspace(0, 2, 5)),
+                               RLIABLE["profile"])
+    low, high = stats.stratified_bootstrap_ci(stats.interquartile_mean, X, reps=20000)
+    assert low == pytest.approx(RLIABLE["iqm_ci_x"][0], abs=0.02)
+    assert high == pytest.approx(RLIABLE["iqm_ci_x"][1], abs=0.02)
+
+
+def test_statistics_match_rliable_live():
+    """Where rliable imports (it needs pandas < 3), compare with it directly."""
+    metrics = pytest.importorskip("rliable.metrics")
+    assert stats.interquartile_mean(Y) == pytest.approx(metrics.aggregate_iqm(Y))
+    assert stats.probability_of_improvement(Y, X) == pytest.approx(
+        metrics.probability_of_improvement(Y, X))
+
+
+def test_probability_of_improvement_by_hand():
+    assert stats.probability_of_improvement([[1], [3]], [[2], [2]]) == 0.5
+    assert stats.probability_of_improvement([[2]], [[2]]) == 0.5  # a tie counts ½
+    # Task 1: 3 of 4 pairs won; task 2: all won; averaged over tasks.
+    x, y = [[2, 5], [4, 6]], [[1, 0], [3, 1]]
+    assert stats.probability_of_improvement(x, y) == pytest.approx((3 / 4 + 1) / 2)
+
+
+def test_performance_profile_by_hand():
+    scores = np.array([[0.1, 0.5], [0.6, 0.9]])
+    np.testing.assert_allclose(stats.performance_profile(scores, [0.0, 0.55, 1.0]),
+                               [1.0, (0.5 + 0.5) / 2, 0.0])
+
+
+def test_bootstrap_interval_is_seeded_contains_the_estimate_and_collapses_on_constants():
+    a = stats.stratified_bootstrap_ci(stats.interquartile_mean, X, reps=500, seed=3)
+    assert a == stats.stratified_bootstrap_ci(stats.interquartile_mean, X, reps=500, seed=3)
+    assert a[0] <= stats.interquartile_mean(X) <= a[1]
+    assert stats.stratified_bootstrap_ci(stats.interquartile_mean, np.full((4, 2), 7.0),
+                                         reps=50) == (7.0, 7.0)
+
+
+def test_bootstrap_resamples_within_each_task():
+    """Stratified: a resample never mixes tasks, so task-constant scores keep every task mean."""
+    scores = np.tile([0.0, 10.0], (5, 1))  # task 0 always 0, task 1 always 10
+    assert stats.stratified_bootstrap_ci(stats.mean, scores, reps=100) == (5.0, 5.0)
+
+
+def test_normalize():
+    np.testing.assert_allclose(stats.normalize([-20, 1607, 3234.3], -20.0, 3234.3),
+                               [0, 0.5, 1], atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- run folders
+
+
+def write_run(root, name, env="hopper", solver="trpo", seed=0, returns=(1.0, 2.0, 3.0),
+              total_steps=None, status="completed", extra=None, every=1):
+    """A run folder as run.py writes it, with ``returns`` as eval_return_mean every ``every``
+    iterations of 100 steps."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    steps = len(returns) * 100
+    config = {"env": {"id": {"hopper": "Hopper-v5", "walker": "Walker2d-v5"}[env],
+                      "default_steps": steps, "random_return": 0.0,
+                      "reference_return": 100.0},
+              "solver": {"_target_": f"trpo.solvers.{solver.upper()}", "max_kl": 0.01},
+              "advantage": {"_target_": "trpo.advantages.GAE", "lam": 0.97},
+              "seed": seed, "name": "test", "total_steps": "${env.default_steps}"
+              if total_steps is None else total_steps, "steps_per_iteration": 100,
+              "logger": {"mode": "disabled"}}
+    for key, value in (extra or {}).items():
+        section, field = key.split(".")
+        config[section][field] = value
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"runtime": {"choices": {"env": env, "solver": solver, "advantage": "gae",
+                                           "network": "mlp64"}}}}))
+    rows = [{"iteration": i + 1, "env_steps": (i + 1) * 100, "wall_s": i,
+             "return_mean": r / 2, "eval_return_mean": r if (i + 1) % every == 0 else None,
+             "kl": 0.01} for i, r in enumerate(returns)]
+    pd.DataFrame(rows).to_csv(run / "progress.csv", index=False)
+    (run / "status.json").write_text(json.dumps({"status": status}))
+    return run
+
+
+def sweep(root, envs=("hopper", "walker"), solvers=("trpo", "npg"), seeds=(0, 1, 2)):
+    """Returns rising to 10·(solver index + 1) + seed, flat over the last two evaluations."""
+    n = 0
+    for env in envs:
+        for s, solver in enumerate(solvers):
+            for seed in seeds:
+                top = 10.0 * (s + 1) + seed
+                returns = np.linspace(0, top, 10)
+                returns[-2:] = top
+                write_run(root, f"multi/{n}", env, solver, seed, returns=returns.tolist())
+                n += 1
+
+
+def test_final_score_window_and_fallback():
+    progress = pd.DataFrame({"env_steps": np.arange(100, 1100, 100),
+                             "eval_return_mean": [np.nan, 1, np.nan, 2, np.nan, 3, np.nan, 4,
+                                                  np.nan, 5]})
+    assert final_score(progress) == 5.0  # last 10%: steps ≥ 900, evaluated at 1000 only
+    assert final_score(progress, window=0.3) == 4.5  # steps ≥ 700: 800 and 1000
+    progress.loc[9, "eval_return_mean"] = np.nan
+    assert final_score(progress) == 4.0  # nothing evaluated in the window: the last one
+    assert np.isnan(final_score(progress.assign(eval_return_mean=np.nan)))
+
+
+def test_loading_resolves_interpolations_and_reads_choices(tmp_path):
+    write_run(tmp_path, "a")
+    (run,) = load_runs([tmp_path]).runs
+    assert run.config["total_steps"] == 300 and run.complete
+    assert (run.env, run.config["solver"], run.seed) == ("hopper", "trpo", 0)
+
+
+@pytest.mark.parametrize("variants, expected", [
+    ({"solver": ["trpo", "npg"]}, ["solver"]),
+    ({"solver": ["trpo", "npg"], "advantage.lam": [0.9, 0.97]}, ["solver", "advantage.lam"]),
+    ({"solver.max_kl": [0.001, 0.01, 0.05]}, ["solver.max_kl"]),
+])
+def test_group_keys_are_the_values_that_differ_seed_and_env_aside(tmp_path, variants, expected):
+    import itertools
+
+    names = list(variants)
+    n = 0
+    for env in ("hopper", "walker"):
+        for values in itertools.product(*variants.values()):
+            setting = dict(zip(names, values))
+            solver = setting.pop("solver", "trpo")
+            for seed in (0, 1):
+                # total_steps differs by env, as it does through env.default_steps
+                write_run(tmp_path, str(n), env, solver, seed, extra=setting,
+                          returns=[1.0] * (3 if env == "hopper" else 4))
+                n += 1
+    assert detect_group_keys(load_runs([tmp_path]).runs) == expected
+
+
+def test_a_swept_sub_key_within_two_solvers_is_its_own_key(tmp_path):
+    n = 0
+    for solver in ("trpo", "npg"):
+        for max_kl in (0.01, 0.05):
+            write_run(tmp_path, str(n), solver=solver, extra={"solver.max_kl": max_kl})
+            n += 1
+    assert detect_group_keys(load_runs([tmp_path]).runs) == ["solver", "solver.max_kl"]
+
+
+def test_final_table_matches_a_recomputation_from_progress_files(tmp_path):
+    sweep(tmp_path)
+    runs = load_runs([tmp_path]).runs
+    table = final_table(make_groups(runs, ["solver"]), "eval_return_mean", reps=200)
+    assert len(table) == 4 and set(table["seeds"]) == {3}
+    for row in table.itertuples():
+        finals = []
+        for run in runs:
+            if (run.env, run.config["solver"]) == (row.env, row.solver):
+                progress = pd.read_csv(run.path / "progress.csv")
+                last_tenth = progress["env_steps"] >= 0.9 * progress["env_steps"].max()
+                finals.append(progress.loc[last_tenth, "eval_return_mean"].mean())
+        assert row.mean == pytest.approx(np.mean(finals))
+        assert row.iqm == pytest.approx(np.mean(finals))  # 3 seeds: nothing is trimmed
+        assert row.iqm_lo <= row.iqm <= row.iqm_hi
+
+
+def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
+    sweep(tmp_path / "runs")
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "runs"), "--out", str(out), "--reps", "200"]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "curves.pdf", "curves.png", "aggregate.pdf", "aggregate.png", "final.csv", "final.md",
+        "final.tex", "runs.csv"}
+    final = pd.read_csv(out / "final.csv")
+    assert list(final.columns) == ["env", "solver", "seeds", "iqm", "iqm_lo", "iqm_hi", "mean"]
+    assert final.set_index(["env", "solver"]).loc[("walker", "npg"), "iqm"] == pytest.approx(21)
+    markdown = (out / "final.md").read_text()
+    assert "| npg | **21.00 [20.00, 22.00] (n=3)** | **21.00 [20.00, 22.00] (n=3)** |" in markdown
+    assert "| trpo | 11.00 [10.00, 12.00] (n=3) | 11.00 [10.00, 12.00] (n=3) |" in markdown
+    assert markdown.count("**") == 4  # one bold cell per env
+    assert r"\textbf{" in (out / "final.tex").read_text()
+    tidy = pd.read_csv(out / "runs.csv")
+    assert len(tidy) == 12 * 10 and {"run", "env", "solver", "seed", "solver.max_kl"} <= set(
+        tidy.columns)
+
+
+def test_curve_figure_has_a_panel_per_env_a_line_per_group_and_labels(tmp_path):
+    sweep(tmp_path)
+    groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
+    fig = plot_curves(groups, "eval_return_mean", reps=100)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["hopper", "walker"]
+    for ax in panels:
+        assert len(ax.get_lines()) == 2
+        assert ax.get_xlabel() == "Environment steps"
+        assert ax.get_ylabel() == "Evaluation return"
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["npg (n=3)", "trpo (n=3)"]
+    colours = {ax.get_lines()[0].get_color() for ax in panels}
+    assert len(colours) == 1  # the same group has the same colour in every panel
+
+
+def test_aggregate_figure_uses_reference_scores_and_has_three_panels(tmp_path):
+    sweep(tmp_path)
+    groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
+    fig = plot_aggregate(groups, "eval_return_mean",
+                         {"hopper": (0.0, 100.0), "walker": (0.0, 100.0)}, reps=100)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["IQM across 2 envs", "Pairwise comparison", "Performance profile"]
+    assert "D4RL" in " ".join(t.get_text() for t in fig.texts)
+    iqm_ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert iqm_ticks == ["npg", "trpo"]
+
+
+# ------------------------------------------------------------------------------ robustness
+
+
+def test_failed_incomplete_truncated_and_empty_runs_are_reported_by_path(tmp_path, caplog):
+    sweep(tmp_path, envs=("hopper",), solvers=("trpo",))
+    write_run(tmp_path, "failed", status="failed")
+    write_run(tmp_path, "short", total_steps=1000, status="running")
+    (write_run(tmp_path, "no_progress") / "progress.csv").unlink()
+    cut = write_run(tmp_path, "cut", seed=7)
+    with open(cut / "progress.csv", "a") as file:
+        file.write("4,400,3")  # a crash in the middle of a line
+    report = load_runs([tmp_path])
+    skipped = {path.name: why for path, why in report.skipped}
+    assert set(skipped) == {"failed", "short", "no_progress"}
+    assert "failed" in skipped["failed"] and "300 of 1,000" in skipped["short"]
+    cut_run = next(r for r in report.runs if r.path.name == "cut")
+    assert len(cut_run.progress) == 3
+    assert "cut short" in caplog.text and str(cut) in caplog.text
+    with_incomplete = load_runs([tmp_path], include_incomplete=True)
+    assert any(p.name == "short" for p, _ in with_incomplete.incomplete_used)
+
+
+def test_an_empty_folder_exits_with_one_clear_line(tmp_path, capsys):
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no usable runs below")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_metric_and_group_key_are_named(tmp_path, capsys):
+    write_run(tmp_path, "a")
+    assert main([str(tmp_path), "--out", str(tmp_path / "o"), "--metric", "nope"]) == 2
+    assert "--metric nope" in capsys.readouterr().err
+    assert main([str(tmp_path), "--out", str(tmp_path / "o"), "--group-by", "solvr"]) == 2
+    assert "--group-by solvr" in capsys.readouterr().err
+
+
+def test_different_seed_counts_are_warned_about(tmp_path, caplog):
+    sweep(tmp_path / "a", envs=("hopper",), solvers=("trpo",), seeds=(0, 1, 2))
+    sweep(tmp_path / "b", envs=("hopper",), solvers=("npg",), seeds=(0, 1))
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "50"]) == 0
+    assert "different seed counts" in caplog.text
