@@ -189,7 +189,8 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
 
         if matrices:
             every = np.concatenate([m.ravel() for m in matrices.values()])
-            thresholds = np.linspace(min(every.min(), 0.0), max(every.max(), 1.0), 101)
+            margin = 0.05 * max(every.max() - every.min(), 1e-3)
+            thresholds = np.linspace(every.min() - margin, every.max() + margin, 101)
         for label in labels:
             profile = stats.performance_profile(matrices[label], thresholds)
             low, high = stats.performance_profile_ci(matrices[label], thresholds, reps=reps)

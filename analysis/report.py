@@ -94,6 +94,12 @@ def final_table(groups: list[Group], metric: str, reps: int = 2000) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def _best(table: pd.DataFrame) -> set[tuple[str, str]]:
+    """(env, group) pairs with the highest IQM in their env; every one of them on a tie."""
+    top = table.groupby("env")["iqm"].transform("max")
+    return set(zip(table.loc[table["iqm"] == top, "env"], table.loc[table["iqm"] == top, "group"]))
+
+
 def _cell(row: pd.Series, digits: int) -> str:
     return f"{row.iqm:.{digits}f} [{row.iqm_lo:.{digits}f}, {row.iqm_hi:.{digits}f}]"
 
@@ -106,7 +112,7 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     """Groups as rows, envs as columns, ``IQM [lo, hi]`` cells, the best IQM per env in bold."""
     envs = sorted(table["env"].unique())
     digits = _digits(table)
-    best = table.loc[table.groupby("env")["iqm"].idxmax()].set_index("env")["group"]
+    best = _best(table)
     lines = [f"| | {' | '.join(envs)} |", "|---|" + "---|" * len(envs)]
     for label in sorted(table["group"].unique()):
         cells = []
@@ -117,7 +123,7 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
                 continue
             row = match.iloc[0]
             text = f"{_cell(row, digits)} (n={row.seeds})"
-            cells.append(f"**{text}**" if best.get(env) == label else text)
+            cells.append(f"**{text}**" if (env, label) in best else text)
         lines.append(f"| {label} | {' | '.join(cells)} |")
     lines.append("")
     lines.append(f"Final {metric}: interquartile mean over seeds of each run's mean over its "
@@ -130,7 +136,7 @@ def latex_table(table: pd.DataFrame, metric: str) -> str:
     """The same table as :func:`markdown_table` for a paper (booktabs)."""
     envs = sorted(table["env"].unique())
     digits = _digits(table)
-    best = table.loc[table.groupby("env")["iqm"].idxmax()].set_index("env")["group"]
+    best = _best(table)
     lines = [r"\begin{tabular}{l" + "c" * len(envs) + "}", r"\toprule",
              " & ".join(["", *[_tex(e) for e in envs]]) + r" \\", r"\midrule"]
     for label in sorted(table["group"].unique()):
@@ -141,7 +147,7 @@ def latex_table(table: pd.DataFrame, metric: str) -> str:
                 cells.append("--")
                 continue
             text = _cell(match.iloc[0], digits)
-            cells.append(rf"\textbf{{{text}}}" if best.get(env) == label else text)
+            cells.append(rf"\textbf{{{text}}}" if (env, label) in best else text)
         lines.append(" & ".join([_tex(label), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     caption = (f"% Final {metric}: IQM over seeds [95% stratified-bootstrap CI]; best per env "

@@ -312,3 +312,13 @@ def test_different_seed_counts_are_warned_about(tmp_path, caplog):
     sweep(tmp_path / "b", envs=("hopper",), solvers=("npg",), seeds=(0, 1))
     assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "50"]) == 0
     assert "different seed counts" in caplog.text
+
+
+def test_experiments_entry_point_analyses_existing_runs_into_results(tmp_path, monkeypatch):
+    import experiments.__main__ as entry
+
+    sweep(tmp_path / "runs")
+    monkeypatch.setattr(entry, "ROOT", tmp_path)
+    assert entry.main(["quickstart", "--analyse-only", str(tmp_path / "runs"),
+                       "--reps", "50"]) == 0
+    assert (tmp_path / "experiments" / "results" / "quickstart" / "final.md").exists()

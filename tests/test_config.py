@@ -3,6 +3,8 @@
 import gymnasium as gym
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ConfigAttributeError, ValidationError
@@ -162,3 +164,14 @@ def test_schema_errors_are_omegaconf_validation_errors():
         schema.max_kl = "big"
     with pytest.raises(ConfigAttributeError):
         schema.maxkl = 0.1
+
+
+@pytest.mark.parametrize("study", options("experiment"))
+def test_every_study_composes_validates_and_declares_a_sweep(compose_config, study):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={study}"],
+                      return_hydra_config=True)
+    assert cfg.name == study
+    assert cfg.hydra.sweeper.params, "a study names the values it sweeps"
+    validate_config(compose_config([f"experiment={study}"]))

@@ -80,3 +80,48 @@ def test_cartpole_reaches_the_maximum_return_with_each_solver(tmp_path, solver):
                     f"hydra.run.dir={tmp_path}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert pd.read_csv(tmp_path / "progress.csv")["eval_return_mean"].max() == 500.0
+
+
+def test_async_vector_mode_trains(compose_config, tmp_path):
+    cfg = compose_config(["env=cartpole", *TINY, "vector_mode=async"])
+    train(cfg, tmp_path)
+    assert len(pd.read_csv(tmp_path / "progress.csv")) == 2
+
+
+def test_a_run_that_fails_finishes_its_wandb_run_and_records_the_failure(compose_config,
+                                                                         tmp_path):
+    """joblib reuses worker processes: a W&B run left open would leak into the next job."""
+    import json
+
+    import gymnasium as gym
+    import wandb
+
+    from tests.test_rollout import NaNRewardEnv
+    from trpo.rollout import NonFiniteError
+
+    gym.register("NaNRewardForRun-v0", entry_point=NaNRewardEnv, max_episode_steps=10)
+    overrides = [o for o in TINY if not o.startswith("logger.mode")]
+    cfg = compose_config(["env=cartpole", "env.id=NaNRewardForRun-v0", *overrides,
+                          "logger.mode=offline", "num_envs=1", "steps_per_iteration=8"])
+    with pytest.raises(NonFiniteError):
+        train(cfg, tmp_path)
+    assert wandb.run is None
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "non-finite reward" in status["error"]
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_submitit_local_launcher_runs_the_cluster_path(tmp_path):
+    """submitit_local goes through the same submitit code as SLURM, with local processes."""
+    result = run_py("-m", "hydra/launcher=submitit_local", "env=cartpole", "seed=0,1", *TINY,
+                    f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(len(pd.read_csv(tmp_path / n / "progress.csv")) == 2 for n in ("0", "1"))
+
+
+def test_slurm_preset_composes_with_the_submitit_slurm_launcher():
+    result = run_py("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg",
+                    "hydra", "-p", "hydra.launcher", timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SlurmLauncher" in result.stdout and "partition: gpu" in result.stdout
+    assert "cpus_per_task: 2" in result.stdout

@@ -72,11 +72,9 @@ class Init(Enum):
     default = "default"
 
 
-class VectorMode(Enum):
-    """How the training environments of one process are stepped: in turn or in subprocesses."""
-
-    sync = "sync"
-    async_ = "async"
+# How the training environments of one process are stepped: ``sync`` in turn in this process,
+# ``async`` in subprocesses. (The functional form, because ``async`` is a Python keyword.)
+VectorMode = Enum("VectorMode", {"sync": "sync", "async": "async"})
 
 
 class WandbMode(Enum):

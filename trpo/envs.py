@@ -24,7 +24,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     env_fns = [partial(gym.make, cfg.id, **kwargs) for _ in range(num_envs)]
-    if mode is VectorMode.async_:
+    if mode is VectorMode["async"]:
         return AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP,
                               context="forkserver")
     return SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)

@@ -1,0 +1,51 @@
+"""``python -m experiments STUDY [override ...]``: run a study's sweep, then its analysis.
+
+A study is ``conf/experiment/STUDY.yaml``. Its runs go to ``multirun/STUDY/<date>_<time>/`` and
+its figures and tables to ``experiments/results/STUDY/``. Extra arguments are Hydra overrides
+for the sweep (``hydra/launcher=slurm``, ``logger.mode=online``, ...). ``--analyse-only DIR``
+skips the sweep and analyses runs that are already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from analysis.__main__ import main as analyse
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=STUDIES)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the sweep")
+    parser.add_argument("--analyse-only", type=Path, metavar="DIR",
+                        help="analyse the runs below DIR instead of running the sweep")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    args = parser.parse_args(argv)
+
+    sweep_status = 0
+    if args.analyse_only:
+        sweep_dir = args.analyse_only
+    else:
+        sweep_dir = ROOT / "multirun" / args.study / time.strftime("%Y-%m-%d_%H-%M-%S")
+        command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={args.study}",
+                   f"hydra.sweep.dir={sweep_dir}", *args.overrides]
+        print("running:", " ".join(command), flush=True)
+        sweep_status = subprocess.call(command, cwd=ROOT)
+        if sweep_status:
+            print(f"the sweep exited with {sweep_status}; analysing the runs that finished",
+                  file=sys.stderr)
+    out = ROOT / "experiments" / "results" / args.study
+    status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps)])
+    return sweep_status or status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
