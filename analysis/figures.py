@@ -46,9 +46,13 @@ FULL_WIDTH_IN = 7.0
 
 
 def colours(labels: list[str]) -> dict[str, tuple[str, str]]:
-    """A fixed (colour, line style) per group label, by sorted label, the same in every figure."""
+    """A fixed (colour, line style) per group label, by sorted label, the same in every figure.
+
+    Styles differ as well as colours, so identical curves stay visible (a dashed line over a
+    solid one) and the figure survives greyscale printing.
+    """
     ordered = sorted(set(labels))
-    return {label: (PALETTE[i % len(PALETTE)], LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)])
+    return {label: (PALETTE[i % len(PALETTE)], LINESTYLES[i % len(LINESTYLES)])
             for i, label in enumerate(ordered)}
 
 
