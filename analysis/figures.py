@@ -69,7 +69,8 @@ def _seeds_text(counts: list[int]) -> str:
 
 def save_figure(fig: plt.Figure, out: Path, name: str) -> None:
     """``out/name.pdf`` (vector) and ``out/name.png``; closes the figure."""
-    fig.savefig(out / f"{name}.pdf", bbox_inches="tight")
+    # No creation date, so regenerating a committed figure from the same runs changes nothing.
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
     fig.savefig(out / f"{name}.png", bbox_inches="tight")
     plt.close(fig)
 

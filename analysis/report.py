@@ -100,31 +100,34 @@ def _best(table: pd.DataFrame) -> set[tuple[str, str]]:
     return set(zip(table.loc[table["iqm"] == top, "env"], table.loc[table["iqm"] == top, "group"]))
 
 
-def _cell(row: pd.Series, digits: int) -> str:
-    return f"{row.iqm:.{digits}f} [{row.iqm_lo:.{digits}f}, {row.iqm_hi:.{digits}f}]"
-
-
-def _digits(table: pd.DataFrame) -> int:
-    return 0 if table["iqm"].abs().max() >= 100 else 2
-
-
-def markdown_table(table: pd.DataFrame, metric: str) -> str:
-    """Groups as rows, envs as columns, ``IQM [lo, hi]`` cells, the best IQM per env in bold."""
+def _table_rows(table: pd.DataFrame, bold, missing: str, with_seeds: bool
+                ) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The envs, and per group its ``IQM [lo, hi]`` cells, the best per env passed to ``bold``."""
     envs = sorted(table["env"].unique())
-    digits = _digits(table)
+    digits = 0 if table["iqm"].abs().max() >= 100 else 2
     best = _best(table)
-    lines = [f"| | {' | '.join(envs)} |", "|---|" + "---|" * len(envs)]
+    rows = []
     for label in sorted(table["group"].unique()):
         cells = []
         for env in envs:
             match = table[(table["env"] == env) & (table["group"] == label)]
             if match.empty:
-                cells.append("–")
+                cells.append(missing)
                 continue
             row = match.iloc[0]
-            text = f"{_cell(row, digits)} (n={row.seeds})"
-            cells.append(f"**{text}**" if (env, label) in best else text)
-        lines.append(f"| {label} | {' | '.join(cells)} |")
+            text = f"{row.iqm:.{digits}f} [{row.iqm_lo:.{digits}f}, {row.iqm_hi:.{digits}f}]"
+            if with_seeds:
+                text += f" (n={row.seeds})"
+            cells.append(bold(text) if (env, label) in best else text)
+        rows.append((label, cells))
+    return envs, rows
+
+
+def markdown_table(table: pd.DataFrame, metric: str) -> str:
+    """Groups as rows, envs as columns, ``IQM [lo, hi] (n=seeds)`` cells, the best per env bold."""
+    envs, rows = _table_rows(table, lambda text: f"**{text}**", "–", with_seeds=True)
+    lines = [f"| | {' | '.join(envs)} |", "|---|" + "---|" * len(envs)]
+    lines += [f"| {label} | {' | '.join(cells)} |" for label, cells in rows]
     lines.append("")
     lines.append(f"Final {metric}: interquartile mean over seeds of each run's mean over its "
                  f"last {FINAL_WINDOW:.0%} of environment steps, with 95% stratified-bootstrap "
@@ -133,26 +136,16 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
 
 
 def latex_table(table: pd.DataFrame, metric: str) -> str:
-    """The same table as :func:`markdown_table` for a paper (booktabs)."""
-    envs = sorted(table["env"].unique())
-    digits = _digits(table)
-    best = _best(table)
-    lines = [r"\begin{tabular}{l" + "c" * len(envs) + "}", r"\toprule",
+    """The same table as :func:`markdown_table` for a paper (booktabs), seeds in the caption."""
+    envs, rows = _table_rows(table, lambda text: rf"\textbf{{{text}}}", "--", with_seeds=False)
+    seeds = ", ".join(f"{g}: {n}" for g, n in table.groupby("group")["seeds"].max().items())
+    lines = [f"% Final {metric}: IQM over seeds [95% stratified-bootstrap CI]; best per env in "
+             f"bold; seeds {seeds}.",
+             r"\begin{tabular}{l" + "c" * len(envs) + "}", r"\toprule",
              " & ".join(["", *[_tex(e) for e in envs]]) + r" \\", r"\midrule"]
-    for label in sorted(table["group"].unique()):
-        cells = []
-        for env in envs:
-            match = table[(table["env"] == env) & (table["group"] == label)]
-            if match.empty:
-                cells.append("--")
-                continue
-            text = _cell(match.iloc[0], digits)
-            cells.append(rf"\textbf{{{text}}}" if (env, label) in best else text)
-        lines.append(" & ".join([_tex(label), *cells]) + r" \\")
+    lines += [" & ".join([_tex(label), *cells]) + r" \\" for label, cells in rows]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    caption = (f"% Final {metric}: IQM over seeds [95% stratified-bootstrap CI]; best per env "
-               "in bold.")
-    return caption + "\n" + "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def _tex(text: str) -> str:
