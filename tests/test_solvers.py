@@ -317,3 +317,29 @@ def test_non_finite_direction_rejects_the_update_and_keeps_parameters():
     assert torch.equal(before, flat_params(policy))
     assert metrics["update_accepted"] == 0.0
     assert math.isnan(metrics["expected_improvement"]) or metrics["expected_improvement"] == 0
+
+
+def test_an_error_in_a_background_value_fit_is_raised_by_wait():
+    from trpo.critic import ValueFitter
+
+    fitter = ValueFitter(torch.nn.Linear(3, 1), lr=1e-3, epochs=1, minibatch_size=4,
+                         background=True)
+    fitter.fit(torch.zeros(8, 5), torch.zeros(8))  # wrong input width: fails in the thread
+    with pytest.raises(RuntimeError):
+        fitter.wait()
+    fitter.wait()  # the error is reported once
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_fast_sampling_draws_from_the_policy_distribution(kind):
+    """policy.sample (the rollout's path) matches forward(obs): mean and spread of 20k draws."""
+    policy = mlp_policy(kind)
+    obs = torch.randn(1, 4).expand(20000, 4)
+    with torch.no_grad():
+        draws, dist = policy.sample(obs), policy(obs[:1])
+    if kind == "gaussian":
+        np.testing.assert_allclose(draws.mean(0), dist.mean[0], atol=0.03)
+        np.testing.assert_allclose(draws.std(0), dist.stddev[0], rtol=0.03)
+    else:
+        frequencies = torch.bincount(draws, minlength=dist.probs.shape[-1]) / len(draws)
+        np.testing.assert_allclose(frequencies, dist.probs[0], atol=0.015)

@@ -60,6 +60,12 @@ class GaussianPolicy(nn.Module):
         """The most likely action: the mean."""
         return dist.mean
 
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions drawn from π(·|obs), μ + σ·ε, without building a distribution (the rollout's
+        hot path: half the cost of ``forward(obs).sample()``)."""
+        mean = self.mean(obs)
+        return mean + self.log_std.exp() * torch.randn_like(mean)
+
 
 class CategoricalPolicy(nn.Module):
     """π(a|s) = softmax(logits_θ(s)) for Discrete action spaces."""
@@ -76,6 +82,10 @@ class CategoricalPolicy(nn.Module):
     def mode(dist: Distribution) -> torch.Tensor:
         """The most likely action: the arg-max of the logits."""
         return dist.logits.argmax(dim=-1)
+
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions drawn from π(·|obs)."""
+        return torch.multinomial(torch.softmax(self.logits(obs), dim=-1), 1).squeeze(-1)
 
 
 class ValueNetwork(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -67,13 +68,15 @@ class RolloutCollector:
         self.running_lengths = np.zeros(envs.num_envs, np.int64)
         self.total_steps = 0
 
-    def collect(self) -> Rollout:
+    def collect(self, before_values: Callable[[], None] = lambda: None) -> Rollout:
+        """One rollout; ``before_values`` runs after the last step, before V is evaluated (the
+        trainer waits there for a value fit running in the background)."""
         rollout = Rollout.empty(self.steps_per_env, self.envs)
         bootstrap_obs, bootstrap_at = [], []
         for t in range(self.steps_per_env):
             obs = self.obs_normalizer(self.obs, update=True)
             with torch.inference_mode():
-                actions = self.policy(torch.from_numpy(obs)).sample().numpy()
+                actions = self.policy.sample(torch.from_numpy(obs)).numpy()
             next_obs, rewards, terminated, truncated, info = self.envs.step(
                 self.to_env_action(actions))
             self.total_steps += self.envs.num_envs
@@ -94,6 +97,7 @@ class RolloutCollector:
                 rollout.episode_lengths.append(int(self.running_lengths[i]))
                 self.running_returns[i], self.running_lengths[i] = 0.0, 0
             self.obs = next_obs
+        before_values()
         self._compute_values(rollout, bootstrap_obs, bootstrap_at)
         return rollout
 

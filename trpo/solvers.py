@@ -14,6 +14,7 @@ every call.
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
@@ -174,9 +175,13 @@ class NaturalPolicyGradient(PolicySolver):
                                                                     fvp_subsample, step_size)
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
+        tick = time.perf_counter()
         old_params = self._flat_params()
         objective = surrogate(self.policy, batch)
         gradient = flat_grad(objective, self.params)
+        gradient_s = time.perf_counter() - tick
+
+        tick = time.perf_counter()
         fvp_batch = batch if self.fvp_subsample == 1 else batch.take(
             slice(None, None, self.fvp_subsample))
         fvp = fisher_vector_product(self.policy, fvp_batch, self.params, self.cg_damping)
@@ -189,12 +194,16 @@ class NaturalPolicyGradient(PolicySolver):
             scale = self.step_size
         full_step = scale * direction
         metrics = {"cg_iterations": float(cg_iterations), "cg_residual": cg_residual,
-                   "expected_improvement": float(gradient @ full_step)}
+                   "expected_improvement": float(gradient @ full_step),
+                   "time_gradient_s": gradient_s, "time_cg_s": time.perf_counter() - tick}
+
+        tick = time.perf_counter()
         if not torch.isfinite(full_step).all():
             metrics.update(self._reject(old_params))
-            return metrics
-        with torch.no_grad():
-            metrics.update(self.apply_step(batch, old_params, full_step, float(objective)))
+        else:
+            with torch.no_grad():
+                metrics.update(self.apply_step(batch, old_params, full_step, float(objective)))
+        metrics["time_linesearch_s"] = time.perf_counter() - tick
         return metrics
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
@@ -246,7 +255,7 @@ class FirstOrderSolver(PolicySolver):
     def __init__(self, policy: nn.Module, lr: float, epochs: int, minibatch_size: int):
         super().__init__(policy)
         self.epochs, self.minibatch_size = epochs, minibatch_size
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=True)
 
     @abstractmethod
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:

@@ -39,6 +39,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resident_memory_mb() -> float:
+    """This process's resident memory now, in MiB (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
 def write_status(run_dir: Path, status: str, **details) -> None:
     """Record the run's state in ``status.json`` (``running``, ``completed`` or ``failed``).
 
@@ -75,7 +84,8 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
         estimator = instantiate(cfg.advantage)
         reward_scaler = RewardScaler(cfg.num_envs, estimator.gamma, enabled=cfg.normalize_reward)
         solver = instantiate(cfg.solver, policy=policy)
-        critic = ValueFitter(value, cfg.critic.lr, cfg.critic.epochs, cfg.critic.minibatch_size)
+        critic = ValueFitter(value, cfg.critic.lr, cfg.critic.epochs, cfg.critic.minibatch_size,
+                             seed=cfg.seed, background=cfg.critic.background)
         collector = RolloutCollector(envs, policy, value, obs_normalizer, reward_scaler,
                                      cfg.steps_per_iteration // cfg.num_envs, cfg.seed, cfg.env.id)
 
@@ -85,6 +95,7 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
         try:
             final_return = _train_loop(cfg, collector, estimator, solver, critic, policy,
                                        obs_normalizer, eval_envs, logger)
+            critic.wait()
         except BaseException as error:
             logger.close(failed=True)
             write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}")
@@ -104,8 +115,8 @@ def _train_loop(cfg, collector, estimator, solver, critic, policy, obs_normalize
     start = time.perf_counter()
     final_return = math.nan
     for iteration in range(1, iterations + 1):
-        tick = time.perf_counter()
-        rollout = collector.collect()
+        iteration_start = tick = time.perf_counter()
+        rollout = collector.collect(before_values=critic.wait)
         rollout_s = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -114,6 +125,9 @@ def _train_loop(cfg, collector, estimator, solver, critic, policy, obs_normalize
         advantages = advantages.ravel()
         if estimator.normalize:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        advantage_s = time.perf_counter() - tick
+
+        tick = time.perf_counter()
         obs = torch.from_numpy(rollout.obs.reshape(advantages.shape[0], -1))
         actions = torch.from_numpy(rollout.actions.reshape(advantages.shape[0],
                                                            *rollout.actions.shape[2:]))
@@ -122,9 +136,7 @@ def _train_loop(cfg, collector, estimator, solver, critic, policy, obs_normalize
         metrics = solver.update(batch)
         policy_s = time.perf_counter() - tick
 
-        tick = time.perf_counter()
-        metrics.update(critic.fit(obs, torch.from_numpy(returns.ravel()).float()))
-        value_s = time.perf_counter() - tick
+        critic.fit(obs, torch.from_numpy(returns.ravel()).float())
 
         eval_return, eval_s = None, 0.0
         if iteration % cfg.eval_every == 0 or iteration == iterations:
@@ -134,7 +146,8 @@ def _train_loop(cfg, collector, estimator, solver, critic, policy, obs_normalize
             eval_return, eval_s = float(eval_returns.mean()), time.perf_counter() - tick
             final_return = eval_return
 
-        iteration_s = rollout_s + policy_s + value_s + eval_s
+        iteration_s = time.perf_counter() - iteration_start
+        solver_timings = {k: metrics.pop(k) for k in list(metrics) if k.startswith("time_")}
         episodes = rollout.episode_returns
         logger.write({
             "iteration": iteration,
@@ -146,11 +159,18 @@ def _train_loop(cfg, collector, estimator, solver, critic, policy, obs_normalize
             "episodes": len(episodes),
             "episode_length_mean": float(np.mean(rollout.episode_lengths)) if episodes else None,
             **metrics,
+            # How well the value net fitted last iteration predicts this batch's targets.
+            "value_loss": float(np.mean((rollout.values - returns) ** 2)),
             "explained_variance": explained_variance(rollout.values.ravel(), returns.ravel()),
             "steps_per_s": cfg.steps_per_iteration / iteration_s,
+            "rss_mb": resident_memory_mb(),
             "time_rollout_s": rollout_s,
+            "time_advantage_s": advantage_s,
             "time_policy_s": policy_s,
-            "time_value_s": value_s,
+            **solver_timings,
+            # The latest finished value fit (in the background: last iteration's, which ran
+            # during this iteration's rollout).
+            "time_value_s": critic.last_fit_s,
             "time_eval_s": eval_s,
         })
     return final_return
