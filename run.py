@@ -1,5 +1,6 @@
 """Train one agent per Hydra job: ``python run.py [group=option ...] [key=value ...]`` (-m sweeps)."""
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -28,5 +29,24 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(2) from None
 
 
+def check_output_dir(argv: list[str]) -> None:
+    """Fail in one line, before Hydra starts, if an output folder given on the command line
+    cannot be written (Hydra itself would fail with a traceback)."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            target = Path(value)
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                probe = target / f".write-test-{os.getpid()}"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as error:
+                print(f"error: {key}={value} cannot be written: {error.strerror or error}",
+                      file=sys.stderr)
+                raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
+    check_output_dir(sys.argv[1:])
     main()

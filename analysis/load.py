@@ -18,6 +18,8 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 from omegaconf import OmegaConf
 
+from trpo.config import flatten
+
 log = logging.getLogger("analysis")
 
 # Hydra's group choices worth naming a line by, in order of priority when two keys split the
@@ -57,18 +59,6 @@ class LoadReport:
     runs: list[Run] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     incomplete_used: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become tuples (hashable)."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
 
 
 def find_run_dirs(roots: Iterable[Path]) -> list[Path]:

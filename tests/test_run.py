@@ -125,7 +125,7 @@ def test_slurm_preset_composes_with_the_submitit_slurm_launcher():
                     "hydra", "-p", "hydra.launcher", timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SlurmLauncher" in result.stdout and "partition: gpu" in result.stdout
-    assert "cpus_per_task: 2" in result.stdout
+    assert "cpus_per_task: 2" in result.stdout and "max_num_timeout: 20" in result.stdout
 
 
 def test_background_value_fit_gives_the_same_run_as_the_foreground_one(compose_config,

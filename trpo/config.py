@@ -351,14 +351,34 @@ class TrainConfig:
     eval_episodes: int = 5
     # Torch intra-op threads per run; 1 keeps parallel jobs of a sweep from oversubscribing cores.
     torch_threads: int = 1
+    # Save a checkpoint every this many iterations (and after the last); a few hundred KB, a few
+    # ms. Started again in the same run directory, a run resumes from its last checkpoint.
+    checkpoint_every: int = 10
+    # false: an existing run directory is left alone and the run starts afresh beside it.
+    resume: bool = True
+    # Stop after this many policy updates in a row were rejected for NaN/inf values.
+    max_rejected_updates: int = 10
 
     def validate(self) -> None:
         _positive_int(self, "total_steps", "steps_per_iteration", "num_envs", "eval_every",
-                      "eval_episodes", "torch_threads")
+                      "eval_episodes", "torch_threads", "checkpoint_every",
+                      "max_rejected_updates")
         _positive(self, "obs_clip")
         require(self.steps_per_iteration % self.num_envs == 0, "steps_per_iteration",
                 f"must be a multiple of num_envs={self.num_envs}", self.steps_per_iteration)
         require(self.seed >= 0, "seed", "must be >= 0", self.seed)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become tuples (hashable)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
 
 
 # Sections of the config that hold a schema of their own: the five groups and ``critic``.

@@ -33,12 +33,21 @@ class MetricWriter(ABC):
 
 
 class CSVWriter(MetricWriter):
-    """``progress.csv``: a header from the first row, one line per iteration, flushed at once."""
+    """``progress.csv``: a header from the first row, one line per iteration, flushed at once.
+
+    An existing file (a resumed run's) is appended to under its own header.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.file = open(self.path, "w", newline="")
+        header = None
+        if self.path.exists():
+            with open(self.path, newline="") as file:
+                header = next(csv.reader(file), None)
+        self.file = open(self.path, "a" if header else "w", newline="")
         self.writer: csv.DictWriter | None = None
+        if header:
+            self.writer = csv.DictWriter(self.file, fieldnames=header, extrasaction="ignore")
 
     def write(self, row: Row) -> None:
         if self.writer is None:
@@ -54,18 +63,45 @@ class CSVWriter(MetricWriter):
         self.file.close()
 
 
+def truncate_progress(path: Path, iterations: int) -> None:
+    """Keep the header and the rows of iterations ``1..iterations`` (a resumed run recomputes
+    the rest); a line cut short by a crash goes too. Rewritten atomically."""
+    if not path.exists():
+        return
+    with open(path, newline="") as file:
+        rows = list(csv.reader(file))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= iterations]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as file:
+        csv.writer(file).writerows([header, *kept])
+    tmp.replace(path)
+
+
 class WandbWriter(MetricWriter):
-    """A W&B run whose x-axis is ``env_steps``; finished on close, also after an error."""
+    """A W&B run whose x-axis is ``env_steps``; finished on close, also after an error.
+
+    ``resume_id`` continues that run (online only: W&B cannot append to an offline run, so an
+    offline resumption starts a new offline run with the same name and group).
+    """
+
+    # Seconds to wait for W&B to start before training goes on without it.
+    INIT_TIMEOUT_S = 60
 
     def __init__(self, cfg: LoggerConfig, run_dir: Path, run_name: str,
-                 config: dict[str, Any]):
+                 config: dict[str, Any], resume_id: Optional[str] = None):
         import wandb
 
+        online = cfg.mode is WandbMode.online
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, group=cfg.group, name=run_name,
             tags=list(cfg.tags), config=config, dir=str(run_dir), mode=cfg.mode.value,
+            id=resume_id if online else None, resume="allow" if online and resume_id else None,
             # A joblib worker runs several jobs in one process: never continue a leftover run.
-            reinit="finish_previous", settings=wandb.Settings(quiet=True, console="off"))
+            reinit="finish_previous",
+            settings=wandb.Settings(quiet=True, console="off", init_timeout=self.INIT_TIMEOUT_S))
         self.run.define_metric("env_steps")
         self.run.define_metric("*", step_metric="env_steps")
 
@@ -111,6 +147,12 @@ class MetricLogger(MetricWriter):
     def __init__(self, writers: list[MetricWriter]):
         self.writers = writers
 
+    @property
+    def wandb_id(self) -> Optional[str]:
+        """The W&B run's id, to resume it after a restart; ``None`` without W&B."""
+        runs = [w.run.id for w in self.writers if isinstance(w, WandbWriter)]
+        return runs[0] if runs else None
+
     def write(self, row: Row) -> None:
         for writer in self.writers:
             writer.write(row)
@@ -127,10 +169,19 @@ class MetricLogger(MetricWriter):
 
 
 def make_logger(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict[str, Any],
-                total_steps: int) -> MetricLogger:
-    """``progress.csv`` and the console always; W&B unless ``logger.mode=disabled``."""
-    writers: list[MetricWriter] = [CSVWriter(run_dir / "progress.csv"),
-                                   ConsoleWriter(total_steps, cfg.console_every)]
+                total_steps: int, resume_id: Optional[str] = None) -> MetricLogger:
+    """``progress.csv`` and the console always; W&B unless ``logger.mode=disabled``.
+
+    If W&B cannot start (no network, no login), training goes on with the local log and a
+    warning; ``wandb sync`` can upload an offline run later.
+    """
+    writers: list[MetricWriter] = []
     if cfg.mode is not WandbMode.disabled:
-        writers.append(WandbWriter(cfg, run_dir, run_name, config))
+        try:
+            writers.append(WandbWriter(cfg, run_dir, run_name, config, resume_id))
+        except Exception as error:
+            log.warning("W&B (%s) could not start, training goes on with progress.csv only: "
+                        "%s: %s", cfg.mode.value, type(error).__name__,
+                        str(error).splitlines()[0] if str(error) else "")
+    writers += [CSVWriter(run_dir / "progress.csv"), ConsoleWriter(total_steps, cfg.console_every)]
     return MetricLogger(writers)

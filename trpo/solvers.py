@@ -13,6 +13,7 @@ every call.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from abc import ABC, abstractmethod
@@ -199,7 +200,7 @@ class NaturalPolicyGradient(PolicySolver):
 
         tick = time.perf_counter()
         if not torch.isfinite(full_step).all():
-            metrics.update(self._reject(old_params))
+            metrics.update(self._reject(old_params, nonfinite=True))
         else:
             with torch.no_grad():
                 metrics.update(self.apply_step(batch, old_params, full_step, float(objective)))
@@ -208,16 +209,19 @@ class NaturalPolicyGradient(PolicySolver):
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
                    old_objective: float) -> dict[str, float]:
-        """Take the full step as it is (no line search)."""
+        """Take the full step as it is (no line search), unless it makes L or the KL non-finite."""
         self._set_flat_params(old_params + full_step)
-        return {"actual_improvement": float(surrogate(self.policy, batch)) - old_objective,
-                "step_norm": float(full_step.norm()), "linesearch_backtracks": 0.0,
-                "update_accepted": 1.0}
+        improvement = float(surrogate(self.policy, batch)) - old_objective
+        if not (math.isfinite(improvement) and math.isfinite(float(mean_kl(self.policy, batch)))):
+            return self._reject(old_params, nonfinite=True)
+        return {"actual_improvement": improvement, "step_norm": float(full_step.norm()),
+                "linesearch_backtracks": 0.0, "update_accepted": 1.0, "update_nonfinite": 0.0}
 
-    def _reject(self, old_params: torch.Tensor) -> dict[str, float]:
+    def _reject(self, old_params: torch.Tensor, nonfinite: bool) -> dict[str, float]:
+        """Set the parameters back to θ_old exactly; ``nonfinite`` says why the update failed."""
         self._set_flat_params(old_params)
         return {"actual_improvement": 0.0, "step_norm": 0.0, "linesearch_backtracks": 0.0,
-                "update_accepted": 0.0}
+                "update_accepted": 0.0, "update_nonfinite": float(nonfinite)}
 
 
 class TRPO(NaturalPolicyGradient):
@@ -236,15 +240,19 @@ class TRPO(NaturalPolicyGradient):
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
                    old_objective: float) -> dict[str, float]:
+        any_finite = False
         for backtracks in range(self.max_backtracks):
             step = self.backtrack_factor**backtracks * full_step
             self._set_flat_params(old_params + step)
             improvement = float(surrogate(self.policy, batch)) - old_objective
             kl = float(mean_kl(self.policy, batch))
-            if math.isfinite(kl) and kl <= self.max_kl and improvement > 0:
+            finite = math.isfinite(kl) and math.isfinite(improvement)
+            any_finite |= finite
+            if finite and kl <= self.max_kl and improvement > 0:
                 return {"actual_improvement": improvement, "step_norm": float(step.norm()),
-                        "linesearch_backtracks": float(backtracks), "update_accepted": 1.0}
-        metrics = self._reject(old_params)
+                        "linesearch_backtracks": float(backtracks), "update_accepted": 1.0,
+                        "update_nonfinite": 0.0}
+        metrics = self._reject(old_params, nonfinite=not any_finite)
         metrics["linesearch_backtracks"] = float(self.max_backtracks)
         return metrics
 
@@ -263,6 +271,7 @@ class FirstOrderSolver(PolicySolver):
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
         old_params = self._flat_params()
+        old_optimizer = copy.deepcopy(self.optimizer.state_dict())
         with torch.no_grad():
             old_objective = float(surrogate(self.policy, batch))
         for _ in range(self.epochs):
@@ -274,7 +283,16 @@ class FirstOrderSolver(PolicySolver):
                 self.optimizer.step()
         with torch.no_grad():
             improvement = float(surrogate(self.policy, batch)) - old_objective
-        return {"actual_improvement": improvement,
+            kl = float(mean_kl(self.policy, batch))
+        if not (math.isfinite(improvement) and math.isfinite(kl)
+                and torch.isfinite(self._flat_params()).all()):
+            # A NaN reached the parameters: undo the whole update, Adam's moments included.
+            self._set_flat_params(old_params)
+            self.optimizer.load_state_dict(old_optimizer)
+            return {"actual_improvement": 0.0, "step_norm": 0.0, "update_accepted": 0.0,
+                    "update_nonfinite": 1.0}
+        return {"actual_improvement": improvement, "update_accepted": 1.0,
+                "update_nonfinite": 0.0,
                 "step_norm": float((self._flat_params() - old_params).norm())}
 
     def state_dict(self) -> dict:
@@ -303,7 +321,7 @@ class KLPenalty(FirstOrderSolver):
     def step(self, batch: PolicyBatch) -> dict[str, float]:
         beta = self.beta
         metrics = super().step(batch)
-        if self.adaptive:
+        if self.adaptive and metrics["update_accepted"]:
             with torch.no_grad():
                 kl = float(mean_kl(self.policy, batch))
             if kl > 1.5 * self.target_kl:

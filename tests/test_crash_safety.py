@@ -1,0 +1,267 @@
+"""Crash safety: checkpoints, exact resume after kill -9, corrupt files, NaNs, failing sweeps,
+bad input and environment faults, each met as a user meets it."""
+
+import io
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import tests.toy_envs  # noqa: F401  (registers Counter-v0)
+from tests.conftest import ROOT, TINY
+from tests.test_run import run_py, without_timing
+from trpo.checkpoint import (CHECKPOINT, PREVIOUS, CheckpointError, env_state,
+                             load_latest_checkpoint, read_checkpoint, save_checkpoint,
+                             set_env_state)
+from trpo.config import ConfigError
+from trpo.train import TrainingError, train
+
+# --------------------------------------------------------------------------- checkpoint files
+
+
+def test_checkpoint_round_trips_numpy_torch_and_python_values(tmp_path):
+    state = {"a": np.arange(5, dtype=np.float32), "b": torch.ones(3), "c": (1, 2.5, None),
+             "d": {"e": np.int64(7), "f": [np.zeros((2, 2))], "g": "text"},
+             "rng": np.random.default_rng(3).bit_generator.state}
+    save_checkpoint(tmp_path, state)
+    loaded = read_checkpoint(tmp_path / CHECKPOINT)
+    np.testing.assert_array_equal(loaded["a"], state["a"])
+    assert loaded["a"].dtype == np.float32 and torch.equal(loaded["b"], state["b"])
+    assert loaded["c"] == (1, 2.5, None) and loaded["d"]["e"] == 7
+    assert loaded["rng"] == state["rng"]
+
+
+def test_a_new_checkpoint_keeps_the_previous_one(tmp_path):
+    save_checkpoint(tmp_path, {"iteration": 1})
+    save_checkpoint(tmp_path, {"iteration": 2})
+    assert read_checkpoint(tmp_path / CHECKPOINT)["iteration"] == 2
+    assert read_checkpoint(tmp_path / PREVIOUS)["iteration"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_a_damaged_checkpoint_is_reported_by_path_and_the_previous_one_used(tmp_path, caplog,
+                                                                             damage):
+    save_checkpoint(tmp_path, {"iteration": 1, "weights": torch.randn(1000)})
+    save_checkpoint(tmp_path, {"iteration": 2, "weights": torch.randn(1000)})
+    path = tmp_path / CHECKPOINT
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[:len(data) // 2])
+    else:
+        path.write_bytes(data[:2000] + bytes(b ^ 0xFF for b in data[2000:2100]) + data[2100:])
+    assert load_latest_checkpoint(tmp_path)["iteration"] == 1
+    assert str(path) in caplog.text and "checksum" in caplog.text
+
+
+def test_no_usable_checkpoint_raises(tmp_path):
+    (tmp_path / CHECKPOINT).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        load_latest_checkpoint(tmp_path)
+    assert load_latest_checkpoint(tmp_path / "empty_dir_does_not_exist") is None
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    """Even with a valid checksum, loading is weights_only: no object is rebuilt from the file."""
+    import hashlib
+
+    payload = io.BytesIO()
+    torch.save({"evil": RunsCode()}, payload, pickle_module=pickle)
+    data = payload.getvalue()
+    (tmp_path / CHECKPOINT).write_bytes(hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        read_checkpoint(tmp_path / CHECKPOINT)
+
+
+# ---------------------------------------------------------------------------- environments
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "CartPole-v1", "Counter-v0"])
+def test_an_environment_state_restores_its_future_exactly(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    saved = env_state(env)
+    actions = [env.action_space.sample() for _ in range(40)]
+
+    def future():
+        out = []
+        for action in actions:
+            obs, reward, terminated, truncated, _ = env.step(action)
+            out.append((obs.tolist(), reward, terminated, truncated))
+            if terminated or truncated:
+                env.reset()
+        return out
+
+    first = future()
+    set_env_state(env, saved)
+    assert future() == first
+
+
+# ----------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("env", ["cartpole", "hopper"])
+def test_resuming_gives_the_rows_of_an_uninterrupted_run(compose_config, tmp_path, env):
+    base = [f"env={env}", *TINY, "checkpoint_every=2", "eval_every=2", "critic.epochs=2",
+            "solver=kl_penalty" if env == "cartpole" else "solver=trpo"]
+    train(compose_config([*base, "total_steps=1024"]), tmp_path / "whole")
+    # A run stopped after 4 iterations, then asked to go on to the full budget.
+    train(compose_config([*base, "total_steps=512"]), tmp_path / "pieces")
+    with open(tmp_path / "pieces" / "progress.csv", "a") as file:
+        file.write("5,640,1.0,garbage written after the last checkpoint\n")
+    train(compose_config([*base, "total_steps=1024"]), tmp_path / "pieces")
+    whole, pieces = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
+                     for d in ("whole", "pieces"))
+    assert whole["iteration"].tolist() == list(range(1, 9))
+    pd.testing.assert_frame_equal(whole, pieces)
+
+
+def test_kill_9_in_the_middle_then_the_same_command_gives_an_uninterrupted_run(tmp_path):
+    args = ["env=hopper", "total_steps=7680", "steps_per_iteration=512", "num_envs=2",
+            "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=3",
+            "logger.mode=disabled"]
+    assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "run.py", *args, f"hydra.run.dir={killed}"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it between two checkpoints, after iteration 7
+        progress = killed / "progress.csv"
+        if progress.exists() and len(progress.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    rows_at_kill = len(pd.read_csv(killed / "progress.csv"))
+    assert 7 <= rows_at_kill < 15, "the run should be killed part-way"
+
+    resumed = run_py(*args, f"hydra.run.dir={killed}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr + resumed.stdout
+    whole, pieces = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
+                     for d in ("whole", "killed"))
+    pd.testing.assert_frame_equal(whole, pieces)
+
+
+def test_resume_false_starts_afresh_beside_the_existing_run(compose_config, tmp_path):
+    cfg = compose_config(["env=cartpole", *TINY])
+    train(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "progress.csv").read_text()
+    train(compose_config(["env=cartpole", *TINY, "resume=false"]), tmp_path / "run")
+    assert (tmp_path / "run" / "progress.csv").read_text() == before
+    assert len(pd.read_csv(tmp_path / "run_restart1" / "progress.csv")) == 2
+
+
+def test_resuming_with_a_different_config_is_refused_in_one_line(compose_config, tmp_path):
+    train(compose_config(["env=cartpole", *TINY]), tmp_path)
+    with pytest.raises(ConfigError) as error:
+        train(compose_config(["env=cartpole", *TINY, "solver.max_kl=0.02"]), tmp_path)
+    assert "solver.max_kl" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_with_no_usable_checkpoint_the_run_stops_and_leaves_progress_alone(compose_config,
+                                                                            tmp_path):
+    train(compose_config(["env=cartpole", *TINY]), tmp_path)
+    before = (tmp_path / "progress.csv").read_bytes()
+    for name in (CHECKPOINT, PREVIOUS):
+        if (tmp_path / name).exists():
+            (tmp_path / name).write_bytes(b"0" * 64 + b"\nnot a checkpoint")
+    with pytest.raises(CheckpointError, match=str(tmp_path)):
+        train(compose_config(["env=cartpole", *TINY, "total_steps=512"]), tmp_path)
+    assert (tmp_path / "progress.csv").read_bytes() == before
+
+
+# -------------------------------------------------------------------------- non-finite values
+
+
+def test_nan_updates_are_rejected_counted_and_stop_the_run(compose_config, tmp_path):
+    cfg = compose_config(["env=cartpole", *TINY, "total_steps=2048", "checkpoint_every=1",
+                          "max_rejected_updates=3",
+                          "solver._target_=tests.toy_solvers.PoisonedTRPO"])
+    with pytest.raises(TrainingError, match=r"3 policy updates in a row .* iteration 3"):
+        train(cfg, tmp_path)
+    progress = pd.read_csv(tmp_path / "progress.csv")
+    assert progress["update_nonfinite"].tolist() == [1.0, 1.0, 1.0]
+    assert progress["update_accepted"].tolist() == [0.0, 0.0, 0.0]
+    checkpoint = load_latest_checkpoint(tmp_path)
+    assert checkpoint["iteration"] == 3
+    assert all(torch.isfinite(p).all() for p in checkpoint["policy"].values())
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "TrainingError" in status["error"]
+
+
+# ---------------------------------------------------------------------------------- sweeps
+
+
+def test_a_failing_job_does_not_stop_the_sweep_which_exits_non_zero(tmp_path):
+    result = run_py("-m", "env=cartpole",
+                    "solver._target_=tests.toy_solvers.PoisonedTRPO,trpo.solvers.TRPO",
+                    "max_rejected_updates=1", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode != 0
+    statuses = {n: json.loads((tmp_path / n / "status.json").read_text())["status"]
+                for n in ("0", "1")}
+    assert statuses == {"0": "failed", "1": "completed"}
+    assert len(pd.read_csv(tmp_path / "1" / "progress.csv")) == 2
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("override, message", [
+    ("solver.max_kl=0", "error: solver.max_kl=0.0 is not allowed: must be a finite number > 0"),
+    ("advantage.lam=1.5", "error: advantage.lam=1.5 is not allowed: must be in [0, 1]"),
+    ("advantage.gamma=0", "error: advantage.gamma=0.0 is not allowed: must be in (0, 1]"),
+    ("total_steps=0", "error: total_steps=0 is not allowed: must be a positive integer"),
+    ("steps_per_iteration=-8", "error: steps_per_iteration=-8 is not allowed: must be a "
+                               "positive integer"),
+    ("env.id=NoSuchEnv-v0", "error: env.id='NoSuchEnv-v0' is not allowed: must be a registered "
+                            "Gymnasium id, e.g. Hopper-v5, Walker2d-v5, CartPole-v1 (or "
+                            "module:Id)"),
+])
+def test_bad_values_exit_2_with_one_line_and_no_run_directory(tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    result = run_py(override, f"hydra.run.dir={run_dir}", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [message]
+    assert not run_dir.exists()
+
+
+def test_an_unwritable_output_directory_is_named_in_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_py(f"hydra.run.dir={blocker / 'run'}", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: hydra.run.dir={blocker / 'run'} cannot be written: Not a directory"]
+
+
+def test_wandb_online_without_a_login_warns_and_trains_on(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["WANDB_DIR"] = str(tmp_path)
+    overrides = [o for o in TINY if not o.startswith("logger.mode")]
+    result = subprocess.run([sys.executable, "run.py", "env=cartpole", *overrides,
+                             "logger.mode=online", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=180, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "W&B (online) could not start, training goes on with progress.csv only" in (
+        result.stderr + result.stdout)
+    assert len(pd.read_csv(tmp_path / "run" / "progress.csv")) == 2

@@ -1,0 +1,13 @@
+"""Solvers that fail on purpose, for crash-safety tests (``solver._target_=tests.toy_solvers...``)."""
+
+import torch
+
+from trpo.solvers import TRPO
+
+
+class PoisonedTRPO(TRPO):
+    """TRPO fed NaN advantages: every update's gradient is NaN and must be rejected."""
+
+    def step(self, batch):
+        batch.advantages = torch.full_like(batch.advantages, float("nan"))
+        return super().step(batch)
