@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from trpo.checkpoint import CheckpointError
 from trpo.config import ConfigError
 from trpo.train import train
 
@@ -27,6 +28,11 @@ def main(cfg: DictConfig) -> float:
             shutil.rmtree(run_dir, ignore_errors=True)
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except CheckpointError as error:
+        # The run directory holds checkpoints, none of them usable: leave everything as it is.
+        print(f"error: {error}; progress.csv was left as it is (resume=false starts afresh "
+              "beside this run)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def check_output_dir(argv: list[str]) -> None:

@@ -86,17 +86,18 @@ def worker_ours(env: str, solver: str, iterations: int, out: Path) -> dict:
                    f"eval_every={10 * iterations}", "logger.mode=offline",
                    "logger.console_every=1000000"])
     train(cfg, out)
-    progress = pd.read_csv(out / "progress.csv").iloc[1:]  # the first iteration is start-up
+    full = pd.read_csv(out / "progress.csv")
+    progress = full.iloc[1:]  # the first iteration is start-up
     parts = [c for c in progress.columns if c.startswith("time_") and c != "time_eval_s"]
     top_parts = ["time_rollout_s", "time_advantage_s", "time_policy_s"]
     if not cfg.critic.background:  # in the background it overlaps the rollout
         top_parts.append("time_value_s")
-    iteration_s = progress["wall_s"].diff().dropna() - progress["time_eval_s"].iloc[1:]
-    other = iteration_s - progress[top_parts].iloc[1:].sum(axis=1)
+    iteration_s = full["wall_s"].diff().iloc[1:] - progress["time_eval_s"]
+    other = iteration_s - progress[top_parts].sum(axis=1)
     breakdown = {c.removeprefix("time_").removesuffix("_s"): float(progress[c].median())
                  for c in parts}
     breakdown["logging_other"] = float(other.median())
-    steps = progress["env_steps"].iloc[-1] - progress["env_steps"].iloc[0]
+    steps = full["env_steps"].iloc[-1] - full["env_steps"].iloc[0]
     return {"steps_per_s": float(steps / iteration_s.sum()), "peak_mb": peak_memory_mb(),
             "iteration_s": float(iteration_s.median()), "breakdown": breakdown}
 
@@ -172,6 +173,11 @@ def main(argv=None) -> int:
                         help="repeats of every measurement; the table shows medians")
     parser.add_argument("--sweep", action="store_true",
                         help="also time -m seed=0,1 in parallel against in sequence")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="time only the sweep (writes sweep.csv)")
+    parser.add_argument("--sweep-steps", type=int, default=200_000,
+                        help="environment steps of each sweep run; short runs are dominated by "
+                             "the start-up of the parallel workers (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "benchmark")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -189,6 +195,8 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
+    if args.sweep_only:
+        return report_sweep(args)
     with_sb3 = sb3_available()
     if not with_sb3:
         print("sb3-contrib is not installed (pip install -c constraints.txt -e '.[bench]'); "
@@ -232,10 +240,20 @@ def main(argv=None) -> int:
     print("\nPer-iteration time breakdown of this project's runs (median ms per 2048 steps):")
     print(breakdown.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     if args.sweep:
-        sweep = time_sweep(args.envs[0], args.iterations * 2048)
-        pd.DataFrame([sweep]).to_csv(args.out / "sweep.csv", index=False)
-        print(f"\n-m seed=0,1: {sweep['parallel_s']:.1f} s in parallel, "
-              f"{sweep['sequential_s']:.1f} s in sequence: ratio {sweep['ratio']:.2f}")
+        report_sweep(args)
+    return 0
+
+
+def report_sweep(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    sweep = time_sweep(args.envs[0], args.sweep_steps)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"env": ENVS[args.envs[0]], "steps_per_run": args.sweep_steps, **sweep}]
+                 ).to_csv(args.out / "sweep.csv", index=False)
+    print(f"\n-m env={args.envs[0]} seed=0,1, {args.sweep_steps:,} steps each: "
+          f"{sweep['parallel_s']:.1f} s in parallel (joblib, {_cores()} cores), "
+          f"{sweep['sequential_s']:.1f} s in sequence: ratio {sweep['ratio']:.2f}")
     return 0
 
 

@@ -265,3 +265,41 @@ def test_wandb_online_without_a_login_warns_and_trains_on(tmp_path):
     assert "W&B (online) could not start, training goes on with progress.csv only" in (
         result.stderr + result.stdout)
     assert len(pd.read_csv(tmp_path / "run" / "progress.csv")) == 2
+
+
+def test_unusable_checkpoints_stop_the_command_in_one_line(tmp_path):
+    args = ["env=cartpole", *TINY, f"hydra.run.dir={tmp_path}"]
+    assert run_py(*args).returncode == 0
+    for name in (CHECKPOINT, PREVIOUS):
+        if (tmp_path / name).exists():
+            (tmp_path / name).write_bytes(b"garbled")
+    before = (tmp_path / "progress.csv").read_bytes()
+    result = run_py(*args, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: no usable checkpoint: ") and str(tmp_path) in lines[-1]
+    assert (tmp_path / "progress.csv").read_bytes() == before
+
+
+def test_a_full_disk_fails_the_run_clearly_and_keeps_the_last_checkpoint(compose_config,
+                                                                         tmp_path, monkeypatch):
+    """No space left while writing progress.csv: the OSError surfaces, the failure is recorded
+    where possible, and the checkpoint written before it stays loadable."""
+    import errno
+
+    from trpo import logger as logger_module
+
+    real_write = logger_module.CSVWriter.write
+
+    def write(self, row):
+        if row["iteration"] >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, row)
+
+    monkeypatch.setattr(logger_module.CSVWriter, "write", write)
+    cfg = compose_config(["env=cartpole", *TINY, "total_steps=1024", "checkpoint_every=2"])
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, tmp_path)
+    assert load_latest_checkpoint(tmp_path)["iteration"] == 2
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    assert len(pd.read_csv(tmp_path / "progress.csv")) == 2

@@ -136,3 +136,17 @@ def test_background_value_fit_gives_the_same_run_as_the_foreground_one(compose_c
     a, b = (without_timing(pd.read_csv(tmp_path / name / "progress.csv"))
             for name in ("background", "foreground"))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_the_speed_benchmark_runs_on_a_tiny_budget(tmp_path):
+    """The benchmark's numbers are for the README; here only that it runs and writes its tables."""
+    result = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--envs", "hopper",
+                             "--solvers", "trpo", "--iterations", "2", "--repeats", "1",
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    speed = pd.read_csv(tmp_path / "speed.csv")
+    assert {"raw env", "ours trpo"} <= set(speed["what"])
+    assert (speed["steps_per_s"] > 0).all() and (speed["peak_mb"] > 0).all()
+    breakdown = pd.read_csv(tmp_path / "breakdown_ms.csv")
+    assert {"rollout", "policy", "cg", "linesearch", "value"} <= set(breakdown.columns)
