@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -151,13 +152,16 @@ def time_sweep(env: str, steps: int) -> dict:
     """Seconds for ``-m seed=0,1`` with the default launcher and with the basic one."""
     timings = {}
     for launcher in ("parallel", "basic"):
+        sweep_dir = ROOT / "multirun" / "benchmark" / launcher
+        shutil.rmtree(sweep_dir, ignore_errors=True)  # else the runs would resume, not train
         start = time.perf_counter()
-        subprocess.run([sys.executable, "run.py", "-m", f"env={env}", "seed=0,1",
-                        f"total_steps={steps}", "logger.mode=disabled",
-                        f"hydra/launcher={launcher}",
-                        f"hydra.sweep.dir={ROOT / 'multirun' / 'benchmark' / launcher}"],
-                       cwd=ROOT, check=True, capture_output=True)
+        result = subprocess.run([sys.executable, "run.py", "-m", f"env={env}", "seed=0,1",
+                                 f"total_steps={steps}", "logger.mode=disabled",
+                                 f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}"],
+                                cwd=ROOT, capture_output=True, text=True)
         timings[launcher] = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"the {launcher} sweep failed:\n{result.stderr[-3000:]}")
     return {"parallel_s": timings["parallel"], "sequential_s": timings["basic"],
             "ratio": timings["parallel"] / timings["basic"]}
 
