@@ -148,7 +148,7 @@ class PolicySolver(ABC):
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Restore what :meth:`state_dict` returned (nothing, for a stateless solver)."""
 
     def _flat_params(self) -> torch.Tensor:
         return parameters_to_vector(self.params).detach().clone()
