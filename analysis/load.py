@@ -188,17 +188,13 @@ def detect_group_keys(runs: list[Run]) -> list[str]:
 def _varies_within(runs: list[Run], key: str, by: str) -> bool:
     values: dict[Any, set] = {}
     for run in runs:
-        values.setdefault(run.config.get(by), set()).add(_hashable(run.config.get(key)))
+        values.setdefault(run.config.get(by), set()).add(run.config.get(key))
     return any(len(v) > 1 for v in values.values())
 
 
 def _partition(runs: list[Run], key: str) -> tuple:
     labels: dict[Any, int] = {}
-    return tuple(labels.setdefault(_hashable(run.config.get(key)), len(labels)) for run in runs)
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    return tuple(labels.setdefault(run.config.get(key), len(labels)) for run in runs)
 
 
 def group_label(run: Run, keys: list[str]) -> str:

@@ -134,14 +134,16 @@ class PolicySolver(ABC):
         with torch.no_grad():
             entropy = float(batch.old_dist.entropy().mean())
         metrics = self.step(batch)
-        with torch.no_grad():
-            metrics["kl"] = float(mean_kl(self.policy, batch))
+        if "kl" not in metrics:  # a step that measured it already hands it back
+            with torch.no_grad():
+                metrics["kl"] = float(mean_kl(self.policy, batch))
         metrics["entropy"] = entropy
         return metrics
 
     @abstractmethod
     def step(self, batch: PolicyBatch) -> dict[str, float]:
-        """Change the parameters; return this solver's metrics (the same keys on every call)."""
+        """Change the parameters; return this solver's metrics (the same keys on every call),
+        with ``kl`` if the step measured the KL of the parameters it leaves."""
 
     def state_dict(self) -> dict:
         """What the solver carries from one update to the next (for checkpoints)."""
@@ -212,10 +214,12 @@ class NaturalPolicyGradient(PolicySolver):
         """Take the full step as it is (no line search), unless it makes L or the KL non-finite."""
         self._set_flat_params(old_params + full_step)
         improvement = float(surrogate(self.policy, batch)) - old_objective
-        if not (math.isfinite(improvement) and math.isfinite(float(mean_kl(self.policy, batch)))):
+        kl = float(mean_kl(self.policy, batch))
+        if not (math.isfinite(improvement) and math.isfinite(kl)):
             return self._reject(old_params, nonfinite=True)
         return {"actual_improvement": improvement, "step_norm": float(full_step.norm()),
-                "linesearch_backtracks": 0.0, "update_accepted": 1.0, "update_nonfinite": 0.0}
+                "linesearch_backtracks": 0.0, "update_accepted": 1.0, "update_nonfinite": 0.0,
+                "kl": kl}
 
     def _reject(self, old_params: torch.Tensor, nonfinite: bool) -> dict[str, float]:
         """Set the parameters back to θ_old exactly; ``nonfinite`` says why the update failed."""
@@ -251,7 +255,7 @@ class TRPO(NaturalPolicyGradient):
             if finite and kl <= self.max_kl and improvement > 0:
                 return {"actual_improvement": improvement, "step_norm": float(step.norm()),
                         "linesearch_backtracks": float(backtracks), "update_accepted": 1.0,
-                        "update_nonfinite": 0.0}
+                        "update_nonfinite": 0.0, "kl": kl}
         metrics = self._reject(old_params, nonfinite=not any_finite)
         metrics["linesearch_backtracks"] = float(self.max_backtracks)
         return metrics
@@ -292,7 +296,7 @@ class FirstOrderSolver(PolicySolver):
             return {"actual_improvement": 0.0, "step_norm": 0.0, "update_accepted": 0.0,
                     "update_nonfinite": 1.0}
         return {"actual_improvement": improvement, "update_accepted": 1.0,
-                "update_nonfinite": 0.0,
+                "update_nonfinite": 0.0, "kl": kl,
                 "step_norm": float((self._flat_params() - old_params).norm())}
 
     def state_dict(self) -> dict:
@@ -322,8 +326,7 @@ class KLPenalty(FirstOrderSolver):
         beta = self.beta
         metrics = super().step(batch)
         if self.adaptive and metrics["update_accepted"]:
-            with torch.no_grad():
-                kl = float(mean_kl(self.policy, batch))
+            kl = metrics["kl"]
             if kl > 1.5 * self.target_kl:
                 self.beta *= 2.0
             elif kl < self.target_kl / 1.5:

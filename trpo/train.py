@@ -148,7 +148,7 @@ class Trainer:
         self.collector.running_returns = collector["running_returns"]
         self.collector.running_lengths = collector["running_lengths"]
         self.collector.total_steps = int(collector["total_steps"])
-        if state["envs"] is not None and vector_env_state(self.envs) is not None:
+        if state["envs"] is not None:  # saved by a sync run; vector_mode cannot change
             set_vector_env_state(self.envs, state["envs"])
         else:
             log.warning("environment states were not saved (vector_mode=async): the resumed "
