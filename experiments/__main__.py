@@ -1,9 +1,12 @@
 """``python -m experiments STUDY [override ...]``: run a study's sweep, then its analysis.
 
-A study is ``conf/experiment/STUDY.yaml``. Its runs go to ``multirun/STUDY/<date>_<time>/`` and
-its figures and tables to ``experiments/results/STUDY/``. Extra arguments are Hydra overrides
-for the sweep (``hydra/launcher=slurm``, ``logger.mode=online``, ...). ``--analyse-only DIR``
-skips the sweep and analyses runs that are already there.
+A study is ``conf/experiment/STUDY.yaml``. Its runs go to ``multirun/STUDY/``, one folder per
+run named by its overrides (``env=hopper,seed=0,solver=trpo``), and its figures and tables to
+``experiments/results/STUDY/``. The folder is fixed, so running the same command again resumes
+every unfinished run from its last checkpoint and skips the finished ones: a long study spans
+sessions. Extra arguments are Hydra overrides for the sweep (``hydra/launcher=slurm``,
+``total_steps=200000``, ...); overrides that change what runs compute get folders of their own.
+``--analyse-only DIR`` skips the sweep and analyses runs that are already there.
 """
 
 from __future__ import annotations
@@ -11,13 +14,18 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from analysis.__main__ import main as analyse
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# Run folders named by their overrides rather than by job number, so that the same run lands in
+# the same folder (and resumes there) whatever else the sweep holds. W&B settings don't change
+# what a run computes and stay out of the name.
+SWEEP_LAYOUT = ("hydra.sweep.subdir=${hydra:job.override_dirname}",
+                "hydra.job.config.override_dirname.exclude_keys="
+                "[experiment,logger.mode,logger.project,logger.entity,logger.tags]")
 
 
 def main(argv=None) -> int:
@@ -25,6 +33,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=STUDIES)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the sweep")
+    parser.add_argument("--sweep-dir", type=Path, metavar="DIR",
+                        help="where the runs go (default: multirun/STUDY)")
     parser.add_argument("--analyse-only", type=Path, metavar="DIR",
                         help="analyse the runs below DIR instead of running the sweep")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
@@ -34,9 +44,9 @@ def main(argv=None) -> int:
     if args.analyse_only:
         sweep_dir = args.analyse_only
     else:
-        sweep_dir = ROOT / "multirun" / args.study / time.strftime("%Y-%m-%d_%H-%M-%S")
+        sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
         command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={args.study}",
-                   f"hydra.sweep.dir={sweep_dir}", *args.overrides]
+                   f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *args.overrides]
         print("running:", " ".join(command), flush=True)
         sweep_status = subprocess.call(command, cwd=ROOT)
         if sweep_status:

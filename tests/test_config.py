@@ -58,7 +58,7 @@ def test_every_network_instantiates_for_box_and_discrete_actions(compose_config,
     assert first_layer.out_features == cfg.network.policy_hidden[0]
 
 
-@pytest.mark.parametrize("advantage, lam", [("gae", 0.97), ("td", 0.0), ("mc", 1.0)])
+@pytest.mark.parametrize("advantage, lam", [("gae", 0.95), ("td", 0.0), ("mc", 1.0)])
 def test_every_advantage_instantiates_to_gae_with_its_lambda(compose_config, advantage, lam):
     cfg = compose_config([f"advantage={advantage}"])
     estimator = instantiate(cfg.advantage)
@@ -78,7 +78,8 @@ def test_defaults_are_the_documented_ones(compose_config):
     cfg = compose_config()
     assert cfg.env.id == "Hopper-v5"
     assert cfg.solver.max_kl == 0.01
-    assert cfg.advantage.lam == 0.97 and cfg.advantage.gamma == 0.99
+    assert cfg.advantage.lam == 0.95 and cfg.advantage.gamma == 0.99
+    assert cfg.solver.cg_iters == 25 and cfg.normalize_reward and cfg.normalize_obs
     assert list(cfg.network.policy_hidden) == [64, 64]
     assert cfg.logger.mode.value == "offline"
     assert cfg.total_steps == 1_000_000

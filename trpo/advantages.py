@@ -60,7 +60,7 @@ class GAE:
     """Generalized advantage estimation; ``advantage=gae``."""
 
     gamma: float = 0.99
-    lam: float = 0.97
+    lam: float = 0.95
     # Standardise advantages per batch before the policy update.
     normalize: bool = True
 

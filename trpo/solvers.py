@@ -169,7 +169,7 @@ class NaturalPolicyGradient(PolicySolver):
         step_size: fixed α for θ += α x instead of the trust-region scale (null: trust region).
     """
 
-    def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 10,
+    def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
                  step_size: float | None = None):
         super().__init__(policy)
@@ -236,7 +236,7 @@ class TRPO(NaturalPolicyGradient):
     taken. If none is, the parameters are set back to θ_old bit for bit.
     """
 
-    def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 10,
+    def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
                  backtrack_factor: float = 0.5, max_backtracks: int = 10):
         super().__init__(policy, max_kl, cg_iters, cg_damping, cg_residual_tol, fvp_subsample)
