@@ -2,6 +2,7 @@
 figures and robustness, on run folders written here with known numbers."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,8 @@ import yaml
 from analysis import stats
 from analysis.__main__ import main
 from analysis.figures import plot_aggregate, plot_curves
-from analysis.load import detect_group_keys, load_runs
-from analysis.report import final_score, final_table, make_groups
+from analysis.load import Run, detect_group_keys, load_runs
+from analysis.report import final_score, final_table, make_groups, max_of_mean_curve
 
 # ------------------------------------------------------------------------------- statistics
 
@@ -218,8 +219,24 @@ def test_final_table_matches_a_recomputation_from_progress_files(tmp_path):
                 last_tenth = progress["env_steps"] >= 0.9 * progress["env_steps"].max()
                 finals.append(progress.loc[last_tenth, "eval_return_mean"].mean())
         assert row.mean == pytest.approx(np.mean(finals))
+        assert row.std == pytest.approx(np.std(finals, ddof=1))
         assert row.iqm == pytest.approx(np.mean(finals))  # 3 seeds: nothing is trimmed
         assert row.iqm_lo <= row.iqm <= row.iqm_hi
+
+
+def test_max_of_mean_curve_uses_common_steps_only():
+    def run(steps, values):
+        return Run(path=Path("."), config={"env": "hopper", "seed": 0}, status="completed",
+                   progress=pd.DataFrame({"env_steps": steps, "eval_return_mean": values}),
+                   complete=True)
+
+    a = run([100, 200, 300], [1.0, 5.0, 2.0])
+    b = run([100, 200, 300], [3.0, 1.0, 6.0])
+    assert max_of_mean_curve([a, b], "eval_return_mean") == 4.0  # means 2, 3, 4
+    c = run([100, 300], [3.0, 6.0])  # no value at 200: that step no longer counts
+    assert max_of_mean_curve([a, c], "eval_return_mean") == 4.0  # means 2, 4
+    empty = run([100], [float("nan")])
+    assert np.isnan(max_of_mean_curve([a, empty], "eval_return_mean"))
 
 
 def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
@@ -230,12 +247,15 @@ def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
         "curves.pdf", "curves.png", "aggregate.pdf", "aggregate.png", "final.csv", "final.md",
         "final.tex", "runs.csv"}
     final = pd.read_csv(out / "final.csv")
-    assert list(final.columns) == ["env", "solver", "seeds", "iqm", "iqm_lo", "iqm_hi", "mean"]
+    assert list(final.columns) == ["env", "solver", "seeds", "iqm", "iqm_lo", "iqm_hi", "mean",
+                                   "std", "max_mean_curve"]
     assert final.set_index(["env", "solver"]).loc[("walker", "npg"), "iqm"] == pytest.approx(21)
     markdown = (out / "final.md").read_text()
     assert "| npg | **21.00 [20.00, 22.00] (n=3)** | **21.00 [20.00, 22.00] (n=3)** |" in markdown
     assert "| trpo | 11.00 [10.00, 12.00] (n=3) | 11.00 [10.00, 12.00] (n=3) |" in markdown
     assert markdown.count("**") == 4  # one bold cell per env
+    # seeds 0, 1, 2 end at 20, 21, 22: mean 21, std 1; the mean curve peaks at its end
+    assert "| walker | npg | 21.00 [20.00, 22.00] | 21.00 ± 1.00 | 21.00 | 3 |" in markdown
     assert r"\textbf{" in (out / "final.tex").read_text()
     tidy = pd.read_csv(out / "runs.csv")
     assert len(tidy) == 12 * 10 and {"run", "env", "solver", "seed", "solver.max_kl"} <= set(

@@ -26,7 +26,7 @@ def test_the_groups_hold_the_promised_options():
                                    "inverted_pendulum", "cartpole", "pendulum"}
     assert set(options("network")) >= {"mlp64", "mlp256"}
     assert options("advantage") == ["gae", "mc", "td"]
-    assert options("solver") == ["kl_penalty", "npg", "trpo"]
+    assert options("solver") == ["kl_penalty", "npg", "ppo_clip", "trpo", "vpg"]
 
 
 @pytest.mark.parametrize("env", options("env"))
@@ -124,6 +124,13 @@ def test_npg_only_values(compose_config):
         validate_config(compose_config(["solver=npg", "solver.step_size=-1"]))
     with pytest.raises(ConfigError, match=r"^solver\.target_kl="):
         validate_config(compose_config(["solver=kl_penalty", "solver.target_kl=0"]))
+    with pytest.raises(ConfigError, match=r"^solver\.clip_range="):
+        validate_config(compose_config(["solver=ppo_clip", "solver.clip_range=1.5"]))
+    with pytest.raises(ConfigError, match=r"^solver\.max_grad_norm="):
+        validate_config(compose_config(["solver=ppo_clip", "solver.max_grad_norm=0"]))
+    with pytest.raises(ConfigError, match=r"^solver\.minibatch_size="):
+        validate_config(compose_config(["solver=vpg", "solver.minibatch_size=0"]))
+    validate_config(compose_config(["solver=vpg", "solver.minibatch_size=null"]))
 
 
 @pytest.mark.parametrize("override, error", [

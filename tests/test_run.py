@@ -9,11 +9,14 @@ import pytest
 from tests.conftest import ROOT, TINY
 from trpo.train import train
 
+
 def without_timing(progress: pd.DataFrame) -> pd.DataFrame:
     """The columns that measure time or memory differ between two runs of the same command."""
     machine = [c for c in progress.columns
                if c.startswith("time_") or c in ("wall_s", "steps_per_s", "rss_mb")]
     return progress.drop(columns=machine)
+
+
 INTERFACE_COLUMNS = ["iteration", "env_steps", "wall_s", "return_mean", "eval_return_mean", "kl"]
 
 
@@ -75,12 +78,21 @@ def test_wandb_offline_run_is_written_under_the_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("solver", ["trpo", "npg", "kl_penalty"])
+@pytest.mark.parametrize("solver", ["trpo", "npg", "kl_penalty", "ppo_clip"])
 def test_cartpole_reaches_the_maximum_return_with_each_solver(tmp_path, solver):
     result = run_py("env=cartpole", f"solver={solver}", "logger.mode=disabled",
                     f"hydra.run.dir={tmp_path}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert pd.read_csv(tmp_path / "progress.csv")["eval_return_mean"].max() == 500.0
+
+
+@pytest.mark.parametrize("solver", ["ppo_clip", "vpg"])
+def test_reference_solvers_train_through_the_same_loop(compose_config, tmp_path, solver):
+    cfg = compose_config(["env=pendulum", *TINY, f"solver={solver}"])
+    train(cfg, tmp_path)
+    progress = pd.read_csv(tmp_path / "progress.csv")
+    assert len(progress) == 2 and (progress["kl"] > 0).all()
+    assert (progress["update_accepted"] == 1).all()
 
 
 def test_async_vector_mode_trains(compose_config, tmp_path):

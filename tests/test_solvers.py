@@ -10,8 +10,9 @@ from torch.func import functional_call
 
 from trpo.config import NetworkConfig
 from trpo.networks import build_policy
-from trpo.solvers import (TRPO, KLPenalty, NaturalPolicyGradient, PolicyBatch,
-                          conjugate_gradient, fisher_vector_product, mean_kl, surrogate)
+from trpo.solvers import (TRPO, KLPenalty, NaturalPolicyGradient, PolicyBatch, PPOClip,
+                          VanillaPolicyGradient, conjugate_gradient, fisher_vector_product,
+                          flat_grad, mean_kl, surrogate)
 
 
 
@@ -305,6 +306,103 @@ def test_kl_penalty_with_fixed_beta_keeps_it():
     solver = KLPenalty(policy, beta=3.0, adaptive=False, lr=1e-2)
     solver.update(make_batch(policy))
     assert solver.beta == 3.0
+
+
+def perturbed(policy, scale=0.3):
+    """``policy`` with every parameter moved by scale·N(0, 1), so ratios π/π_old differ from 1."""
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return policy
+
+
+def naive_clipped_objective(ratio, advantages, eps):
+    """PPO's clipped surrogate sample by sample, written out by the sign of the advantage."""
+    total = 0.0
+    for r, a in zip(ratio.tolist(), advantages.tolist()):
+        total += min(r, 1 + eps) * a if a >= 0 else max(r, 1 - eps) * a
+    return total / len(ratio)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_ppo_clip_loss_matches_a_sample_by_sample_implementation(kind):
+    policy = mlp_policy(kind)
+    batch = make_batch(policy, batch_size=64)
+    perturbed(policy)
+    with torch.no_grad():
+        ratio = torch.exp(policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
+        loss = PPOClip(policy, clip_range=0.2).loss(batch)
+    assert ((ratio - 1).abs() > 0.2).any()  # some samples are clipped, or the test is void
+    assert float(-loss) == pytest.approx(naive_clipped_objective(ratio, batch.advantages, 0.2),
+                                         rel=1e-12)
+
+
+def test_ppo_clip_gives_no_gradient_through_samples_clipped_in_the_advantage_direction():
+    """A sample with A > 0 and r > 1 + ε (or A < 0 and r < 1 − ε) contributes nothing."""
+    policy = perturbed(mlp_policy("gaussian"), scale=0.5)
+    batch = make_batch(policy, batch_size=64)
+    perturbed(policy, scale=0.5)
+    with torch.no_grad():
+        ratio = torch.exp(policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
+    solver = PPOClip(policy, clip_range=0.1)
+    flat = (((batch.advantages > 0) & (ratio > 1.1)) | ((batch.advantages < 0) & (ratio < 0.9)))
+    assert flat.any() and not flat.all()
+    gradient = flat_grad(solver.loss(batch.take(torch.nonzero(flat).squeeze(1))),
+                         solver.params)
+    assert torch.count_nonzero(gradient) == 0
+
+
+def test_ppo_clip_and_vpg_losses_have_the_surrogate_gradient_at_the_old_policy():
+    """At θ = θ_old, ∇ mean[r·A] = ∇ mean[log π · A], and the clip is inactive (r = 1)."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy)
+    params = [p for p in policy.parameters()]
+    expected = -flat_grad(surrogate(policy, batch), params)
+    for solver in (PPOClip(policy), VanillaPolicyGradient(policy)):
+        np.testing.assert_allclose(flat_grad(solver.loss(batch), params), expected, rtol=1e-10,
+                                   atol=1e-14)
+
+
+def test_vpg_takes_one_adam_step_along_the_policy_gradient():
+    """Adam's first step moves each parameter by lr·sign(gradient) (its moments are g and g²)."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy)
+    gradient = flat_grad(surrogate(policy, batch), list(policy.parameters()))
+    before = flat_params(policy)
+    metrics = VanillaPolicyGradient(policy, lr=1e-3).update(batch)
+    moved = flat_params(policy) - before
+    significant = gradient.abs() > 1e-4  # Adam's ε (1e-8) shrinks steps where |g| is tiny
+    assert significant.sum() > 100  # of 388 parameters
+    np.testing.assert_allclose(moved[significant], 1e-3 * gradient[significant].sign(),
+                               rtol=1e-3)
+    assert metrics["actual_improvement"] > 0 and metrics["update_accepted"] == 1.0
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_ppo_clip_raises_the_surrogate_and_reports_its_clip_fraction(kind):
+    policy = mlp_policy(kind)
+    batch = make_batch(policy)
+    metrics = PPOClip(policy).update(batch)
+    assert metrics["actual_improvement"] > 0
+    assert 0 <= metrics["clip_fraction"] <= 1 and metrics["kl"] > 0
+    with torch.no_grad():
+        ratio = torch.exp(policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
+    assert metrics["clip_fraction"] == pytest.approx(float(((ratio - 1).abs() > 0.2).double()
+                                                           .mean()))
+
+
+def test_first_order_gradient_clipping_bounds_each_step():
+    """With max_grad_norm, a single SGD-like step cannot exceed what the clipped norm allows."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy)
+    batch.advantages = batch.advantages * 1e6  # a huge gradient
+    clipped = VanillaPolicyGradient(policy, lr=1e-3, max_grad_norm=1e-9)
+    gradients = []
+    clipped.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: gradients.append(
+            torch.cat([p.grad.reshape(-1) for p in clipped.params])))
+    clipped.update(batch)
+    assert float(gradients[0].norm()) == pytest.approx(1e-9, rel=1e-6)
 
 
 def test_non_finite_direction_rejects_the_update_and_keeps_parameters():

@@ -254,7 +254,29 @@ class TRPOConfig(NaturalGradientConfig):
 
 
 @dataclass
-class KLPenaltyConfig:
+class FirstOrderConfig:
+    """Adam on a policy loss over shuffled minibatches: the first-order solvers."""
+
+    _target_: str = MISSING
+    # Adam learning rate, epochs and minibatch size: the PPO paper's MuJoCo values (Schulman et
+    # al. 2017, Table 3) unless a solver says otherwise. minibatch_size null: the whole batch.
+    lr: float = 3e-4
+    epochs: int = 10
+    minibatch_size: Optional[int] = 64
+    # Clip the gradient's global norm to this before each Adam step; null: no clipping.
+    max_grad_norm: Optional[float] = None
+
+    def validate(self) -> None:
+        _positive(self, "lr")
+        _positive_int(self, "epochs")
+        if self.minibatch_size is not None:
+            _positive_int(self, "minibatch_size")
+        if self.max_grad_norm is not None:
+            _positive(self, "max_grad_norm")
+
+
+@dataclass
+class KLPenaltyConfig(FirstOrderConfig):
     """Adam on the surrogate minus β·KL: the adaptive-KL-penalty objective of the PPO paper."""
 
     _target_: str = "trpo.solvers.KLPenalty"
@@ -265,14 +287,37 @@ class KLPenaltyConfig:
     beta: float = 1.0
     # Adapt β after each update: ×2 when KL > 1.5·target, ÷2 when KL < target/1.5 (PPO paper, §4).
     adaptive: bool = True
-    # Adam learning rate, epochs and minibatch size: the PPO paper's MuJoCo values (Table 3).
-    lr: float = 3e-4
-    epochs: int = 10
-    minibatch_size: int = 64
 
     def validate(self) -> None:
-        _positive(self, "target_kl", "beta", "lr")
-        _positive_int(self, "epochs", "minibatch_size")
+        super().validate()
+        _positive(self, "target_kl", "beta")
+
+
+@dataclass
+class PPOClipConfig(FirstOrderConfig):
+    """Adam on the clipped surrogate (PPO paper, eq. 7)."""
+
+    _target_: str = "trpo.solvers.PPOClip"
+    # ε of clip(r, 1 − ε, 1 + ε); 0.2, the PPO paper's best setting (Table 1) and its MuJoCo value.
+    clip_range: float = 0.2
+    # 0.5 as in OpenAI baselines' ppo2 and SB3's PPO (the paper does not clip gradients).
+    max_grad_norm: Optional[float] = 0.5
+
+    def validate(self) -> None:
+        super().validate()
+        require(0 < self.clip_range < 1, "clip_range", "must be in (0, 1)", self.clip_range)
+
+
+@dataclass
+class VPGConfig(FirstOrderConfig):
+    """Vanilla policy gradient: Adam steps on mean[log π · A]."""
+
+    _target_: str = "trpo.solvers.VanillaPolicyGradient"
+    # One full-batch Adam step per update with learning rate 3e-4, as OpenAI Spinning Up's VPG
+    # (pi_lr=3e-4, one policy step per epoch); more epochs leave the policy gradient's premise.
+    lr: float = 3e-4
+    epochs: int = 1
+    minibatch_size: Optional[int] = None
 
 
 # ----------------------------------------------------------------------------------- logger group
@@ -392,7 +437,8 @@ GROUP_SCHEMAS = {
     "env": {"env": EnvConfig},
     "network": {"mlp": NetworkConfig},
     "advantage": {"gae": GAEConfig, "td": TDConfig, "mc": MonteCarloConfig},
-    "solver": {"trpo": TRPOConfig, "npg": NPGConfig, "kl_penalty": KLPenaltyConfig},
+    "solver": {"trpo": TRPOConfig, "npg": NPGConfig, "kl_penalty": KLPenaltyConfig,
+               "ppo_clip": PPOClipConfig, "vpg": VPGConfig},
     "logger": {"wandb": LoggerConfig},
 }
 

@@ -5,7 +5,9 @@
   to the trust region √(2δ / xᵀFx) or by a fixed step; it applies the step as it is.
 * :class:`TRPO` adds only the backtracking line search that accepts a step when the sampled mean
   KL ≤ δ and the surrogate improves, and restores the old parameters exactly when none does.
-* :class:`KLPenalty` is a first-order sibling: Adam on the surrogate minus β·KL with adaptive β.
+* :class:`FirstOrderSolver` runs Adam on a loss over minibatches; its subclasses only say which
+  loss: :class:`KLPenalty` (the surrogate minus β·KL, adaptive β), :class:`PPOClip` (the clipped
+  surrogate) and :class:`VanillaPolicyGradient` (log π · A, one step).
 
 Every solver reads a :class:`PolicyBatch` and returns a dict of metrics with the same keys on
 every call.
@@ -262,11 +264,16 @@ class TRPO(NaturalPolicyGradient):
 
 
 class FirstOrderSolver(PolicySolver):
-    """Adam on a loss, ``epochs`` passes over the batch in shuffled minibatches."""
+    """Adam on a loss, ``epochs`` passes over the batch in shuffled minibatches.
 
-    def __init__(self, policy: nn.Module, lr: float, epochs: int, minibatch_size: int):
+    ``minibatch_size=None`` takes the whole batch as one minibatch; ``max_grad_norm`` clips the
+    gradient's global norm before each Adam step (None: no clipping).
+    """
+
+    def __init__(self, policy: nn.Module, lr: float, epochs: int, minibatch_size: int | None,
+                 max_grad_norm: float | None = None):
         super().__init__(policy)
-        self.epochs, self.minibatch_size = epochs, minibatch_size
+        self.epochs, self.minibatch_size, self.max_grad_norm = epochs, minibatch_size, max_grad_norm
         self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=True)
 
     @abstractmethod
@@ -278,12 +285,15 @@ class FirstOrderSolver(PolicySolver):
         old_optimizer = copy.deepcopy(self.optimizer.state_dict())
         with torch.no_grad():
             old_objective = float(surrogate(self.policy, batch))
+        size = self.minibatch_size or len(batch)
         for _ in range(self.epochs):
             order = torch.randperm(len(batch))
-            for start in range(0, len(batch), self.minibatch_size):
-                loss = self.loss(batch.take(order[start:start + self.minibatch_size]))
+            for start in range(0, len(batch), size):
+                loss = self.loss(batch.take(order[start:start + size]))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
                 self.optimizer.step()
         with torch.no_grad():
             improvement = float(surrogate(self.policy, batch)) - old_objective
@@ -315,8 +325,8 @@ class KLPenalty(FirstOrderSolver):
 
     def __init__(self, policy: nn.Module, target_kl: float = 0.01, beta: float = 1.0,
                  adaptive: bool = True, lr: float = 3e-4, epochs: int = 10,
-                 minibatch_size: int = 64):
-        super().__init__(policy, lr, epochs, minibatch_size)
+                 minibatch_size: int | None = 64, max_grad_norm: float | None = None):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
         self.target_kl, self.beta, self.adaptive = target_kl, beta, adaptive
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
@@ -340,3 +350,47 @@ class KLPenalty(FirstOrderSolver):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.beta = float(state["beta"])
+
+
+class PPOClip(FirstOrderSolver):
+    """Maximise the clipped surrogate mean[min(r·A, clip(r, 1 − ε, 1 + ε)·A)], r = π_θ / π_old,
+    with Adam (PPO paper, Schulman et al. 2017, eq. 7).
+
+    The clip removes the incentive to move r beyond [1 − ε, 1 + ε]; nothing bounds the KL itself.
+    """
+
+    def __init__(self, policy: nn.Module, clip_range: float = 0.2, lr: float = 3e-4,
+                 epochs: int = 10, minibatch_size: int | None = 64,
+                 max_grad_norm: float | None = 0.5):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
+        self.clip_range = clip_range
+
+    def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
+        ratio = torch.exp(self.policy(minibatch.obs).log_prob(minibatch.actions)
+                          - minibatch.old_log_prob)
+        clipped = ratio.clamp(1.0 - self.clip_range, 1.0 + self.clip_range)
+        return -torch.min(ratio * minibatch.advantages, clipped * minibatch.advantages).mean()
+
+    def step(self, batch: PolicyBatch) -> dict[str, float]:
+        metrics = super().step(batch)
+        with torch.no_grad():
+            ratio = torch.exp(self.policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
+            metrics["clip_fraction"] = float(((ratio - 1.0).abs() > self.clip_range).float().mean())
+        return metrics
+
+
+class VanillaPolicyGradient(FirstOrderSolver):
+    """REINFORCE with a baseline: gradient steps on mean[log π_θ(a|s) · A] (Williams 1992; the
+    advantage form of Sutton et al. 2000), with Adam.
+
+    With the defaults, one full-batch step per update (OpenAI Spinning Up's VPG), so the step
+    follows the plain policy gradient at θ_old: no trust region, no clipping, no KL term.
+    """
+
+    def __init__(self, policy: nn.Module, lr: float = 3e-4, epochs: int = 1,
+                 minibatch_size: int | None = None, max_grad_norm: float | None = None):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
+
+    def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
+        log_prob = self.policy(minibatch.obs).log_prob(minibatch.actions)
+        return -(log_prob * minibatch.advantages).mean()
