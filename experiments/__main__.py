@@ -37,6 +37,8 @@ def main(argv=None) -> int:
                         help="where the runs go (default: multirun/STUDY)")
     parser.add_argument("--analyse-only", type=Path, metavar="DIR",
                         help="analyse the runs below DIR instead of running the sweep")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="where the figures and tables go (default: experiments/results/STUDY)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
 
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
         if sweep_status:
             print(f"the sweep exited with {sweep_status}; analysing the runs that finished",
                   file=sys.stderr)
-    out = ROOT / "experiments" / "results" / args.study
+    out = args.out or ROOT / "experiments" / "results" / args.study
     status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps)])
     return sweep_status or status
 

@@ -112,8 +112,9 @@ def worker_sb3(env: str, iterations: int) -> dict:
 
     torch.set_num_threads(1)
     cfg = compose([f"env={env}"])
-    envs = VecNormalize(make_vec_env(cfg.env.id, n_envs=cfg.num_envs, seed=0), norm_obs=True,
-                        norm_reward=False, clip_obs=cfg.obs_clip, gamma=cfg.advantage.gamma)
+    envs = VecNormalize(make_vec_env(cfg.env.id, n_envs=cfg.num_envs, seed=0),
+                        norm_obs=cfg.normalize_obs, norm_reward=cfg.normalize_reward,
+                        clip_obs=cfg.obs_clip, gamma=cfg.advantage.gamma)
     model = TRPO(
         "MlpPolicy", envs, n_steps=cfg.steps_per_iteration // cfg.num_envs,
         batch_size=cfg.critic.minibatch_size, n_critic_updates=cfg.critic.epochs,

@@ -95,6 +95,28 @@ def test_reference_solvers_train_through_the_same_loop(compose_config, tmp_path,
     assert (progress["update_accepted"] == 1).all()
 
 
+def test_a_study_run_again_reuses_its_folders_and_leaves_finished_runs_alone(tmp_path):
+    """``python -m experiments STUDY`` twice: the second time finds every run finished."""
+    command = [sys.executable, "-m", "experiments", "quickstart",
+               "hydra.sweeper.params.env=cartpole", "hydra.sweeper.params.solver=trpo",
+               "hydra.sweeper.params.seed='0,1'", "total_steps=256", "steps_per_iteration=128",
+               "num_envs=2", "hydra/launcher=basic", "logger.mode=disabled",
+               "--sweep-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+               "--reps", "50"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert names == [f"env=cartpole,num_envs=2,seed={s},solver=trpo,steps_per_iteration=128,"
+                     "total_steps=256" for s in (0, 1)]
+    before = {name: (tmp_path / "runs" / name / "progress.csv").read_text() for name in names}
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == names
+    for name in names:
+        assert (tmp_path / "runs" / name / "progress.csv").read_text() == before[name]
+    assert "(n=2)" in (tmp_path / "out" / "final.md").read_text()
+
+
 def test_async_vector_mode_trains(compose_config, tmp_path):
     cfg = compose_config(["env=cartpole", *TINY, "vector_mode=async"])
     train(cfg, tmp_path)
