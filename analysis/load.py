@@ -24,7 +24,7 @@ log = logging.getLogger("analysis")
 
 # Hydra's group choices worth naming a line by, in order of priority when two keys split the
 # runs the same way.
-CHOICE_GROUPS = ("solver", "advantage", "network")
+CHOICE_GROUPS = ("ablation", "solver", "advantage", "network")
 # Keys that never define a group: the seed varies within a group, logging changes no result.
 IGNORED_KEYS = ("seed", "logger.", "name")
 
@@ -159,42 +159,30 @@ def _budget(config: dict[str, Any]) -> Optional[int]:
 def detect_group_keys(runs: list[Run]) -> list[str]:
     """The config keys whose values tell the compared lines apart.
 
-    A key qualifies if it takes different values within some env (so env-specific values such
-    as ``env.id`` or an env-derived ``total_steps`` do not), it is not the seed or a logging
-    setting, and it does not split the runs exactly as a key before it does (a solver's
-    ``_target_`` follows its choice). Within a group choice that differs (``solver``), a
-    sub-key (``solver.max_kl``) counts only if it varies among runs of one choice.
+    Group choices come first (``ablation``, ``solver``, ``advantage``, ``network``), then the
+    other keys in order. A key qualifies if it is not the seed or a logging setting and it takes
+    different values among runs that share the env and every key chosen before it: so
+    env-specific values (``env.id``, an env-derived ``total_steps``) never qualify, nor do
+    values that follow from a choice (a solver's ``_target_``, the settings an ablation
+    option sets), while a sub-key swept within one choice (``solver.max_kl``) does.
     """
     keys = sorted({k for run in runs for k in run.config})
     ordered = [k for k in CHOICE_GROUPS if k in keys] + [k for k in keys if k not in CHOICE_GROUPS]
     chosen: list[str] = []
-    partitions: list[tuple] = []
     for key in ordered:
         if key == "env" or key.startswith(IGNORED_KEYS) or key.startswith("env."):
             continue
-        if not _varies_within(runs, key, "env"):
-            continue
-        parent = key.split(".", 1)[0]
-        if "." in key and parent in chosen and not _varies_within(runs, key, parent):
-            continue
-        partition = _partition(runs, key)
-        if partition in partitions:
-            continue
-        chosen.append(key)
-        partitions.append(partition)
+        if _varies_within(runs, key, ["env", *chosen]):
+            chosen.append(key)
     return chosen
 
 
-def _varies_within(runs: list[Run], key: str, by: str) -> bool:
-    values: dict[Any, set] = {}
+def _varies_within(runs: list[Run], key: str, by: list[str]) -> bool:
+    """Whether ``key`` takes two values among runs that agree on every key of ``by``."""
+    values: dict[tuple, set] = {}
     for run in runs:
-        values.setdefault(run.config.get(by), set()).add(run.config.get(key))
+        values.setdefault(tuple(run.config.get(k) for k in by), set()).add(run.config.get(key))
     return any(len(v) > 1 for v in values.values())
-
-
-def _partition(runs: list[Run], key: str) -> tuple:
-    labels: dict[Any, int] = {}
-    return tuple(labels.setdefault(run.config.get(key), len(labels)) for run in runs)
 
 
 def group_label(run: Run, keys: list[str]) -> str:

@@ -20,6 +20,7 @@ from analysis.__main__ import main as analyse
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+RESULTS_PAGE = ROOT / "RESULTS.md"
 # Run folders named by their overrides rather than by job number, so that the same run lands in
 # the same folder (and resumes there) whatever else the sweep holds. W&B settings don't change
 # what a run computes and stay out of the name.
@@ -56,7 +57,37 @@ def main(argv=None) -> int:
                   file=sys.stderr)
     out = args.out or ROOT / "experiments" / "results" / args.study
     status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps)])
+    if status == 0 and args.out is None and refresh_results_page(RESULTS_PAGE, args.study, out):
+        print(f"updated the {args.study} section of {RESULTS_PAGE.name}")
     return sweep_status or status
+
+
+def study_block(study: str, out: Path) -> str:
+    """What ``RESULTS.md`` shows of a study: its curves and its final tables."""
+    folder = out.relative_to(ROOT).as_posix()
+    return (f"![{study}: learning curves]({folder}/curves.png)\n\n"
+            f"{(out / 'final.md').read_text().strip()}\n")
+
+
+def block_markers(study: str) -> tuple[str, str]:
+    return (f"<!-- begin {study}: written by python -m experiments {study} -->",
+            f"<!-- end {study} -->")
+
+
+def refresh_results_page(page: Path, study: str, out: Path) -> bool:
+    """Replace the study's block in ``page`` (between its markers) with its current outputs.
+
+    The prose around the blocks is written by hand; the numbers inside them only ever come from
+    ``experiments/results/``. Returns whether the page has a block for the study.
+    """
+    begin, end = block_markers(study)
+    if not page.exists() or begin not in page.read_text():
+        return False
+    text = page.read_text()
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    page.write_text(f"{head}{begin}\n{study_block(study, out)}{end}{tail}")
+    return True
 
 
 if __name__ == "__main__":

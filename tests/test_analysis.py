@@ -206,6 +206,24 @@ def test_a_swept_sub_key_within_two_solvers_is_its_own_key(tmp_path):
     assert detect_group_keys(load_runs([tmp_path]).runs) == ["solver", "solver.max_kl"]
 
 
+def test_an_ablation_choice_names_the_lines_not_the_settings_it_changes(tmp_path):
+    """conf/ablation options set several keys; the choice alone tells the lines apart."""
+    settings = {"none": {}, "no_reward_norm": {"normalize_reward": False},
+                "previous_defaults": {"normalize_reward": False, "advantage.lam": 0.97}}
+    for n, (option, values) in enumerate(settings.items()):
+        run = write_run(tmp_path, str(n), extra={k: v for k, v in values.items() if "." in k})
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        config.update({k: v for k, v in values.items() if "." not in k})
+        config.setdefault("normalize_reward", True)
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        hydra = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())
+        hydra["hydra"]["runtime"]["choices"]["ablation"] = option
+        (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    runs = load_runs([tmp_path]).runs
+    assert detect_group_keys(runs) == ["ablation"]
+    assert sorted(g.label for g in make_groups(runs, ["ablation"])) == sorted(settings)
+
+
 def test_final_table_matches_a_recomputation_from_progress_files(tmp_path):
     sweep(tmp_path)
     runs = load_runs([tmp_path]).runs
@@ -342,3 +360,35 @@ def test_experiments_entry_point_analyses_existing_runs_into_results(tmp_path, m
     assert entry.main(["quickstart", "--analyse-only", str(tmp_path / "runs"),
                        "--reps", "50"]) == 0
     assert (tmp_path / "experiments" / "results" / "quickstart" / "final.md").exists()
+
+
+def test_results_page_blocks_are_replaced_and_the_prose_kept(tmp_path, monkeypatch):
+    import experiments.__main__ as entry
+
+    monkeypatch.setattr(entry, "ROOT", tmp_path)
+    out = tmp_path / "experiments" / "results" / "quickstart"
+    out.mkdir(parents=True)
+    (out / "final.md").write_text("| new table |\n")
+    begin, end = entry.block_markers("quickstart")
+    page = tmp_path / "RESULTS.md"
+    page.write_text(f"# Results\nprose before\n{begin}\n| old table |\n{end}\nprose after\n")
+    assert entry.refresh_results_page(page, "quickstart", out)
+    assert page.read_text() == (
+        f"# Results\nprose before\n{begin}\n![quickstart: learning curves]"
+        f"(experiments/results/quickstart/curves.png)\n\n| new table |\n{end}\nprose after\n")
+    assert not entry.refresh_results_page(page, "solver_comparison", out)  # no block: untouched
+
+
+def test_results_page_shows_each_study_as_its_committed_outputs_say():
+    """RESULTS.md's generated blocks match experiments/results/ (rerun the study's command, or
+    ``python -m experiments STUDY --analyse-only DIR``, after new runs)."""
+    import experiments.__main__ as entry
+
+    text = entry.RESULTS_PAGE.read_text()
+    shown = [study for study in entry.STUDIES if entry.block_markers(study)[0] in text]
+    assert shown, "RESULTS.md shows no study"
+    for study in shown:
+        begin, end = entry.block_markers(study)
+        block = text.split(begin, 1)[1].split(end, 1)[0]
+        out = entry.ROOT / "experiments" / "results" / study
+        assert block == "\n" + entry.study_block(study, out), study

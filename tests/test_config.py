@@ -29,6 +29,26 @@ def test_the_groups_hold_the_promised_options():
     assert options("solver") == ["kl_penalty", "npg", "ppo_clip", "trpo", "vpg"]
 
 
+@pytest.mark.parametrize("ablation", options("ablation"))
+def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_config, ablation):
+    from omegaconf import OmegaConf
+
+    from trpo.config import flatten
+
+    def values(overrides):
+        cfg = compose_config(overrides)
+        validate_config(cfg)
+        return flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+    defaults, changed = values([]), values([f"ablation={ablation}"])
+    differing = sorted(k for k in defaults if defaults[k] != changed.get(k))
+    assert set(changed) == set(defaults)
+    expected = {"none": [], "no_reward_norm": ["normalize_reward"],
+                "no_obs_norm": ["normalize_obs"], "gae_lambda_097": ["advantage.lam"],
+                "critic_5_epochs": ["critic.epochs"], "batch_4096": ["steps_per_iteration"]}
+    assert differing == expected[ablation]
+
+
 @pytest.mark.parametrize("env", options("env"))
 def test_every_env_composes_validates_and_builds(compose_config, env):
     cfg = compose_config([f"env={env}"])
