@@ -159,8 +159,9 @@ def protocols_table(table: pd.DataFrame, metric: str) -> str:
     lines = ["| env | group | IQM [95% CI] | mean ± std | max of mean curve | seeds |",
              "|---|---|---|---|---|---|"]
     for row in table.sort_values(["env", "group"]).itertuples():
+        spread = f" ± {row.std:.{digits}f}" if math.isfinite(row.std) else " (one seed)"
         lines.append(f"| {row.env} | {row.group} | {row.iqm:.{digits}f} [{row.iqm_lo:.{digits}f}, "
-                     f"{row.iqm_hi:.{digits}f}] | {row.mean:.{digits}f} ± {row.std:.{digits}f} | "
+                     f"{row.iqm_hi:.{digits}f}] | {row.mean:.{digits}f}{spread} | "
                      f"{row.max_mean_curve:.{digits}f} | {row.seeds} |")
     lines.append("")
     lines.append(f"mean ± std: over seeds of the final {metric} (sample std). Max of mean "

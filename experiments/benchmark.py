@@ -25,6 +25,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -167,6 +168,40 @@ def time_sweep(env: str, steps: int) -> dict:
             "ratio": timings["parallel"] / timings["basic"]}
 
 
+def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
+            ) -> tuple[list[dict], list[dict]]:
+    """Speed rows (medians over repeats) and time breakdowns of every env × contender."""
+    import pandas as pd
+
+    rows, breakdowns = [], []
+    for env in args.envs:
+        # Interleave the measurements so slow drifts of a noisy machine hit all of them alike.
+        samples: dict[str, list[dict]] = {}
+        for repeat in range(args.repeats):
+            plan = [("raw env", ("raw", env, str(args.iterations * 2048)))]
+            plan += [(f"ours {s}", ("ours", env, s, str(args.iterations),
+                                    str(scratch / f"{env}-{s}-{repeat}"))) for s in args.solvers]
+            if with_sb3:
+                plan.append(("sb3-contrib trpo", ("sb3", env, str(args.iterations))))
+            for name, worker_args in plan:
+                print(f"[{env} {repeat + 1}/{args.repeats}] {name} ...", file=sys.stderr,
+                      flush=True)
+                samples.setdefault(name, []).append(run_worker(*worker_args))
+        median = {name: float(np.median([s["steps_per_s"] for s in runs]))
+                  for name, runs in samples.items()}
+        for name, runs in samples.items():
+            rows.append({"env": ENVS[env], "what": name, "steps_per_s": median[name],
+                         "vs_raw_env": median[name] / median["raw env"],
+                         "vs_sb3_trpo": (median[name] / median["sb3-contrib trpo"]
+                                         if with_sb3 else float("nan")),
+                         "peak_mb": max(s["peak_mb"] for s in runs), "repeats": len(runs)})
+            if name.startswith("ours"):
+                parts = pd.DataFrame([s["breakdown"] for s in runs]).median()
+                breakdowns.append({"env": ENVS[env], "solver": name.removeprefix("ours "),
+                                   **{k: 1e3 * v for k, v in parts.items()}})
+    return rows, breakdowns
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.benchmark",
                                      description=__doc__.split("\n\n")[0])
@@ -206,33 +241,10 @@ def main(argv=None) -> int:
     if not with_sb3:
         print("sb3-contrib is not installed (pip install -c constraints.txt -e '.[bench]'); "
               "measuring without it", file=sys.stderr)
-    rows, breakdowns = [], []
-    scratch = ROOT / "multirun" / "benchmark"
-    for env in args.envs:
-        # Interleave the measurements so slow drifts of a noisy machine hit all of them alike.
-        samples: dict[str, list[dict]] = {}
-        for repeat in range(args.repeats):
-            plan = [("raw env", ("raw", env, str(args.iterations * 2048)))]
-            plan += [(f"ours {s}", ("ours", env, s, str(args.iterations),
-                                    str(scratch / f"{env}-{s}-{repeat}"))) for s in args.solvers]
-            if with_sb3:
-                plan.append(("sb3-contrib trpo", ("sb3", env, str(args.iterations))))
-            for name, worker_args in plan:
-                print(f"[{env} {repeat + 1}/{args.repeats}] {name} ...", file=sys.stderr,
-                      flush=True)
-                samples.setdefault(name, []).append(run_worker(*worker_args))
-        median = {name: float(np.median([s["steps_per_s"] for s in runs]))
-                  for name, runs in samples.items()}
-        for name, runs in samples.items():
-            rows.append({"env": ENVS[env], "what": name, "steps_per_s": median[name],
-                         "vs_raw_env": median[name] / median["raw env"],
-                         "vs_sb3_trpo": (median[name] / median["sb3-contrib trpo"]
-                                         if with_sb3 else float("nan")),
-                         "peak_mb": max(s["peak_mb"] for s in runs), "repeats": len(runs)})
-            if name.startswith("ours"):
-                parts = pd.DataFrame([s["breakdown"] for s in runs]).median()
-                breakdowns.append({"env": ENVS[env], "solver": name.removeprefix("ours "),
-                                   **{k: 1e3 * v for k, v in parts.items()}})
+    # Each run trains afresh in a folder of this invocation (a folder kept from an earlier
+    # benchmark would make the run resume, or refuse a changed config, instead of training).
+    with tempfile.TemporaryDirectory(prefix="trpo-benchmark-") as scratch:
+        rows, breakdowns = measure(args, Path(scratch), with_sb3)
     table = pd.DataFrame(rows)
     breakdown = pd.DataFrame(breakdowns)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -317,9 +317,10 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
         except BaseException as error:
             # Record the failure where that still works (a full disk may refuse even this),
             # then re-raise the original error.
+            reason = f"{type(error).__name__}: {error}"
             for record in (lambda: logger.close(failed=True),
                            lambda: write_status(run_dir, "failed", iteration=trainer.iteration,
-                                                error=f"{type(error).__name__}: {error}")):
+                                                error=reason)):
                 try:
                     record()
                 except Exception as secondary:
