@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     table = final_table(groups, args.metric, reps=args.reps)
-    write_tables(table, runs, args.metric, args.out)
+    write_tables(table, runs, args.metric, args.out, args.dirs)
     save_figure(plot_curves(groups, args.metric, reps=args.reps), args.out, "curves")
     references = {run.env: (run.config.get("env.random_return"),
                             run.config.get("env.reference_return")) for run in runs}

@@ -187,12 +187,25 @@ def _tex(text: str) -> str:
     return str(text).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
 
 
-def tidy_runs(runs: list[Run]) -> pd.DataFrame:
-    """Every logged row of every run, with the run's path and config values as columns."""
+def run_name(path: Path, roots: list[Path]) -> str:
+    """``path`` as ``<root folder name>/<path below it>`` for the first of ``roots`` above it
+    (so tables do not carry this machine's absolute paths), else as it is."""
+    for root in roots:
+        try:
+            return (Path(root.resolve().name) / path.resolve().relative_to(root.resolve())
+                    ).as_posix()
+        except ValueError:
+            continue
+    return str(path)
+
+
+def tidy_runs(runs: list[Run], roots: list[Path] = ()) -> pd.DataFrame:
+    """Every logged row of every run, with the run's name (its path from the analysed folder,
+    :func:`run_name`) and config values as columns."""
     frames = []
     for run in runs:
         frame = run.progress.copy()
-        frame.insert(0, "run", str(run.path))
+        frame.insert(0, "run", run_name(run.path, list(roots)))
         for key, value in sorted(run.config.items()):
             if key not in frame:
                 frame[key] = str(value) if isinstance(value, tuple) else value
@@ -200,9 +213,10 @@ def tidy_runs(runs: list[Run]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write_tables(table: pd.DataFrame, runs: list[Run], metric: str, out: Path) -> None:
+def write_tables(table: pd.DataFrame, runs: list[Run], metric: str, out: Path,
+                 roots: list[Path] = ()) -> None:
     table.drop(columns=["group"]).to_csv(out / "final.csv", index=False)
     (out / "final.md").write_text(markdown_table(table, metric) + "\n"
                                   + protocols_table(table, metric))
     (out / "final.tex").write_text(latex_table(table, metric))
-    tidy_runs(runs).to_csv(out / "runs.csv", index=False)
+    tidy_runs(runs, roots).to_csv(out / "runs.csv", index=False)

@@ -278,6 +278,7 @@ def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
     tidy = pd.read_csv(out / "runs.csv")
     assert len(tidy) == 12 * 10 and {"run", "env", "solver", "seed", "solver.max_kl"} <= set(
         tidy.columns)
+    assert set(tidy["run"]) == {f"runs/multi/{n}" for n in range(12)}  # no machine paths
 
 
 def test_curve_figure_has_a_panel_per_env_a_line_per_group_and_labels(tmp_path):
