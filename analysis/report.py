@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.load import Run, group_label
+from analysis.load import CHOICE_GROUPS, Run, group_label
 
 log = logging.getLogger("analysis")
 
@@ -201,13 +201,20 @@ def run_name(path: Path, roots: list[Path]) -> str:
 
 def tidy_runs(runs: list[Run], roots: list[Path] = ()) -> pd.DataFrame:
     """Every logged row of every run, with the run's name (its path from the analysed folder,
-    :func:`run_name`) and config values as columns."""
+    :func:`run_name`) and, as columns, the env, the seed, the group choices and every config
+    value that differs between the runs (the others are in each run's ``.hydra/config.yaml``)."""
+    all_keys = sorted({k for run in runs for k in run.config})
+    varying = [k for k in all_keys if len({str(run.config.get(k)) for run in runs}) > 1]
+    keys = [k for k in ("env", "seed", *CHOICE_GROUPS)
+            if k in all_keys and any(run.config.get(k) != "?" for run in runs)]  # "?": no choice
+    keys += [k for k in varying if k not in keys]
     frames = []
     for run in runs:
         frame = run.progress.copy()
         frame.insert(0, "run", run_name(run.path, list(roots)))
-        for key, value in sorted(run.config.items()):
+        for key in keys:
             if key not in frame:
+                value = run.config.get(key)
                 frame[key] = str(value) if isinstance(value, tuple) else value
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -219,4 +226,5 @@ def write_tables(table: pd.DataFrame, runs: list[Run], metric: str, out: Path,
     (out / "final.md").write_text(markdown_table(table, metric) + "\n"
                                   + protocols_table(table, metric))
     (out / "final.tex").write_text(latex_table(table, metric))
-    tidy_runs(runs, roots).to_csv(out / "runs.csv", index=False)
+    # Six significant digits: the logged values carry no more information than that.
+    tidy_runs(runs, roots).to_csv(out / "runs.csv", index=False, float_format="%.6g")

@@ -276,8 +276,9 @@ def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
     assert "| walker | npg | 21.00 [20.00, 22.00] | 21.00 ± 1.00 | 21.00 | 3 |" in markdown
     assert r"\textbf{" in (out / "final.tex").read_text()
     tidy = pd.read_csv(out / "runs.csv")
-    assert len(tidy) == 12 * 10 and {"run", "env", "solver", "seed", "solver.max_kl"} <= set(
+    assert len(tidy) == 12 * 10 and {"run", "env", "solver", "seed", "solver._target_"} <= set(
         tidy.columns)
+    assert "solver.max_kl" not in tidy and "ablation" not in tidy  # the same in every run
     assert set(tidy["run"]) == {f"runs/multi/{n}" for n in range(12)}  # no machine paths
 
 
