@@ -83,8 +83,9 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         runtime = OmegaConf.load(hydra_file).hydra.get("runtime", {})
         choices = OmegaConf.to_container(runtime.get("choices", {}), resolve=False)
     for group in ("env", *CHOICE_GROUPS):
-        config[group] = choices.get(group) or config.get(f"{group}.id") or config.get(
-            f"{group}._target_", "?")
+        choice = choices.get(group) or config.get(f"{group}.id") or config.get(f"{group}._target_")
+        if choice is not None:  # a group left unchosen (ablation: null) is not a key
+            config[group] = choice
     return config
 
 

@@ -205,8 +205,7 @@ def tidy_runs(runs: list[Run], roots: list[Path] = ()) -> pd.DataFrame:
     value that differs between the runs (the others are in each run's ``.hydra/config.yaml``)."""
     all_keys = sorted({k for run in runs for k in run.config})
     varying = [k for k in all_keys if len({str(run.config.get(k)) for run in runs}) > 1]
-    keys = [k for k in ("env", "seed", *CHOICE_GROUPS)
-            if k in all_keys and any(run.config.get(k) != "?" for run in runs)]  # "?": no choice
+    keys = [k for k in ("env", "seed", *CHOICE_GROUPS) if k in all_keys]
     keys += [k for k in varying if k not in keys]
     frames = []
     for run in runs:

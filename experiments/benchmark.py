@@ -22,7 +22,6 @@ import argparse
 import json
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,14 +153,14 @@ def time_sweep(env: str, steps: int) -> dict:
     """Seconds for ``-m seed=0,1`` with the default launcher and with the basic one."""
     timings = {}
     for launcher in ("parallel", "basic"):
-        sweep_dir = ROOT / "multirun" / "benchmark" / launcher
-        shutil.rmtree(sweep_dir, ignore_errors=True)  # else the runs would resume, not train
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "run.py", "-m", f"env={env}", "seed=0,1",
-                                 f"total_steps={steps}", "logger.mode=disabled",
-                                 f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}"],
-                                cwd=ROOT, capture_output=True, text=True)
-        timings[launcher] = time.perf_counter() - start
+        # A fresh folder, else the runs would resume instead of training.
+        with tempfile.TemporaryDirectory(prefix="trpo-benchmark-sweep-") as sweep_dir:
+            start = time.perf_counter()
+            result = subprocess.run([sys.executable, "run.py", "-m", f"env={env}", "seed=0,1",
+                                     f"total_steps={steps}", "logger.mode=disabled",
+                                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}"],
+                                    cwd=ROOT, capture_output=True, text=True)
+            timings[launcher] = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f"the {launcher} sweep failed:\n{result.stderr[-3000:]}")
     return {"parallel_s": timings["parallel"], "sequential_s": timings["basic"],

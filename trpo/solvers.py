@@ -67,10 +67,14 @@ class PolicyBatch:
                            self.old_log_prob[index], take(self.old_dist, index))
 
 
+def probability_ratio(policy: nn.Module, batch: PolicyBatch) -> torch.Tensor:
+    """r = π_θ(a|s) / π_old(a|s) for each sample of the batch."""
+    return torch.exp(policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
+
+
 def surrogate(policy: nn.Module, batch: PolicyBatch) -> torch.Tensor:
     """L(θ) = mean[π_θ(a|s) / π_old(a|s) · A] (TRPO paper, eq. 14)."""
-    ratio = torch.exp(policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
-    return (ratio * batch.advantages).mean()
+    return (probability_ratio(policy, batch) * batch.advantages).mean()
 
 
 def mean_kl(policy: nn.Module, batch: PolicyBatch) -> torch.Tensor:
@@ -366,15 +370,14 @@ class PPOClip(FirstOrderSolver):
         self.clip_range = clip_range
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
-        ratio = torch.exp(self.policy(minibatch.obs).log_prob(minibatch.actions)
-                          - minibatch.old_log_prob)
+        ratio = probability_ratio(self.policy, minibatch)
         clipped = ratio.clamp(1.0 - self.clip_range, 1.0 + self.clip_range)
         return -torch.min(ratio * minibatch.advantages, clipped * minibatch.advantages).mean()
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
         metrics = super().step(batch)
         with torch.no_grad():
-            ratio = torch.exp(self.policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
+            ratio = probability_ratio(self.policy, batch)
             metrics["clip_fraction"] = float(((ratio - 1.0).abs() > self.clip_range).float().mean())
         return metrics
 
