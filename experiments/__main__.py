@@ -6,6 +6,8 @@ run named by its overrides (``env=hopper,seed=0,solver=trpo``), and its figures 
 every unfinished run from its last checkpoint and skips the finished ones: a long study spans
 sessions. Extra arguments are Hydra overrides for the sweep (``hydra/launcher=slurm``,
 ``total_steps=200000``, ...); overrides that change what runs compute get folders of their own.
+A run whose config was already trained to the end in another study below ``multirun/`` is
+copied from there rather than trained again (``reuse_from``; ``--no-reuse`` trains everything).
 ``--analyse-only DIR`` skips the sweep and analyses runs that are already there.
 """
 
@@ -23,10 +25,10 @@ STUDIES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 RESULTS_PAGE = ROOT / "RESULTS.md"
 # Run folders named by their overrides rather than by job number, so that the same run lands in
 # the same folder (and resumes there) whatever else the sweep holds. W&B settings don't change
-# what a run computes and stay out of the name.
+# what a run computes and stay out of the name, as does where finished twins are looked for.
 SWEEP_LAYOUT = ("hydra.sweep.subdir=${hydra:job.override_dirname}",
                 "hydra.job.config.override_dirname.exclude_keys="
-                "[experiment,logger.mode,logger.project,logger.entity,logger.tags]")
+                "[experiment,logger.mode,logger.project,logger.entity,logger.tags,reuse_from]")
 
 
 def main(argv=None) -> int:
@@ -36,6 +38,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the sweep")
     parser.add_argument("--sweep-dir", type=Path, metavar="DIR",
                         help="where the runs go (default: multirun/STUDY)")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="train every run, even one another study below the sweep folder's "
+                             "parent has already trained with the same config")
     parser.add_argument("--analyse-only", type=Path, metavar="DIR",
                         help="analyse the runs below DIR instead of running the sweep")
     parser.add_argument("--out", type=Path, metavar="DIR",
@@ -48,8 +53,9 @@ def main(argv=None) -> int:
         sweep_dir = args.analyse_only
     else:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
+        reuse = [] if args.no_reuse else [f"reuse_from={sweep_dir.parent}"]
         command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={args.study}",
-                   f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *args.overrides]
+                   f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *reuse, *args.overrides]
         print("running:", " ".join(command), flush=True)
         sweep_status = subprocess.call(command, cwd=ROOT)
         if sweep_status:

@@ -161,6 +161,34 @@ def test_kill_9_in_the_middle_then_the_same_command_gives_an_uninterrupted_run(t
     pd.testing.assert_frame_equal(whole, pieces)
 
 
+def test_a_run_trained_elsewhere_with_the_same_config_is_copied_not_retrained(
+        compose_config, tmp_path, monkeypatch):
+    base = ["env=cartpole", *TINY, "checkpoint_every=1"]
+    train(compose_config([*base, "name=first_study"]), tmp_path / "first" / "run")
+    trained = (tmp_path / "first" / "run" / "progress.csv").read_text()
+
+    def no_training(self, is_last):
+        raise AssertionError("a reused run must not train")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("trpo.train.Trainer.train_iteration", no_training)
+        reuse = [*base, "name=second_study", f"reuse_from={tmp_path}"]
+        train(compose_config(reuse), tmp_path / "second" / "run")
+        assert (tmp_path / "second" / "run" / "progress.csv").read_text() == trained
+        status = json.loads((tmp_path / "second" / "run" / "status.json").read_text())
+        assert status["reused_from"] == str(tmp_path / "first" / "run")
+        train(compose_config(reuse), tmp_path / "second" / "run")  # started again: resumes
+        status = json.loads((tmp_path / "second" / "run" / "status.json").read_text())
+        assert status["reused_from"] == str(tmp_path / "first" / "run")
+
+    # A config that computes something else (another seed, more steps, resume=false) trains.
+    for change in (["seed=1"], ["total_steps=384"], ["resume=false"]):
+        run_dir = tmp_path / "other" / "_".join(change)
+        train(compose_config([*base, f"reuse_from={tmp_path / 'first'}", *change]), run_dir)
+        assert "reused_from" not in json.loads((run_dir / "status.json").read_text())
+        assert (run_dir / "progress.csv").read_text() != trained
+
+
 def test_resume_false_starts_afresh_beside_the_existing_run(compose_config, tmp_path):
     cfg = compose_config(["env=cartpole", *TINY])
     train(cfg, tmp_path / "run")
@@ -235,6 +263,8 @@ def test_a_failing_job_does_not_stop_the_sweep_which_exits_non_zero(tmp_path):
     ("env.id=NoSuchEnv-v0", "error: env.id='NoSuchEnv-v0' is not allowed: must be a registered "
                             "Gymnasium id, e.g. Hopper-v5, Walker2d-v5, CartPole-v1 (or "
                             "module:Id)"),
+    ("reuse_from=/no/such/folder", "error: reuse_from='/no/such/folder' is not allowed: must be "
+                                   "an existing folder or null"),
 ])
 def test_bad_values_exit_2_with_one_line_and_no_run_directory(tmp_path, override, message):
     run_dir = tmp_path / "run"

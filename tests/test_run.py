@@ -1,5 +1,6 @@
 """``run.py`` end to end, as a user runs it: tiny budgets, real environments, real processes."""
 
+import json
 import subprocess
 import sys
 
@@ -116,6 +117,16 @@ def test_a_study_run_again_reuses_its_folders_and_leaves_finished_runs_alone(tmp
         assert (tmp_path / "runs" / name / "progress.csv").read_text() == before[name]
     assert "(n=2)" in (tmp_path / "out" / "final.md").read_text()
 
+    # Another study with the same runs (here: the same one in another folder) copies them.
+    command[command.index("--sweep-dir") + 1] = str(tmp_path / "again")
+    third = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    for name in names:
+        copy = tmp_path / "again" / name
+        assert (copy / "progress.csv").read_text() == before[name]  # timings too: not retrained
+        assert json.loads((copy / "status.json").read_text())["reused_from"] == str(
+            tmp_path / "runs" / name)
+
 
 def test_async_vector_mode_trains(compose_config, tmp_path):
     cfg = compose_config(["env=cartpole", *TINY, "vector_mode=async"])
@@ -126,8 +137,6 @@ def test_async_vector_mode_trains(compose_config, tmp_path):
 def test_a_run_that_fails_finishes_its_wandb_run_and_records_the_failure(compose_config,
                                                                          tmp_path):
     """joblib reuses worker processes: a W&B run left open would leak into the next job."""
-    import json
-
     import gymnasium as gym
     import wandb
 

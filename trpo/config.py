@@ -13,6 +13,7 @@ import importlib
 import math
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -405,6 +406,12 @@ class TrainConfig:
     checkpoint_every: int = 10
     # false: an existing run directory is left alone and the run starts afresh beside it.
     resume: bool = True
+    # A folder searched, with its subfolders, for a finished run whose config computes what this
+    # one would (names and logging aside; same total_steps). Its checkpoint and progress.csv are
+    # copied here instead of training again. ``python -m experiments`` sets it to ``multirun/``,
+    # so the runs that studies share (each study's default TRPO) are trained once. Like resuming,
+    # it assumes the code has not changed what a config computes since that run was trained.
+    reuse_from: Optional[str] = None
     # Stop after this many policy updates in a row were rejected for NaN/inf values.
     max_rejected_updates: int = 10
 
@@ -416,6 +423,8 @@ class TrainConfig:
         require(self.steps_per_iteration % self.num_envs == 0, "steps_per_iteration",
                 f"must be a multiple of num_envs={self.num_envs}", self.steps_per_iteration)
         require(self.seed >= 0, "seed", "must be >= 0", self.seed)
+        require(self.reuse_from is None or Path(self.reuse_from).is_dir(), "reuse_from",
+                "must be an existing folder or null", self.reuse_from)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

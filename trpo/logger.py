@@ -63,6 +63,13 @@ class CSVWriter(MetricWriter):
         self.file.close()
 
 
+def read_progress(path: Path) -> list[Row]:
+    """``progress.csv``'s rows as numbers, empty cells as ``None``."""
+    with open(path, newline="") as file:
+        return [{k: float(v) if v else None for k, v in row.items()}
+                for row in csv.DictReader(file)]
+
+
 def truncate_progress(path: Path, iterations: int) -> None:
     """Keep the header and the rows of iterations ``1..iterations`` (a resumed run recomputes
     the rest); a line cut short by a crash goes too. Rewritten atomically."""
@@ -156,6 +163,13 @@ class MetricLogger(MetricWriter):
     def write(self, row: Row) -> None:
         for writer in self.writers:
             writer.write(row)
+
+    def replay(self, rows: list[Row]) -> None:
+        """Send rows that ``progress.csv`` already holds to W&B: the history of a reused run."""
+        for writer in self.writers:
+            if isinstance(writer, WandbWriter):
+                for row in rows:
+                    writer.write(row)
 
     def close(self, failed: bool = False) -> None:
         errors = []

@@ -23,12 +23,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trpo.checkpoint import (global_rng_state, load_latest_checkpoint, save_checkpoint,
+from trpo.checkpoint import (CHECKPOINT, CheckpointError, global_rng_state,
+                             load_latest_checkpoint, read_checkpoint, save_checkpoint,
                              set_global_rng_state, set_vector_env_state, vector_env_state)
 from trpo.config import ConfigError, VectorMode, flatten, validate_config
 from trpo.critic import ValueFitter, explained_variance
 from trpo.envs import make_vector_env
-from trpo.logger import make_logger, truncate_progress
+from trpo.logger import make_logger, read_progress, truncate_progress
 from trpo.networks import ValueNetwork, build_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler
 from trpo.rollout import RolloutCollector, evaluate
@@ -40,7 +41,7 @@ log = logging.getLogger("trpo")
 EVAL_SEED_OFFSET = 1_000_000
 # Keys that may change between a run and its resumption: they do not change what is computed.
 RESUMABLE_CHANGES = ("total_steps", "logger.", "resume", "checkpoint_every", "torch_threads",
-                     "max_rejected_updates", "critic.background")
+                     "max_rejected_updates", "critic.background", "name", "reuse_from")
 
 
 class TrainingError(RuntimeError):
@@ -71,6 +72,14 @@ def write_status(run_dir: Path, status: str, **details) -> None:
     tmp = run_dir / "status.json.tmp"
     tmp.write_text(json.dumps({"status": status, **details}, indent=2) + "\n")
     os.replace(tmp, run_dir / "status.json")
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """``status.json``'s record; empty if there is none or it cannot be read."""
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 class Trainer:
@@ -264,6 +273,43 @@ def _config_changes(saved: dict, current: DictConfig) -> list[str]:
                   if before.get(k) != after.get(k) and not k.startswith(RESUMABLE_CHANGES))
 
 
+def find_finished_twin(search_root: Path, cfg: DictConfig,
+                       run_dir: Path) -> Optional[tuple[Path, dict[str, Any]]]:
+    """A completed run below ``search_root`` (other than ``run_dir``) whose config computes what
+    ``cfg`` asks for, with its final checkpoint; ``None`` if there is none."""
+    run_dir = run_dir.resolve()
+    for status_file in sorted(search_root.glob("**/status.json")):
+        source = status_file.parent
+        if source.resolve() == run_dir:
+            continue
+        if read_status(source).get("status") != "completed":
+            continue
+        try:
+            checkpoint = read_checkpoint(source / CHECKPOINT)
+        except CheckpointError:
+            continue  # damaged: not one to copy
+        saved = checkpoint["config"]
+        if saved.get("total_steps") == cfg.total_steps and not _config_changes(saved, cfg):
+            return source, checkpoint
+    return None
+
+
+def reuse_finished_twin(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
+    """Copy a finished twin's final checkpoint and ``progress.csv`` into ``run_dir`` (which
+    holds no checkpoint); the run then resumes at its end. Returns the twin's folder."""
+    twin = find_finished_twin(Path(cfg.reuse_from), cfg, run_dir)
+    if twin is None:
+        return None
+    source, checkpoint = twin
+    checkpoint["config"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    checkpoint["wandb_id"] = None  # a W&B run of its own, to which the history is replayed
+    shutil.copyfile(source / "progress.csv", run_dir / "progress.csv")
+    save_checkpoint(run_dir, checkpoint)
+    log.info("reusing %s: it was trained with this config (reuse_from=%s)", source,
+             cfg.reuse_from)
+    return source
+
+
 def fresh_run_dir(run_dir: Path) -> Path:
     """A new directory beside ``run_dir`` for ``resume=false``, with its Hydra config copied."""
     number = 1
@@ -290,6 +336,13 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
         run_dir = fresh_run_dir(run_dir)
         log.info("resume=false: starting afresh in %s", run_dir)
     checkpoint = load_latest_checkpoint(run_dir) if cfg.resume else None
+    reused_from = None
+    if cfg.resume and checkpoint is None and cfg.reuse_from is not None:
+        reused_from = reuse_finished_twin(cfg, run_dir)
+        checkpoint = load_latest_checkpoint(run_dir) if reused_from else None
+    # Where a reused run came from stays in its status when it is started again.
+    provenance = ({"reused_from": str(reused_from)} if reused_from is not None
+                  else {k: v for k, v in read_status(run_dir).items() if k == "reused_from"})
     if checkpoint is not None:
         changed = _config_changes(checkpoint["config"], cfg)
         if changed:
@@ -311,7 +364,9 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
                              OmegaConf.to_container(cfg, resolve=True), cfg.total_steps,
                              resume_id=trainer.wandb_id)
         trainer.wandb_id = logger.wandb_id
-        write_status(run_dir, "running", total_steps=cfg.total_steps)
+        if reused_from is not None:
+            logger.replay(read_progress(run_dir / "progress.csv"))
+        write_status(run_dir, "running", total_steps=cfg.total_steps, **provenance)
         try:
             final_return = trainer.run(logger)
         except BaseException as error:
@@ -328,7 +383,7 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
             raise
         logger.close()
         trainer.save_agent()
-        write_status(run_dir, "completed", final_eval_return=final_return)
+        write_status(run_dir, "completed", final_eval_return=final_return, **provenance)
         return final_return
     finally:
         trainer.close()
