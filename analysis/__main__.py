@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from analysis.figures import plot_aggregate, plot_curves, save_figure
+from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity, save_figure,
+                              swept_numeric_keys)
 from analysis.load import detect_group_keys, load_runs
 from analysis.report import final_table, make_groups, write_tables
 
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
     table = final_table(groups, args.metric, reps=args.reps)
     write_tables(table, runs, args.metric, args.out, args.dirs)
     save_figure(plot_curves(groups, args.metric, reps=args.reps), args.out, "curves")
+    for key in swept_numeric_keys(table, keys):
+        save_figure(plot_sensitivity(table, key, keys, args.metric), args.out,
+                    f"sensitivity_{key}")
     references = {run.env: (run.config.get("env.random_return"),
                             run.config.get("env.reference_return")) for run in runs}
     save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps), args.out,

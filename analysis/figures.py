@@ -16,7 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+import pandas as pd  # noqa: E402
+
 from analysis import stats  # noqa: E402
+from analysis.load import CHOICE_GROUPS  # noqa: E402
 from analysis.report import Group, curve_on_grid, final_score, step_grid  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every colour-vision type.
@@ -159,9 +162,18 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
     labels = list(matrices)
     style = colours([g.label for g in groups])
     envs = sorted({g.env for g in groups})
+    pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
     with plt.rc_context(STYLE):
-        fig, (ax_iqm, ax_poi, ax_profile) = plt.subplots(
-            1, 3, figsize=(FULL_WIDTH_IN, 2.4), gridspec_kw={"width_ratios": [1, 1.2, 1.3]})
+        if len(pairs) <= 6:  # up to four lines: the three panels side by side
+            fig, (ax_iqm, ax_poi, ax_profile) = plt.subplots(
+                1, 3, figsize=(FULL_WIDTH_IN, 2.4), gridspec_kw={"width_ratios": [1, 1.2, 1.3]})
+        else:  # the pairwise panel gets the full width and a row per pair
+            pairs_height = 0.14 * len(pairs) + 0.4
+            fig = plt.figure(figsize=(FULL_WIDTH_IN, 2.6 + pairs_height))
+            grid = fig.add_gridspec(2, 2, height_ratios=[2.2, pairs_height],
+                                    width_ratios=[1, 1.3])
+            ax_iqm, ax_profile = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+            ax_poi = fig.add_subplot(grid[1, :])
         for y, label in enumerate(labels):
             scores = matrices[label]
             low, high = stats.stratified_bootstrap_ci(stats.interquartile_mean, scores,
@@ -176,7 +188,6 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
         ax_iqm.set_xlabel("IQM of normalised score")
         ax_iqm.set_title(f"IQM across {len(envs)} env{'s' * (len(envs) > 1)}")
 
-        pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
         for y, (a, b) in enumerate(pairs):
             probability = stats.probability_of_improvement(matrices[a], matrices[b])
             low, high = stats.stratified_bootstrap_ci(stats.probability_of_improvement,
@@ -208,8 +219,81 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
         ax_profile.set_ylabel("Fraction of runs > τ")
         ax_profile.set_title("Performance profile")
         ax_profile.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-        runs_text = ", ".join(f"{label}: {m.shape[0]} seeds" for label, m in matrices.items())
+        counts = {label: m.shape[0] for label, m in matrices.items()}
+        runs_text = (f"{next(iter(counts.values()))} seeds per line"
+                     if len(set(counts.values())) == 1 else
+                     ", ".join(f"{label}: {n} seeds" for label, n in counts.items()))
         fig.text(0.5, -0.02, f"Final {metric} {how}; 95% stratified-bootstrap CIs ({runs_text}).",
+                 ha="center", va="top", fontsize=7, wrap=True)
+        fig.tight_layout()
+    return fig
+
+
+def swept_numeric_keys(table: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The line keys that are numbers taking at least three values in one env (a swept setting
+    such as ``solver.max_kl``), for which a final score against the value makes a figure."""
+    swept = []
+    for key in keys:
+        if key in CHOICE_GROUPS or key not in table:
+            continue
+        column = table[key]
+        numeric = (pd.api.types.is_numeric_dtype(column)
+                   and not pd.api.types.is_bool_dtype(column))
+        if numeric and table.groupby("env")[key].nunique().max() >= 3:
+            swept.append(key)
+    return swept
+
+
+def plot_sensitivity(table: pd.DataFrame, key: str, keys: list[str], metric: str
+                     ) -> plt.Figure:
+    """Final score against the swept setting ``key``: one panel per env, one line per value of
+    the other line keys, each point the IQM over seeds with its 95% bootstrap CI (from
+    :func:`analysis.report.final_table`). A log axis when the values span a decade or more."""
+    others = [k for k in keys if k != key]
+
+    def line_label(row) -> str:
+        return ", ".join(str(row[k]) if k in CHOICE_GROUPS else f"{k}={row[k]}"
+                         for k in others) or "runs"
+
+    table = table.assign(line=[line_label(row) for _, row in table.iterrows()])
+    envs = sorted(table["env"].unique())
+    style = colours(list(table["line"]))
+    values = np.sort(table[key].unique())
+    log_axis = values.min() > 0 and values.max() / values.min() >= 10
+    # Lines are drawn side by side around each value so their intervals do not hide each other.
+    offsets = {label: i - (len(style) - 1) / 2 for i, label in enumerate(style)}
+    columns = min(len(envs), 3)
+    rows = int(np.ceil(len(envs) / columns))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(rows, columns, squeeze=False,
+                                 figsize=(min(FULL_WIDTH_IN, 3.4 * columns), 2.3 * rows + 0.5))
+        for ax, env in zip(axes.flat, envs):
+            for label, points in table[table["env"] == env].groupby("line"):
+                points = points.sort_values(key)
+                x = points[key].to_numpy(float)
+                x = x * 1.06 ** offsets[label] if log_axis else x + 0.01 * offsets[label] * (
+                    values.max() - values.min())
+                iqm, low, high = (points[c].to_numpy(float) for c in ("iqm", "iqm_lo", "iqm_hi"))
+                colour, linestyle = style[label]
+                ax.errorbar(x, iqm, yerr=[iqm - low, high - iqm],
+                            color=colour, linestyle=linestyle, marker="o", markersize=3,
+                            capsize=2, elinewidth=0.8, label=label)
+            if log_axis:
+                ax.set_xscale("log")
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.minorticks_off()
+            ax.set_title(env)
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"Final {METRIC_LABELS.get(metric, metric).lower()}")
+        for ax in list(axes.flat)[len(envs):]:
+            ax.set_visible(False)
+        seeds = _seeds_text(list(table["seeds"]))
+        handles = [plt.Line2D([], [], color=c, linestyle=ls, marker="o", markersize=3)
+                   for c, ls in style.values()]
+        fig.legend(handles, list(style), loc="lower center", ncol=min(len(style), 4),
+                   frameon=False, bbox_to_anchor=(0.5, 1.0))
+        fig.text(0.5, -0.02, f"Points: interquartile mean over seeds ({seeds}) of each run's "
+                 "final score; bars: 95% stratified-bootstrap confidence intervals.",
                  ha="center", va="top", fontsize=7, wrap=True)
         fig.tight_layout()
     return fig

@@ -69,10 +69,13 @@ def main(argv=None) -> int:
 
 
 def study_block(study: str, out: Path) -> str:
-    """What ``RESULTS.md`` shows of a study: its curves and its final tables."""
+    """What ``RESULTS.md`` shows of a study: its curves, the final score against a swept
+    setting where there is one, and its final tables."""
     folder = out.relative_to(ROOT).as_posix()
-    return (f"![{study}: learning curves]({folder}/curves.png)\n\n"
-            f"{(out / 'final.md').read_text().strip()}\n")
+    figures = [f"![{study}: learning curves]({folder}/curves.png)"]
+    figures += [f"![{study}: final score against {path.stem.removeprefix('sensitivity_')}]"
+                f"({folder}/{path.name})" for path in sorted(out.glob("sensitivity_*.png"))]
+    return "\n\n".join([*figures, (out / "final.md").read_text().strip()]) + "\n"
 
 
 def block_markers(study: str) -> tuple[str, str]:

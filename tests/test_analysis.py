@@ -11,7 +11,8 @@ import yaml
 
 from analysis import stats
 from analysis.__main__ import main
-from analysis.figures import plot_aggregate, plot_curves
+from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity,
+                              swept_numeric_keys)
 from analysis.load import Run, detect_group_keys, load_runs
 from analysis.report import final_score, final_table, make_groups, max_of_mean_curve
 
@@ -354,6 +355,46 @@ def test_different_seed_counts_are_warned_about(tmp_path, caplog):
     assert "different seed counts" in caplog.text
 
 
+def trust_region_sweep(root, max_kls=(0.001, 0.01, 0.1)):
+    """trpo and npg at each max_kl, 3 seeds; final return 1000·(index of max_kl) + 100·(npg)
+    + seed, so each point's IQM (3 seeds: their mean) is known."""
+    n = 0
+    for s, solver in enumerate(("trpo", "npg")):
+        for k, max_kl in enumerate(max_kls):
+            for seed in range(3):
+                write_run(root, str(n), solver=solver, seed=seed,
+                          returns=[0.0, 1000.0 * k + 100 * s + seed],
+                          extra={"solver.max_kl": max_kl})
+                n += 1
+
+
+def test_a_swept_number_gets_a_final_score_figure_with_a_point_per_value(tmp_path):
+    trust_region_sweep(tmp_path / "runs")
+    runs = load_runs([tmp_path / "runs"]).runs
+    keys = detect_group_keys(runs)
+    table = final_table(make_groups(runs, keys), "eval_return_mean", reps=100)
+    assert swept_numeric_keys(table, keys) == ["solver.max_kl"]
+    fig = plot_sensitivity(table, "solver.max_kl", keys, "eval_return_mean")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "solver.max_kl"
+    lines = {c.get_label(): c.lines[0].get_ydata() for c in ax.containers}
+    assert sorted(lines) == ["npg", "trpo"]
+    np.testing.assert_allclose(lines["trpo"], [1, 1001, 2001])  # seeds 0, 1, 2: mean + 1
+    np.testing.assert_allclose(lines["npg"], [101, 1101, 2101])
+
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--reps", "50"]) == 0
+    assert {"sensitivity_solver.max_kl.png", "sensitivity_solver.max_kl.pdf"} <= {
+        p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_two_values_or_a_choice_make_no_final_score_figure(tmp_path):
+    trust_region_sweep(tmp_path, max_kls=(0.01, 0.05))
+    runs = load_runs([tmp_path]).runs
+    keys = detect_group_keys(runs)
+    table = final_table(make_groups(runs, keys), "eval_return_mean", reps=50)
+    assert keys == ["solver", "solver.max_kl"] and swept_numeric_keys(table, keys) == []
+
+
 def test_experiments_entry_point_analyses_existing_runs_into_results(tmp_path, monkeypatch):
     import experiments.__main__ as entry
 
@@ -379,6 +420,10 @@ def test_results_page_blocks_are_replaced_and_the_prose_kept(tmp_path, monkeypat
         f"# Results\nprose before\n{begin}\n![quickstart: learning curves]"
         f"(experiments/results/quickstart/curves.png)\n\n| new table |\n{end}\nprose after\n")
     assert not entry.refresh_results_page(page, "solver_comparison", out)  # no block: untouched
+    (out / "sensitivity_solver.max_kl.png").write_bytes(b"")  # a swept setting's figure
+    assert entry.refresh_results_page(page, "quickstart", out)
+    assert ("![quickstart: final score against solver.max_kl](experiments/results/quickstart/"
+            "sensitivity_solver.max_kl.png)\n\n| new table |") in page.read_text()
 
 
 def test_results_page_shows_each_study_as_its_committed_outputs_say():
