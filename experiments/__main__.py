@@ -8,7 +8,8 @@ sessions. Extra arguments are Hydra overrides for the sweep (``hydra/launcher=sl
 ``total_steps=200000``, ...); overrides that change what runs compute get folders of their own.
 A run whose config was already trained to the end in another study below ``multirun/`` is
 copied from there rather than trained again (``reuse_from``; ``--no-reuse`` trains everything).
-``--analyse-only DIR`` skips the sweep and analyses runs that are already there.
+``--analyse-only DIR`` skips the sweep and analyses runs that are already there; ``--status``
+lists the study's runs as finished, copied, part-way or not started, with the time left.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from analysis.__main__ import main as analyse
+from experiments.status import format_status, planned_run_names, study_status
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -26,9 +28,10 @@ RESULTS_PAGE = ROOT / "RESULTS.md"
 # Run folders named by their overrides rather than by job number, so that the same run lands in
 # the same folder (and resumes there) whatever else the sweep holds. W&B settings don't change
 # what a run computes and stay out of the name, as does where finished twins are looked for.
+NOT_IN_RUN_NAMES = ("experiment", "logger.mode", "logger.project", "logger.entity", "logger.tags",
+                    "reuse_from")
 SWEEP_LAYOUT = ("hydra.sweep.subdir=${hydra:job.override_dirname}",
-                "hydra.job.config.override_dirname.exclude_keys="
-                "[experiment,logger.mode,logger.project,logger.entity,logger.tags,reuse_from]")
+                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(NOT_IN_RUN_NAMES)}]")
 
 
 def main(argv=None) -> int:
@@ -43,11 +46,19 @@ def main(argv=None) -> int:
                              "parent has already trained with the same config")
     parser.add_argument("--analyse-only", type=Path, metavar="DIR",
                         help="analyse the runs below DIR instead of running the sweep")
+    parser.add_argument("--status", action="store_true",
+                        help="list the study's runs and how far each has got, with an estimate "
+                             "of the training time left; starts nothing")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="where the figures and tables go (default: experiments/results/STUDY)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
 
+    if args.status:
+        sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
+        names = planned_run_names(ROOT / "conf", args.study, args.overrides, NOT_IN_RUN_NAMES)
+        print(format_status(args.study, sweep_dir, study_status(sweep_dir, names)))
+        return 0
     sweep_status = 0
     if args.analyse_only:
         sweep_dir = args.analyse_only

@@ -439,3 +439,24 @@ def test_results_page_shows_each_study_as_its_committed_outputs_say():
         block = text.split(begin, 1)[1].split(end, 1)[0]
         out = entry.ROOT / "experiments" / "results" / study
         assert block == "\n" + entry.study_block(study, out), study
+
+
+def test_study_status_names_each_planned_run_and_estimates_the_time_left(tmp_path):
+    from experiments.status import format_status, remaining_hours, study_status
+
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "seed=0", returns=[1.0] * 10)  # finished: 10 iterations, wall_s 9
+    write_run(sweep, "seed=1", returns=[1.0] * 10)
+    (sweep / "seed=1" / "status.json").write_text(json.dumps(
+        {"status": "completed", "reused_from": "elsewhere"}))
+    write_run(sweep, "seed=2", returns=[1.0] * 3, total_steps=1000, status="running")
+    states = study_status(sweep, ["seed=0", "seed=1", "seed=2", "seed=3"])
+    assert [(s.name, s.state, s.done) for s in states] == [
+        ("seed=0", "completed", 1.0), ("seed=1", "copied", 1.0), ("seed=2", "part-way", 0.3),
+        ("seed=3", "not started", 0.0)]
+    # 9 s per finished run: 70% of one run and one whole run are left
+    assert remaining_hours(states) * 3600 == pytest.approx(9 * 0.7 + 9)
+    text = format_status("study", sweep, states)
+    assert text.splitlines()[0].endswith("1 completed, 1 copied, 1 part-way, 1 not started")
+    assert "seed=2  part-way      30%" in text
+    assert study_status(tmp_path / "nothing", ["seed=0"])[0].state == "not started"

@@ -116,6 +116,12 @@ def test_a_study_run_again_reuses_its_folders_and_leaves_finished_runs_alone(tmp
     for name in names:
         assert (tmp_path / "runs" / name / "progress.csv").read_text() == before[name]
     assert "(n=2)" in (tmp_path / "out" / "final.md").read_text()
+    status = subprocess.run([*command, "--status"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert [line.split() for line in status.stdout.splitlines()[1:3]] == [
+        [name, "completed"] for name in names]
+    assert status.stdout.splitlines()[-1] == "every run has finished"
 
     # Another study with the same runs (here: the same one in another folder) copies them.
     command[command.index("--sweep-dir") + 1] = str(tmp_path / "again")
