@@ -47,6 +47,8 @@ def planned_run_names(conf_dir: Path, study: str, overrides: list[str],
         GlobalHydra.instance().clear()
     task = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
     parsed = OverridesParser.create().parse_overrides([*params, *task])
+    # The basic sweeper's own expansion (what it launches), so the names cannot drift from it;
+    # a private module of Hydra's, checked end to end by tests/test_run.py.
     [jobs] = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return [",".join(sorted(o for o in job if o.split("=", 1)[0].lstrip("+~")
                             not in excluded_keys)) for job in jobs]
