@@ -294,9 +294,11 @@ def find_finished_twin(search_root: Path, cfg: DictConfig,
     return None
 
 
-def reuse_finished_twin(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
+def reuse_finished_twin(cfg: DictConfig, run_dir: Path
+                        ) -> Optional[tuple[Path, dict[str, Any]]]:
     """Copy a finished twin's final checkpoint and ``progress.csv`` into ``run_dir`` (which
-    holds no checkpoint); the run then resumes at its end. Returns the twin's folder."""
+    holds no checkpoint); the run then resumes at its end. Returns the twin's folder and the
+    checkpoint as written here."""
     twin = find_finished_twin(Path(cfg.reuse_from), cfg, run_dir)
     if twin is None:
         return None
@@ -307,7 +309,7 @@ def reuse_finished_twin(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     save_checkpoint(run_dir, checkpoint)
     log.info("reusing %s: it was trained with this config (reuse_from=%s)", source,
              cfg.reuse_from)
-    return source
+    return source, checkpoint
 
 
 def fresh_run_dir(run_dir: Path) -> Path:
@@ -338,8 +340,9 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
     checkpoint = load_latest_checkpoint(run_dir) if cfg.resume else None
     reused_from = None
     if cfg.resume and checkpoint is None and cfg.reuse_from is not None:
-        reused_from = reuse_finished_twin(cfg, run_dir)
-        checkpoint = load_latest_checkpoint(run_dir) if reused_from else None
+        reused = reuse_finished_twin(cfg, run_dir)
+        if reused is not None:
+            reused_from, checkpoint = reused
     # Where a reused run came from stays in its status when it is started again.
     provenance = ({"reused_from": str(reused_from)} if reused_from is not None
                   else {k: v for k, v in read_status(run_dir).items() if k == "reused_from"})
