@@ -189,6 +189,35 @@ def test_a_run_trained_elsewhere_with_the_same_config_is_copied_not_retrained(
         assert (run_dir / "progress.csv").read_text() != trained
 
 
+def test_status_and_checkpoint_record_the_code_that_ran(compose_config, tmp_path):
+    train(compose_config(["env=cartpole", *TINY]), tmp_path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip() or None
+    status = json.loads((tmp_path / "status.json").read_text())
+    checkpoint = read_checkpoint(tmp_path / CHECKPOINT)
+    assert status["code"]["commit"] == checkpoint["code"]["commit"] == head
+    assert status["code"]["torch"] == torch.__version__
+    assert status["code"]["gymnasium"] == gym.__version__
+
+
+def test_resuming_a_checkpoint_of_other_code_says_what_changed(compose_config, tmp_path,
+                                                                caplog):
+    caplog.set_level("INFO", logger="trpo")
+    overrides = ["env=cartpole", *TINY, "checkpoint_every=1"]
+    train(compose_config(overrides), tmp_path)
+    caplog.clear()
+    train(compose_config([*overrides, "total_steps=384"]), tmp_path)  # the same code
+    assert "resuming" in caplog.text and "other code" not in caplog.text
+
+    checkpoint = read_checkpoint(tmp_path / CHECKPOINT)
+    checkpoint["code"] = {**checkpoint["code"], "commit": "0" * 40, "torch": "1.0.0"}
+    save_checkpoint(tmp_path, checkpoint)
+    caplog.clear()
+    train(compose_config([*overrides, "total_steps=512"]), tmp_path)
+    message = next(r.getMessage() for r in caplog.records if "other code" in r.getMessage())
+    assert f"commit: {'0' * 40} →" in message and f"torch: 1.0.0 → {torch.__version__}" in message
+
+
 def test_resume_false_starts_afresh_beside_the_existing_run(compose_config, tmp_path):
     cfg = compose_config(["env=cartpole", *TINY])
     train(cfg, tmp_path / "run")

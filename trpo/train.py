@@ -32,6 +32,7 @@ from trpo.envs import make_vector_env
 from trpo.logger import make_logger, read_progress, truncate_progress
 from trpo.networks import ValueNetwork, build_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler
+from trpo.provenance import code_differences, code_version
 from trpo.rollout import RolloutCollector, evaluate
 from trpo.solvers import PolicyBatch
 
@@ -65,12 +66,14 @@ def resident_memory_mb() -> float:
 
 
 def write_status(run_dir: Path, status: str, **details) -> None:
-    """Record the run's state in ``status.json`` (``running``, ``completed`` or ``failed``).
+    """Record the run's state in ``status.json`` (``running``, ``completed`` or ``failed``) with
+    the code running it (:func:`trpo.provenance.code_version`).
 
     Written to a temporary file and renamed, so a reader never sees half a file.
     """
     tmp = run_dir / "status.json.tmp"
-    tmp.write_text(json.dumps({"status": status, **details}, indent=2) + "\n")
+    record = {"status": status, **details, "code": code_version()}
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, run_dir / "status.json")
 
 
@@ -128,7 +131,7 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
             "iteration": self.iteration, "wall_s": self.wall_s,
             "final_return": self.final_return, "rejected_in_a_row": self.rejected_in_a_row,
-            "wandb_id": self.wandb_id,
+            "wandb_id": self.wandb_id, "code": code_version(),
             "policy": self.policy.state_dict(), "value": self.value.state_dict(),
             "solver": self.solver.state_dict(), "critic": self.critic.state_dict(),
             "obs_normalizer": self.obs_normalizer.state_dict(),
@@ -352,6 +355,11 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None) 
             raise ConfigError("resume", f"the config differs from the checkpoint's in "
                               f"{', '.join(changed)}; resume=false starts afresh in a new "
                               "directory", True)
+        trained_by = code_differences(checkpoint.get("code"))
+        if trained_by:
+            log.warning("the checkpoint %s was written by other code (%s): going on assumes the "
+                        "change does not alter what the run computes",
+                        reused_from or run_dir, "; ".join(trained_by))
     run_name = run_name or f"{cfg.env.id}-s{cfg.seed}"
 
     trainer = Trainer(cfg, run_dir)

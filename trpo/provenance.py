@@ -1,0 +1,60 @@
+"""Which code computed a run: the git commit of this checkout and the versions that set the numbers.
+
+Recorded in every ``status.json`` and checkpoint. Resuming a run, or copying a finished twin
+(``reuse_from``), trusts that the code computes what it computed when the run was trained; when
+the recorded code differs from the code now running, :func:`code_differences` names what changed
+so the trainer can say so.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+# The packages whose versions change what a run computes.
+PACKAGES = ("torch", "numpy", "gymnasium", "mujoco")
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> Optional[str]:
+    """``git args`` run in this package's checkout; ``None`` if git or the checkout is missing."""
+    if shutil.which("git") is None:
+        return None
+    try:
+        done = subprocess.run(["git", *args], cwd=_CHECKOUT, capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+@functools.cache
+def code_version() -> dict[str, Any]:
+    """``commit`` (``None`` outside a git checkout), ``dirty`` (tracked files edited since that
+    commit), and the Python and package versions."""
+    commit = _git("rev-parse", "HEAD")
+    edited = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"commit": commit, "dirty": bool(edited) if commit else None,
+            "python": platform.python_version(), **versions}
+
+
+def code_differences(recorded: Optional[dict[str, Any]]) -> list[str]:
+    """What differs between a recorded :func:`code_version` and the running one, as
+    ``"key: recorded → now"``; unknown on either side is not a difference."""
+    if not recorded:
+        return []
+    now = code_version()
+    return [f"{key}: {recorded[key]} → {now[key]}" for key in now
+            if recorded.get(key) is not None and now[key] is not None
+            and recorded[key] != now[key]]
