@@ -31,6 +31,7 @@ METRIC_LABELS = {
     "eval_return_mean": "Evaluation return",
     "return_mean": "Training episode return",
     "kl": "KL(π_old ‖ π_new)",
+    "kl_obs_stats": "KL from new observation statistics",
     "entropy": "Policy entropy (nats)",
     "explained_variance": "Explained variance of V",
     "value_loss": "Value loss (MSE)",

@@ -9,7 +9,8 @@ import tests.toy_envs  # noqa: F401  (registers Counter-v0)
 from trpo.config import EnvConfig, NetworkConfig
 from trpo.envs import make_vector_env
 from trpo.networks import build_policy
-from trpo.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
+from trpo.normalization import (ObservationNormalizer, RewardScaler, RunningMeanStd,
+                                normalizer_shift_kl)
 from trpo.rollout import NonFiniteError, RolloutCollector, evaluate
 
 
@@ -117,6 +118,29 @@ def test_observation_normaliser_freezes_without_update_and_round_trips_its_state
     restored = ObservationNormalizer((2,), clip=5.0)
     restored.load_state_dict(frozen)
     np.testing.assert_array_equal(restored(batch), normalizer(batch))
+
+
+class LinearGaussian(nn.Module):
+    """π(·|x) = N(2x, 0.5²) on one-dimensional observations and actions."""
+
+    def forward(self, obs):
+        return torch.distributions.Independent(torch.distributions.Normal(2 * obs, 0.5), 1)
+
+
+def test_the_kl_that_new_statistics_alone_cause_by_hand():
+    before = ObservationNormalizer((1,))  # mean 0, var 1: x stays x
+    after = before.frozen_copy()
+    raw = np.array([[1.0], [3.0]])
+    assert normalizer_shift_kl(LinearGaussian(), before, after, raw) == 0.0
+    after.load_state_dict({"mean": np.array([1.0]), "var": np.array([4.0]), "count": 10.0})
+    # Normalised: before [1, 3], after [(1-1)/2, (3-1)/2] = [0, 1]; the means 2x differ by
+    # [2, 4]; KL of equal-variance Gaussians (Δμ)²/(2σ²) = [8, 32], mean 20.
+    assert normalizer_shift_kl(LinearGaussian(), before, after, raw) == pytest.approx(20.0)
+    # Updating the live normaliser leaves the frozen copy as it was.
+    after(np.array([[100.0]]), update=True)
+    assert before.stats.mean[0] == 0.0
+    off = ObservationNormalizer((1,), enabled=False)
+    assert normalizer_shift_kl(LinearGaussian(), off, off, raw) == 0.0
 
 
 def test_reward_scaler_divides_by_the_std_of_discounted_returns_by_hand():

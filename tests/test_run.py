@@ -39,6 +39,8 @@ def test_every_solver_and_estimator_on_cartpole_and_hopper(tmp_path):
         assert progress["iteration"].tolist() == [1, 2]
         assert progress["env_steps"].tolist() == [128, 256]
         assert progress["kl"].notna().all() and progress["eval_return_mean"].notna().all()
+        # Observations are normalised by default: new statistics move the policy a little.
+        assert (progress["kl_obs_stats"] > 0).all()
         assert (run / ".hydra" / "config.yaml").exists() and (run / "agent.pt").exists()
 
 
@@ -58,6 +60,11 @@ def test_the_same_seed_writes_the_same_progress_rows(compose_config, tmp_path, o
     a, b = (without_timing(pd.read_csv(tmp_path / name / "progress.csv")) for name in "ab")
     pd.testing.assert_frame_equal(a, b)
     assert a["eval_return_mean"].isna().tolist() == [True, False, False]
+
+
+def test_raw_observations_leave_no_kl_to_new_statistics(compose_config, tmp_path):
+    train(compose_config(["env=cartpole", *TINY, "normalize_obs=false"]), tmp_path)
+    assert (pd.read_csv(tmp_path / "progress.csv")["kl_obs_stats"] == 0).all()
 
 
 def test_a_bad_value_exits_with_one_line_and_leaves_no_run_directory(tmp_path):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import torch
+from torch import nn
+from torch.distributions import kl_divergence
 
 
 class RunningMeanStd:
@@ -61,6 +66,26 @@ class ObservationNormalizer:
 
     def load_state_dict(self, state: dict) -> None:
         self.stats.load_state_dict(state)
+
+    def frozen_copy(self) -> "ObservationNormalizer":
+        """A copy whose statistics stay as they are now."""
+        return copy.deepcopy(self)
+
+
+def normalizer_shift_kl(policy: nn.Module, before: ObservationNormalizer,
+                        after: ObservationNormalizer, raw_obs: np.ndarray) -> float:
+    """Mean over ``raw_obs`` (``[B, obs_dim]``, as the environments returned them) of
+    KL(π(·|before(s)) ‖ π(·|after(s))).
+
+    How far the running statistics alone moved the policy's behaviour, with its parameters
+    fixed: a change that no trust region bounds, to be read beside the update's KL (0 without
+    normalisation).
+    """
+    if not after.enabled:
+        return 0.0
+    with torch.no_grad():
+        return float(kl_divergence(policy(torch.from_numpy(before(raw_obs))),
+                                   policy(torch.from_numpy(after(raw_obs)))).mean())
 
 
 class RewardScaler:

@@ -23,6 +23,7 @@ class Rollout:
     """One iteration's experience: T steps of N environments, arrays of shape ``[T, N, ...]``."""
 
     obs: np.ndarray  # normalised observations the policy saw, float32
+    raw_obs: np.ndarray  # the same observations as the environments returned them
     actions: np.ndarray  # sampled (unclipped) actions
     rewards: np.ndarray  # rewards used for learning (scaled if reward scaling is on), float64
     terminated: np.ndarray  # bool: the episode reached a terminal state at this step
@@ -39,7 +40,8 @@ class Rollout:
         space = envs.single_action_space
         actions = (np.zeros((steps, n, *space.shape), np.float32)
                    if isinstance(space, gym.spaces.Box) else np.zeros((steps, n), np.int64))
-        return cls(obs=np.zeros((steps, n, *obs_shape), np.float32), actions=actions,
+        return cls(obs=np.zeros((steps, n, *obs_shape), np.float32),
+                   raw_obs=np.zeros((steps, n, *obs_shape)), actions=actions,
                    rewards=np.zeros((steps, n)), terminated=np.zeros((steps, n), bool),
                    episode_end=np.zeros((steps, n), bool), values=np.zeros((steps, n)),
                    next_values=np.zeros((steps, n)))
@@ -83,7 +85,7 @@ class RolloutCollector:
             self._check_finite(next_obs, "observation", self.total_steps)
             self._check_finite(rewards, "reward", self.total_steps)
             ended = terminated | truncated
-            rollout.obs[t], rollout.actions[t] = obs, actions
+            rollout.obs[t], rollout.raw_obs[t], rollout.actions[t] = obs, self.obs, actions
             rollout.rewards[t] = self.reward_scaler(rewards, ended)
             rollout.terminated[t], rollout.episode_end[t] = terminated, ended
             self.running_returns += rewards

@@ -31,7 +31,7 @@ from trpo.critic import ValueFitter, explained_variance
 from trpo.envs import make_vector_env
 from trpo.logger import make_logger, read_progress, truncate_progress
 from trpo.networks import ValueNetwork, build_policy
-from trpo.normalization import ObservationNormalizer, RewardScaler
+from trpo.normalization import ObservationNormalizer, RewardScaler, normalizer_shift_kl
 from trpo.provenance import code_differences, code_version
 from trpo.rollout import RolloutCollector, evaluate
 from trpo.solvers import PolicyBatch
@@ -202,6 +202,7 @@ class Trainer:
         """Collect, estimate, update the policy, start the value fit, evaluate; the row's data."""
         cfg = self.cfg
         iteration_start = tick = time.perf_counter()
+        stats_before = self.obs_normalizer.frozen_copy()
         rollout = self.collector.collect(before_values=self.critic.wait)
         rollout_s = time.perf_counter() - tick
 
@@ -213,6 +214,11 @@ class Trainer:
         if self.estimator.normalize:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         advantage_s = time.perf_counter() - tick
+
+        # The policy before its update, on this rollout's states, with the statistics from
+        # before and after the rollout.
+        kl_obs_stats = normalizer_shift_kl(self.policy, stats_before, self.obs_normalizer,
+                                           rollout.raw_obs.reshape(rollout.rewards.size, -1))
 
         tick = time.perf_counter()
         samples = advantages.shape[0]
@@ -241,6 +247,7 @@ class Trainer:
             "return_mean": float(np.mean(episodes)) if episodes else None,
             "eval_return_mean": eval_return,
             "kl": metrics.pop("kl"),
+            "kl_obs_stats": kl_obs_stats,
             "episodes": len(episodes),
             "episode_length_mean": float(np.mean(rollout.episode_lengths)) if episodes else None,
             **metrics,
