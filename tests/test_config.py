@@ -46,7 +46,7 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
     expected = {"none": [], "no_reward_norm": ["normalize_reward"],
                 "no_obs_norm": ["normalize_obs"], "gae_lambda_097": ["advantage.lam"],
                 "critic_5_epochs": ["critic.epochs"], "batch_4096": ["steps_per_iteration"],
-                "envs_2x1024": ["num_envs"]}
+                "envs_2x1024": ["num_envs"], "small_trust_region": ["solver.max_kl"]}
     assert differing == expected[ablation]
 
 
