@@ -46,7 +46,8 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
     expected = {"none": [], "no_reward_norm": ["normalize_reward"],
                 "no_obs_norm": ["normalize_obs"], "gae_lambda_097": ["advantage.lam"],
                 "critic_5_epochs": ["critic.epochs"], "batch_4096": ["steps_per_iteration"],
-                "envs_2x1024": ["num_envs"], "small_trust_region": ["solver.max_kl"]}
+                "envs_2x1024": ["num_envs"], "small_trust_region": ["solver.max_kl"],
+                "shrinking_trust_region": ["solver.max_kl_final"]}
     assert differing == expected[ablation]
 
 
@@ -114,6 +115,7 @@ def test_module_colon_id_env_ids_are_accepted(compose_config):
 @pytest.mark.parametrize("override, key", [
     ("solver.max_kl=0", "solver.max_kl"),
     ("solver.max_kl=-0.01", "solver.max_kl"),
+    ("solver.max_kl_final=0", "solver.max_kl_final"),
     ("advantage.lam=1.5", "advantage.lam"),
     ("advantage.lam=-0.1", "advantage.lam"),
     ("advantage.gamma=0", "advantage.gamma"),

@@ -136,7 +136,7 @@ def test_resuming_gives_the_rows_of_an_uninterrupted_run(compose_config, tmp_pat
 def test_kill_9_in_the_middle_then_the_same_command_gives_an_uninterrupted_run(tmp_path):
     args = ["env=hopper", "total_steps=7680", "steps_per_iteration=512", "num_envs=2",
             "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=3",
-            "logger.mode=disabled"]
+            "logger.mode=disabled", "solver.max_kl_final=0.002"]  # δ's schedule resumes too
     assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
 
     killed = tmp_path / "killed"
@@ -232,6 +232,16 @@ def test_resuming_with_a_different_config_is_refused_in_one_line(compose_config,
     with pytest.raises(ConfigError) as error:
         train(compose_config(["env=cartpole", *TINY, "solver.max_kl=0.02"]), tmp_path)
     assert "solver.max_kl" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_more_steps_on_resume_are_refused_when_the_trust_region_shrinks_over_them(
+        compose_config, tmp_path):
+    """δ's schedule is spread over total_steps: a longer run would have used other δs so far."""
+    scheduled = ["env=cartpole", *TINY, "solver.max_kl_final=0.001"]
+    train(compose_config(scheduled), tmp_path)
+    with pytest.raises(ConfigError) as error:
+        train(compose_config([*scheduled, "total_steps=512"]), tmp_path)
+    assert "total_steps" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_with_no_usable_checkpoint_the_run_stops_and_leaves_progress_alone(compose_config,

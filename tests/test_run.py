@@ -67,6 +67,15 @@ def test_raw_observations_leave_no_kl_to_new_statistics(compose_config, tmp_path
     assert (pd.read_csv(tmp_path / "progress.csv")["kl_obs_stats"] == 0).all()
 
 
+@pytest.mark.parametrize("solver", ["trpo", "npg"])
+def test_the_trust_region_shrinks_from_max_kl_at_the_first_update_to_max_kl_final_at_the_last(
+        compose_config, tmp_path, solver):
+    train(compose_config(["env=cartpole", *TINY, "total_steps=384", f"solver={solver}",
+                          "solver.max_kl=0.01", "solver.max_kl_final=0.001"]), tmp_path)
+    deltas = pd.read_csv(tmp_path / "progress.csv")["trust_region"].tolist()
+    assert deltas == pytest.approx([0.01, 0.0055, 0.001], rel=1e-12)
+
+
 def test_a_bad_value_exits_with_one_line_and_leaves_no_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     result = run_py("solver.max_kl=-1", f"hydra.run.dir={run_dir}", timeout=120)

@@ -1,5 +1,6 @@
 """Solvers: conjugate gradient, Fisher-vector products, KL, line search and each update's guarantees."""
 
+import copy
 import math
 
 import gymnasium as gym
@@ -12,9 +13,7 @@ from trpo.config import NetworkConfig
 from trpo.networks import build_policy
 from trpo.solvers import (TRPO, KLPenalty, NaturalPolicyGradient, PolicyBatch, PPOClip,
                           VanillaPolicyGradient, conjugate_gradient, fisher_vector_product,
-                          flat_grad, mean_kl, surrogate)
-
-
+                          flat_grad, linear_schedule, mean_kl, surrogate)
 
 @pytest.fixture(autouse=True)
 def float64_and_seed():
@@ -216,8 +215,8 @@ def test_mean_kl_is_zero_at_the_old_policy():
 class BackwardsTRPO(TRPO):
     """TRPO stepping against the natural gradient, so every line-search candidate lowers L."""
 
-    def apply_step(self, batch, old_params, full_step, old_objective):
-        return super().apply_step(batch, old_params, -full_step, old_objective)
+    def apply_step(self, batch, old_params, full_step, old_objective, max_kl):
+        return super().apply_step(batch, old_params, -full_step, old_objective, max_kl)
 
 
 def test_line_search_restores_parameters_exactly_when_every_candidate_fails():
@@ -278,6 +277,43 @@ def test_npg_fixed_step_size_is_kakades_update():
     metrics = solver.update(batch)
     np.testing.assert_allclose(flat_params(policy) - before, 0.05 * direction, atol=1e-8)
     assert metrics["step_norm"] == pytest.approx(0.05 * float(direction.norm()), rel=1e-6)
+
+
+def test_linear_schedule_by_hand():
+    assert linear_schedule(0.01, 0.001, 0.0) == 0.01
+    assert linear_schedule(0.01, 0.001, 0.5) == pytest.approx(0.0055, rel=1e-12)
+    assert linear_schedule(0.01, 0.001, 1.0) == 0.001
+    assert linear_schedule(0.01, None, 0.7) == 0.01
+
+
+@pytest.mark.parametrize("solver_class", [TRPO, NaturalPolicyGradient])
+@pytest.mark.parametrize("progress", [0.0, 0.5, 1.0])
+def test_a_shrinking_trust_region_steps_as_the_solver_with_that_fixed_delta(solver_class,
+                                                                          progress):
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy)
+    twin = copy.deepcopy(policy)
+    delta = 0.05 + (0.001 - 0.05) * progress  # the schedule written another way
+    scheduled = solver_class(policy, max_kl=0.05, max_kl_final=0.001).update(batch, progress)
+    fixed = solver_class(twin, max_kl=delta).update(batch)
+    torch.testing.assert_close(flat_params(policy), flat_params(twin), rtol=1e-9, atol=0)
+    assert scheduled["trust_region"] == pytest.approx(delta, rel=1e-12)
+    assert fixed["trust_region"] == delta
+    if solver_class is TRPO:
+        assert 0 < scheduled["kl"] <= delta
+
+
+def test_npg_with_a_fixed_step_size_reports_no_trust_region():
+    policy = mlp_policy("gaussian")
+    metrics = NaturalPolicyGradient(policy, step_size=0.05).update(make_batch(policy))
+    assert math.isnan(metrics["trust_region"])
+
+
+@pytest.mark.parametrize("progress", [-0.1, 1.5, math.nan])
+def test_progress_outside_zero_to_one_is_refused(progress):
+    policy = mlp_policy("gaussian")
+    with pytest.raises(ValueError, match="progress must be in"):
+        TRPO(policy).update(make_batch(policy), progress)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])

@@ -8,6 +8,6 @@ from trpo.solvers import TRPO
 class PoisonedTRPO(TRPO):
     """TRPO fed NaN advantages: every update's gradient is NaN and must be rejected."""
 
-    def step(self, batch):
+    def step(self, batch, progress):
         batch.advantages = torch.full_like(batch.advantages, float("nan"))
-        return super().step(batch)
+        return super().step(batch, progress)

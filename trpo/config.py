@@ -209,6 +209,9 @@ class NaturalGradientConfig:
     _target_: str = "trpo.solvers.NaturalPolicyGradient"
     # Trust region δ on the mean KL(old ‖ new); 0.01 as in the TRPO paper (Schulman et al. 2015).
     max_kl: float = 0.01
+    # δ at the last update, reached linearly from max_kl over total_steps (the shape PPO anneals
+    # its step size and clip range with on Atari, Schulman et al. 2017); null keeps δ = max_kl.
+    max_kl_final: Optional[float] = None
     # Conjugate-gradient iterations; 25 as in rl-baselines3-zoo's tuned sb3-contrib TRPO for
     # MuJoCo (cg_max_steps). The TRPO paper's appendix and OpenAI baselines use 10.
     cg_iters: int = 25
@@ -221,6 +224,8 @@ class NaturalGradientConfig:
 
     def validate(self) -> None:
         _positive(self, "max_kl")
+        if self.max_kl_final is not None:
+            _positive(self, "max_kl_final")
         _positive_int(self, "cg_iters", "fvp_subsample")
         require(self.cg_damping >= 0, "cg_damping", "must be >= 0", self.cg_damping)
         require(self.cg_residual_tol >= 0, "cg_residual_tol", "must be >= 0", self.cg_residual_tol)

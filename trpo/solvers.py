@@ -128,6 +128,17 @@ def fisher_vector_product(policy: nn.Module, batch: PolicyBatch, params: list[nn
     return product
 
 
+def require_progress(progress: float) -> None:
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be in [0, 1] (0 at the first update, 1 at the last), "
+                         f"got {progress}")
+
+
+def linear_schedule(start: float, end: float | None, progress: float) -> float:
+    """``start`` at progress 0, ``end`` at progress 1, linear between; ``end=None`` is constant."""
+    return start if end is None else (1.0 - progress) * start + progress * end
+
+
 class PolicySolver(ABC):
     """Changes a policy's parameters from one batch. Subclasses implement :meth:`step`."""
 
@@ -135,11 +146,17 @@ class PolicySolver(ABC):
         self.policy = policy
         self.params = [p for p in policy.parameters() if p.requires_grad]
 
-    def update(self, batch: PolicyBatch) -> dict[str, float]:
-        """One policy update; metrics include the KL between the old and the new policy."""
+    def update(self, batch: PolicyBatch, progress: float = 0.0) -> dict[str, float]:
+        """One policy update; metrics include the KL between the old and the new policy.
+
+        ``progress`` is how far training is, 0 at the first update and 1 at the last, for
+        solvers whose step follows a schedule; it is computed from the iteration, so a resumed
+        run follows the same schedule as one that never stopped.
+        """
+        require_progress(progress)
         with torch.no_grad():
             entropy = float(batch.old_dist.entropy().mean())
-        metrics = self.step(batch)
+        metrics = self.step(batch, progress)
         if "kl" not in metrics:  # a step that measured it already hands it back
             with torch.no_grad():
                 metrics["kl"] = float(mean_kl(self.policy, batch))
@@ -147,7 +164,7 @@ class PolicySolver(ABC):
         return metrics
 
     @abstractmethod
-    def step(self, batch: PolicyBatch) -> dict[str, float]:
+    def step(self, batch: PolicyBatch, progress: float) -> dict[str, float]:
         """Change the parameters; return this solver's metrics (the same keys on every call),
         with ``kl`` if the step measured the KL of the parameters it leaves."""
 
@@ -170,6 +187,8 @@ class NaturalPolicyGradient(PolicySolver):
 
     Args:
         max_kl: δ, the step is scaled so that its quadratic KL estimate ½xᵀFx equals δ.
+        max_kl_final: δ at the last update, reached linearly from ``max_kl`` over training
+            (None: δ stays ``max_kl``). The δ used is reported as ``trust_region``.
         cg_iters, cg_damping, cg_residual_tol: conjugate gradient on (F + damping·I) x = g.
         fvp_subsample: Fisher-vector products use every k-th state of the batch.
         step_size: fixed α for θ += α x instead of the trust-region scale (null: trust region).
@@ -177,13 +196,19 @@ class NaturalPolicyGradient(PolicySolver):
 
     def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
-                 step_size: float | None = None):
+                 step_size: float | None = None, max_kl_final: float | None = None):
         super().__init__(policy)
-        self.max_kl, self.cg_iters, self.cg_damping = max_kl, cg_iters, cg_damping
+        self.max_kl, self.max_kl_final = max_kl, max_kl_final
+        self.cg_iters, self.cg_damping = cg_iters, cg_damping
         self.cg_residual_tol, self.fvp_subsample, self.step_size = (cg_residual_tol,
                                                                     fvp_subsample, step_size)
 
-    def step(self, batch: PolicyBatch) -> dict[str, float]:
+    def trust_region(self, progress: float) -> float:
+        """δ for the update at ``progress`` (0 first, 1 last)."""
+        return linear_schedule(self.max_kl, self.max_kl_final, progress)
+
+    def step(self, batch: PolicyBatch, progress: float) -> dict[str, float]:
+        max_kl = self.trust_region(progress)
         tick = time.perf_counter()
         old_params = self._flat_params()
         objective = surrogate(self.policy, batch)
@@ -198,11 +223,12 @@ class NaturalPolicyGradient(PolicySolver):
             fvp, gradient, self.cg_iters, self.cg_residual_tol)
         curvature = float(direction @ fvp(direction))  # xᵀ(F + damping·I)x
         if self.step_size is None:
-            scale = math.sqrt(2.0 * self.max_kl / curvature) if curvature > 0 else math.nan
+            scale = math.sqrt(2.0 * max_kl / curvature) if curvature > 0 else math.nan
         else:
             scale = self.step_size
         full_step = scale * direction
-        metrics = {"cg_iterations": float(cg_iterations), "cg_residual": cg_residual,
+        metrics = {"trust_region": max_kl if self.step_size is None else math.nan,
+                   "cg_iterations": float(cg_iterations), "cg_residual": cg_residual,
                    "expected_improvement": float(gradient @ full_step),
                    "time_gradient_s": gradient_s, "time_cg_s": time.perf_counter() - tick}
 
@@ -211,13 +237,15 @@ class NaturalPolicyGradient(PolicySolver):
             metrics.update(self._reject(old_params, nonfinite=True))
         else:
             with torch.no_grad():
-                metrics.update(self.apply_step(batch, old_params, full_step, float(objective)))
+                metrics.update(self.apply_step(batch, old_params, full_step, float(objective),
+                                               max_kl))
         metrics["time_linesearch_s"] = time.perf_counter() - tick
         return metrics
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
-                   old_objective: float) -> dict[str, float]:
-        """Take the full step as it is (no line search), unless it makes L or the KL non-finite."""
+                   old_objective: float, max_kl: float) -> dict[str, float]:
+        """Take the full step as it is (no line search), unless it makes L or the KL non-finite;
+        ``max_kl`` is the update's δ, which only a line search enforces."""
         self._set_flat_params(old_params + full_step)
         improvement = float(surrogate(self.policy, batch)) - old_objective
         kl = float(mean_kl(self.policy, batch))
@@ -244,12 +272,14 @@ class TRPO(NaturalPolicyGradient):
 
     def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
-                 backtrack_factor: float = 0.5, max_backtracks: int = 10):
-        super().__init__(policy, max_kl, cg_iters, cg_damping, cg_residual_tol, fvp_subsample)
+                 backtrack_factor: float = 0.5, max_backtracks: int = 10,
+                 max_kl_final: float | None = None):
+        super().__init__(policy, max_kl, cg_iters, cg_damping, cg_residual_tol, fvp_subsample,
+                         max_kl_final=max_kl_final)
         self.backtrack_factor, self.max_backtracks = backtrack_factor, max_backtracks
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
-                   old_objective: float) -> dict[str, float]:
+                   old_objective: float, max_kl: float) -> dict[str, float]:
         any_finite = False
         for backtracks in range(self.max_backtracks):
             step = self.backtrack_factor**backtracks * full_step
@@ -258,7 +288,7 @@ class TRPO(NaturalPolicyGradient):
             kl = float(mean_kl(self.policy, batch))
             finite = math.isfinite(kl) and math.isfinite(improvement)
             any_finite |= finite
-            if finite and kl <= self.max_kl and improvement > 0:
+            if finite and kl <= max_kl and improvement > 0:
                 return {"actual_improvement": improvement, "step_norm": float(step.norm()),
                         "linesearch_backtracks": float(backtracks), "update_accepted": 1.0,
                         "update_nonfinite": 0.0, "kl": kl}
@@ -284,7 +314,7 @@ class FirstOrderSolver(PolicySolver):
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
         """The loss to minimise on one minibatch."""
 
-    def step(self, batch: PolicyBatch) -> dict[str, float]:
+    def step(self, batch: PolicyBatch, progress: float) -> dict[str, float]:
         old_params = self._flat_params()
         old_optimizer = copy.deepcopy(self.optimizer.state_dict())
         with torch.no_grad():
@@ -336,9 +366,9 @@ class KLPenalty(FirstOrderSolver):
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
         return -(surrogate(self.policy, minibatch) - self.beta * mean_kl(self.policy, minibatch))
 
-    def step(self, batch: PolicyBatch) -> dict[str, float]:
+    def step(self, batch: PolicyBatch, progress: float) -> dict[str, float]:
         beta = self.beta
-        metrics = super().step(batch)
+        metrics = super().step(batch, progress)
         if self.adaptive and metrics["update_accepted"]:
             kl = metrics["kl"]
             if kl > 1.5 * self.target_kl:
@@ -374,8 +404,8 @@ class PPOClip(FirstOrderSolver):
         clipped = ratio.clamp(1.0 - self.clip_range, 1.0 + self.clip_range)
         return -torch.min(ratio * minibatch.advantages, clipped * minibatch.advantages).mean()
 
-    def step(self, batch: PolicyBatch) -> dict[str, float]:
-        metrics = super().step(batch)
+    def step(self, batch: PolicyBatch, progress: float) -> dict[str, float]:
+        metrics = super().step(batch, progress)
         with torch.no_grad():
             ratio = probability_ratio(self.policy, batch)
             metrics["clip_fraction"] = float(((ratio - 1.0).abs() > self.clip_range).float().mean())

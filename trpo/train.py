@@ -176,9 +176,14 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- training
 
+    @property
+    def total_iterations(self) -> int:
+        """Iterations in the whole run: total_steps in whole batches, rounded up."""
+        return math.ceil(self.cfg.total_steps / self.cfg.steps_per_iteration)
+
     def run(self, logger) -> float:
         cfg = self.cfg
-        iterations = math.ceil(cfg.total_steps / cfg.steps_per_iteration)
+        iterations = self.total_iterations
         start = time.perf_counter() - self.wall_s
         while self.iteration < iterations:
             self.iteration += 1
@@ -226,7 +231,8 @@ class Trainer:
         actions = torch.from_numpy(rollout.actions.reshape(samples, *rollout.actions.shape[2:]))
         batch = PolicyBatch.from_policy(self.policy, obs, actions,
                                         torch.from_numpy(advantages).float())
-        metrics = self.solver.update(batch)
+        progress = (self.iteration - 1) / max(self.total_iterations - 1, 1)  # 0 first, 1 last
+        metrics = self.solver.update(batch, progress)
         policy_s = time.perf_counter() - tick
         self.rejected_in_a_row = self.rejected_in_a_row + 1 if metrics["update_nonfinite"] else 0
 
@@ -279,8 +285,11 @@ def _config_changes(saved: dict, current: DictConfig) -> list[str]:
     """The keys whose values differ between a checkpoint's config and ``current``."""
     before = flatten(saved)
     after = flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True))
+    resumable = RESUMABLE_CHANGES
+    if after.get("solver.max_kl_final") is not None:  # δ's schedule is spread over total_steps
+        resumable = tuple(key for key in RESUMABLE_CHANGES if key != "total_steps")
     return sorted(k for k in set(before) | set(after)
-                  if before.get(k) != after.get(k) and not k.startswith(RESUMABLE_CHANGES))
+                  if before.get(k) != after.get(k) and not k.startswith(resumable))
 
 
 def find_finished_twin(search_root: Path, cfg: DictConfig,
