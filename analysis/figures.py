@@ -254,7 +254,7 @@ def plot_sensitivity(table: pd.DataFrame, key: str, keys: list[str], metric: str
 
     def line_label(row) -> str:
         return ", ".join(str(row[k]) if k in CHOICE_GROUPS else f"{k}={row[k]}"
-                         for k in others) or "runs"
+                         for k in others)
 
     table = table.assign(line=[line_label(row) for _, row in table.iterrows()])
     envs = sorted(table["env"].unique())
@@ -289,10 +289,11 @@ def plot_sensitivity(table: pd.DataFrame, key: str, keys: list[str], metric: str
         for ax in list(axes.flat)[len(envs):]:
             ax.set_visible(False)
         seeds = _seeds_text(list(table["seeds"]))
-        handles = [plt.Line2D([], [], color=c, linestyle=ls, marker="o", markersize=3)
-                   for c, ls in style.values()]
-        fig.legend(handles, list(style), loc="lower center", ncol=min(len(style), 4),
-                   frameon=False, bbox_to_anchor=(0.5, 1.0))
+        if others:  # with no other line key there is one line, and nothing to tell apart
+            handles = [plt.Line2D([], [], color=c, linestyle=ls, marker="o", markersize=3)
+                       for c, ls in style.values()]
+            fig.legend(handles, list(style), loc="lower center", ncol=min(len(style), 4),
+                       frameon=False, bbox_to_anchor=(0.5, 1.0))
         fig.text(0.5, -0.02, f"Points: interquartile mean over seeds ({seeds}) of each run's "
                  "final score; bars: 95% stratified-bootstrap confidence intervals.",
                  ha="center", va="top", fontsize=7, wrap=True)

@@ -355,11 +355,11 @@ def test_different_seed_counts_are_warned_about(tmp_path, caplog):
     assert "different seed counts" in caplog.text
 
 
-def trust_region_sweep(root, max_kls=(0.001, 0.01, 0.1)):
-    """trpo and npg at each max_kl, 3 seeds; final return 1000·(index of max_kl) + 100·(npg)
+def trust_region_sweep(root, max_kls=(0.001, 0.01, 0.1), solvers=("trpo", "npg")):
+    """Each solver at each max_kl, 3 seeds; final return 1000·(index of max_kl) + 100·(npg)
     + seed, so each point's IQM (3 seeds: their mean) is known."""
     n = 0
-    for s, solver in enumerate(("trpo", "npg")):
+    for s, solver in enumerate(solvers):
         for k, max_kl in enumerate(max_kls):
             for seed in range(3):
                 write_run(root, str(n), solver=solver, seed=seed,
@@ -385,6 +385,16 @@ def test_a_swept_number_gets_a_final_score_figure_with_a_point_per_value(tmp_pat
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--reps", "50"]) == 0
     assert {"sensitivity_solver.max_kl.png", "sensitivity_solver.max_kl.pdf"} <= {
         p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_a_sweep_of_one_number_alone_draws_one_line_and_no_legend(tmp_path):
+    trust_region_sweep(tmp_path, solvers=("trpo",))
+    runs = load_runs([tmp_path]).runs
+    keys = detect_group_keys(runs)
+    table = final_table(make_groups(runs, keys), "eval_return_mean", reps=50)
+    fig = plot_sensitivity(table, "solver.max_kl", keys, "eval_return_mean")
+    assert keys == ["solver.max_kl"] and len(fig.axes[0].containers) == 1
+    assert fig.legends == []
 
 
 def test_two_values_or_a_choice_make_no_final_score_figure(tmp_path):
