@@ -103,7 +103,9 @@ def read_progress(path: Path) -> tuple[pd.DataFrame, Optional[str]]:
     return frame.apply(pd.to_numeric, errors="coerce"), note
 
 
-def read_status(run_dir: Path) -> str:
+def run_status(run_dir: Path) -> str:
+    """``status.json``'s status (running, completed, failed); ``unknown`` if it cannot be read.
+    (:func:`trpo.train.read_status` returns the whole record.)"""
     try:
         return str(json.loads((run_dir / "status.json").read_text())["status"])
     except (OSError, ValueError, KeyError):
@@ -119,7 +121,7 @@ def load_runs(roots: Iterable[Path], include_incomplete: bool = False) -> LoadRe
     """
     report = LoadReport()
     for run_dir in find_run_dirs(roots):
-        status = read_status(run_dir)
+        status = run_status(run_dir)
         if status == "failed":
             report.skipped.append((run_dir, "marked failed in status.json"))
             continue
