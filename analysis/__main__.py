@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table = final_table(groups, args.metric, reps=args.reps)
     write_tables(table, runs, args.metric, args.out, args.dirs)
-    save_figure(plot_curves(groups, args.metric, reps=args.reps), args.out, "curves")
+    # Two or more line keys: a panel per value of the first, so no panel holds every line.
+    panel_key = keys[0] if len(keys) >= 2 else None
+    save_figure(plot_curves(groups, args.metric, reps=args.reps, panel_key=panel_key), args.out,
+                "curves")
     for key in swept_numeric_keys(table, keys):
         save_figure(plot_sensitivity(table, key, keys, args.metric), args.out,
                     f"sensitivity_{key}")

@@ -8,6 +8,7 @@ panel and figure; legends outside the data.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -19,7 +20,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import stats  # noqa: E402
-from analysis.load import CHOICE_GROUPS  # noqa: E402
+from analysis.load import CHOICE_GROUPS, values_label  # noqa: E402
 from analysis.report import Group, curve_on_grid, final_score, step_grid  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every colour-vision type.
@@ -79,18 +80,34 @@ def save_figure(fig: plt.Figure, out: Path, name: str) -> None:
     plt.close(fig)
 
 
-def plot_curves(groups: list[Group], metric: str, reps: int = 2000) -> plt.Figure:
-    """One panel per env, one IQM line with its 95% bootstrap band per group."""
-    envs = sorted({g.env for g in groups})
-    style = colours([g.label for g in groups])
-    seed_counts = {label: [g.seeds for g in groups if g.label == label] for label in style}
-    columns = min(len(envs), 3)
-    rows = int(np.ceil(len(envs) / columns))
+def plot_curves(groups: list[Group], metric: str, reps: int = 2000,
+                panel_key: Optional[str] = None) -> plt.Figure:
+    """One panel per env, one IQM line with its 95% bootstrap band per group.
+
+    With ``panel_key`` (one of the group keys) there is a panel per env and value of that key,
+    and the lines are the values of the other keys, styled alike in every panel: eight lines
+    of solver × δ become two panels of four.
+    """
+    def panel_of(group: Group) -> tuple[str, str]:
+        if panel_key is None:
+            return group.env, group.env
+        return group.env, f"{group.env}, {values_label({panel_key: group.keys[panel_key]})}"
+
+    def line_of(group: Group) -> str:
+        if panel_key is None:
+            return group.label
+        return values_label({k: v for k, v in group.keys.items() if k != panel_key}) or "runs"
+
+    panels = sorted({panel_of(g) for g in groups})
+    style = colours([line_of(g) for g in groups])
+    seed_counts = {label: [g.seeds for g in groups if line_of(g) == label] for label in style}
+    columns = min(len(panels), 3)
+    rows = int(np.ceil(len(panels) / columns))
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(rows, columns, squeeze=False,
                                  figsize=(FULL_WIDTH_IN, 2.1 * rows + 0.5))
-        for ax, env in zip(axes.flat, envs):
-            for group in (g for g in groups if g.env == env):
+        for ax, panel in zip(axes.flat, panels):
+            for group in (g for g in groups if panel_of(g) == panel):
                 grid = step_grid(group.runs)
                 curves = np.array([curve_on_grid(run.progress, metric, grid)
                                    for run in group.runs])
@@ -98,14 +115,14 @@ def plot_curves(groups: list[Group], metric: str, reps: int = 2000) -> plt.Figur
                 if curves.size == 0:
                     continue
                 iqm, low, high = stats.curve_iqm_ci(curves, reps=reps)
-                colour, linestyle = style[group.label]
+                colour, linestyle = style[line_of(group)]
                 ax.plot(grid, iqm, color=colour, linestyle=linestyle)
                 ax.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
-            ax.set_title(env)
+            ax.set_title(panel[1])
             ax.set_xlabel("Environment steps")
             ax.xaxis.set_major_formatter(FuncFormatter(_steps))
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        for ax in list(axes.flat)[len(envs):]:
+        for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         handles = [plt.Line2D([], [], color=c, linestyle=ls, linewidth=2) for c, ls in
                    style.values()]
@@ -252,11 +269,8 @@ def plot_sensitivity(table: pd.DataFrame, key: str, keys: list[str], metric: str
     :func:`analysis.report.final_table`). A log axis when the values span a decade or more."""
     others = [k for k in keys if k != key]
 
-    def line_label(row) -> str:
-        return ", ".join(str(row[k]) if k in CHOICE_GROUPS else f"{k}={row[k]}"
-                         for k in others)
-
-    table = table.assign(line=[line_label(row) for _, row in table.iterrows()])
+    table = table.assign(line=[values_label({k: row[k] for k in others})
+                               for _, row in table.iterrows()])
     envs = sorted(table["env"].unique())
     style = colours(list(table["line"]))
     values = np.sort(table[key].unique())

@@ -192,8 +192,10 @@ def group_label(run: Run, keys: list[str]) -> str:
     """The line's name: ``trpo``, ``trpo, gae`` or ``solver.max_kl=0.05``."""
     if not keys:
         return str(run.config.get("solver", "runs"))
-    parts = []
-    for key in keys:
-        value = run.config.get(key)
-        parts.append(str(value) if key in CHOICE_GROUPS else f"{key}={value}")
-    return ", ".join(parts)
+    return values_label({key: run.config.get(key) for key in keys})
+
+
+def values_label(values: dict) -> str:
+    """``key=value`` for each item, joined by commas; a choice group's option alone (``trpo``)."""
+    return ", ".join(str(value) if key in CHOICE_GROUPS else f"{key}={value}"
+                     for key, value in values.items())

@@ -299,6 +299,23 @@ def test_curve_figure_has_a_panel_per_env_a_line_per_group_and_labels(tmp_path):
     assert len(colours) == 1  # the same group has the same colour in every panel
 
 
+def test_curve_figure_with_a_panel_key_has_a_panel_per_value_and_lines_styled_alike(tmp_path):
+    trust_region_sweep(tmp_path)
+    groups = make_groups(load_runs([tmp_path]).runs, ["solver", "solver.max_kl"])
+    fig = plot_curves(groups, "eval_return_mean", reps=50, panel_key="solver")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["hopper, npg", "hopper, trpo"]
+    assert all(len(ax.get_lines()) == 3 for ax in panels)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"solver.max_kl={k} (n=3)" for k in (0.001, 0.01, 0.1)]
+    npg, trpo = ([(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+                 for ax in panels)
+    assert npg == trpo  # δ = 0.001 looks the same in both panels
+    # The final point of each line is its group's IQM: 1000·(index of δ) + 100·(npg) + 1.
+    np.testing.assert_allclose([line.get_ydata()[-1] for line in panels[0].get_lines()],
+                               [101, 1101, 2101])
+
+
 def test_aggregate_figure_uses_reference_scores_and_has_three_panels(tmp_path):
     sweep(tmp_path)
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
