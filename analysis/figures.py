@@ -48,6 +48,8 @@ STYLE = {
 }
 
 FULL_WIDTH_IN = 7.0
+# Characters of a pairwise label ("P(trpo > npg)") that fit beside the IQM panel at 7 pt.
+PAIR_LABEL_FITS = 28
 
 
 def colours(labels: list[str]) -> dict[str, tuple[str, str]]:
@@ -181,8 +183,11 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
     style = colours([g.label for g in groups])
     envs = sorted({g.env for g in groups})
     pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+    pair_labels = [f"P({a} > {b})" for a, b in pairs]
     with plt.rc_context(STYLE):
-        if len(pairs) <= 6:  # up to four lines: the three panels side by side
+        # Up to four lines with short names: the three panels side by side. Otherwise the
+        # pairwise panel's labels would run into the IQM panel.
+        if len(pairs) <= 6 and max(map(len, pair_labels), default=0) <= PAIR_LABEL_FITS:
             fig, (ax_iqm, ax_poi, ax_profile) = plt.subplots(
                 1, 3, figsize=(FULL_WIDTH_IN, 2.4), gridspec_kw={"width_ratios": [1, 1.2, 1.3]})
         else:  # the pairwise panel gets the full width and a row per pair
@@ -215,7 +220,7 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
             ax_poi.plot([probability], [y], "|", color=style[a][0], markersize=12,
                         markeredgewidth=2)
         ax_poi.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
-        ax_poi.set_yticks(range(len(pairs)), [f"P({a} > {b})" for a, b in pairs])
+        ax_poi.set_yticks(range(len(pairs)), pair_labels)
         ax_poi.set_ylim(-0.7, max(len(pairs), 1) - 0.3)
         ax_poi.set_xlim(0, 1)
         ax_poi.set_xlabel("Probability of improvement")

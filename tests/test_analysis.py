@@ -316,6 +316,21 @@ def test_curve_figure_with_a_panel_key_has_a_panel_per_value_and_lines_styled_al
                                [101, 1101, 2101])
 
 
+@pytest.mark.parametrize("solvers, full_width", [(("trpo", "npg"), False),
+                                                 (("shrinking_trust_region", "small_trust_region"),
+                                                  True)])
+def test_long_group_names_move_the_pairwise_panel_below_the_others(tmp_path, solvers,
+                                                                     full_width):
+    sweep(tmp_path, solvers=solvers)
+    groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
+    fig = plot_aggregate(groups, "eval_return_mean",
+                         {"hopper": (0.0, 100.0), "walker": (0.0, 100.0)}, reps=50)
+    iqm, *_ = (ax for ax in fig.axes if ax.get_title().startswith("IQM"))
+    pairwise, = (ax for ax in fig.axes if ax.get_title() == "Pairwise comparison")
+    below = pairwise.get_position().y1 < iqm.get_position().y0
+    assert below == full_width
+
+
 def test_aggregate_figure_uses_reference_scores_and_has_three_panels(tmp_path):
     sweep(tmp_path)
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
