@@ -19,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis.load import load_runs
-from trpo.train import read_status
+from trpo.run_folder import RunFolder
 
 
 @dataclass
@@ -68,7 +68,7 @@ def study_status(sweep_dir: Path, names: list[str]) -> list[RunState]:
         reached = float(run.progress["env_steps"].iloc[-1])
         done = min(reached / float(budget), 1.0) if budget else 0.0
         if run.complete and run.status == "completed":
-            state = "copied" if "reused_from" in read_status(run.path) else "completed"
+            state = "copied" if "reused_from" in RunFolder(run.path).read_status() else "completed"
         else:
             state = "part-way"
         states.append(RunState(name, state, done, float(run.progress["wall_s"].iloc[-1])))

@@ -19,11 +19,20 @@ import torch
 import tests.toy_envs  # noqa: F401  (registers Counter-v0)
 from tests.conftest import ROOT, TINY
 from tests.test_run import run_py, without_timing
-from trpo.checkpoint import (CHECKPOINT, PREVIOUS, CheckpointError, env_state,
-                             load_latest_checkpoint, read_checkpoint, save_checkpoint,
-                             set_env_state)
+from trpo.checkpoint import CheckpointError, env_state, read_checkpoint, set_env_state
 from trpo.config import ConfigError
+from trpo.run_folder import CHECKPOINT, PREVIOUS, RunFolder
 from trpo.train import TrainingError, train
+
+
+def save_checkpoint(run_dir, state):
+    RunFolder(run_dir).save_checkpoint(state)
+
+
+def newest_readable_checkpoint(run_dir):
+    """The newest checkpoint of ``run_dir`` that passes its checksum, as a resumed run tries."""
+    return next((state for _, state in RunFolder(run_dir).read_checkpoints()
+                 if isinstance(state, dict)), None)
 
 # --------------------------------------------------------------------------- checkpoint files
 
@@ -59,15 +68,9 @@ def test_a_damaged_checkpoint_is_reported_by_path_and_the_previous_one_used(tmp_
         path.write_bytes(data[:len(data) // 2])
     else:
         path.write_bytes(data[:2000] + bytes(b ^ 0xFF for b in data[2000:2100]) + data[2100:])
-    assert load_latest_checkpoint(tmp_path)["iteration"] == 1
-    assert str(path) in caplog.text and "checksum" in caplog.text
-
-
-def test_no_usable_checkpoint_raises(tmp_path):
-    (tmp_path / CHECKPOINT).write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="no usable checkpoint"):
-        load_latest_checkpoint(tmp_path)
-    assert load_latest_checkpoint(tmp_path / "empty_dir_does_not_exist") is None
+    (_, first), (_, second) = RunFolder(tmp_path).read_checkpoints()
+    assert isinstance(first, CheckpointError) and str(path) in str(first)
+    assert "checksum" in str(first) and second["iteration"] == 1
 
 
 class RunsCode:
@@ -171,7 +174,7 @@ def test_a_run_trained_elsewhere_with_the_same_config_is_copied_not_retrained(
         raise AssertionError("a reused run must not train")
 
     with monkeypatch.context() as patch:
-        patch.setattr("trpo.train.Trainer.train_iteration", no_training)
+        patch.setattr("trpo.trainer.Trainer.train_iteration", no_training)
         reuse = [*base, "name=second_study", f"reuse_from={tmp_path}"]
         train(compose_config(reuse), tmp_path / "second" / "run")
         assert (tmp_path / "second" / "run" / "progress.csv").read_text() == trained
@@ -268,7 +271,7 @@ def test_nan_updates_are_rejected_counted_and_stop_the_run(compose_config, tmp_p
     progress = pd.read_csv(tmp_path / "progress.csv")
     assert progress["update_nonfinite"].tolist() == [1.0, 1.0, 1.0]
     assert progress["update_accepted"].tolist() == [0.0, 0.0, 0.0]
-    checkpoint = load_latest_checkpoint(tmp_path)
+    checkpoint = newest_readable_checkpoint(tmp_path)
     assert checkpoint["iteration"] == 3
     assert all(torch.isfinite(p).all() for p in checkpoint["policy"].values())
     status = json.loads((tmp_path / "status.json").read_text())
@@ -369,6 +372,6 @@ def test_a_full_disk_fails_the_run_clearly_and_keeps_the_last_checkpoint(compose
     cfg = compose_config(["env=cartpole", *TINY, "total_steps=1024", "checkpoint_every=2"])
     with pytest.raises(OSError, match="No space left"):
         train(cfg, tmp_path)
-    assert load_latest_checkpoint(tmp_path)["iteration"] == 2
+    assert newest_readable_checkpoint(tmp_path)["iteration"] == 2
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
     assert len(pd.read_csv(tmp_path / "progress.csv")) == 2

@@ -88,8 +88,8 @@ def test_evaluation_runs_one_deterministic_episode_per_env():
     policy = build_policy(envs.single_observation_space, envs.single_action_space,
                           NetworkConfig())
     normalizer = ObservationNormalizer((4,))
-    first = evaluate(envs, policy, normalizer, seed=5)
-    again = evaluate(envs, policy, normalizer, seed=5)
+    first = evaluate(envs, policy, normalizer, seeds=[5, 6, 7])
+    again = evaluate(envs, policy, normalizer, seeds=[5, 6, 7])
     assert first.shape == (3,) and (first >= 1).all()
     np.testing.assert_array_equal(first, again)
 

@@ -1,11 +1,11 @@
-"""Checkpoints that survive crashes and load without running code from the file.
+"""The checkpoint file format: checksummed, atomic, and loaded without running code.
 
 A checkpoint file is one line with the SHA-256 of the rest, then a ``torch.save`` payload that
 holds only tensors and plain Python values, read back with ``torch.load(weights_only=True)``.
-It is written to a temporary file, fsynced and renamed over ``checkpoint.ckpt``, whose previous
-version is kept as ``checkpoint.prev.ckpt`` until then: a crash at any moment leaves at least one
-complete checkpoint. A truncated or garbled file fails its checksum, is reported by path, and
-the previous one is used.
+It is written to a temporary file, fsynced and renamed over the newest checkpoint, whose
+previous version is kept until then: a crash at any moment leaves at least one complete
+checkpoint. A truncated or garbled file fails its checksum and is reported by path. Where the
+files live, and which is tried first, is :class:`trpo.run_folder.RunFolder`'s business.
 
 Environments are saved through :func:`vector_env_state`: for each sub-environment the plain-data
 attributes of every wrapper and of the environment itself (CartPole's ``state``, TimeLimit's
@@ -28,10 +28,6 @@ import numpy as np
 import torch
 
 log = logging.getLogger("trpo")
-
-CHECKPOINT = "checkpoint.ckpt"
-PREVIOUS = "checkpoint.prev.ckpt"
-
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint could be read."""
@@ -151,13 +147,12 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------- files
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically as ``run_dir/checkpoint.ckpt``; keep the previous one."""
+def write_checkpoint_file(path: Path, previous: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically as ``path``; the file it replaces becomes ``previous``."""
     buffer = io.BytesIO()
     torch.save(to_plain(state), buffer)
     payload = buffer.getvalue()
-    path, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
-    tmp = run_dir / (CHECKPOINT + ".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:
         file.write(hashlib.sha256(payload).hexdigest().encode() + b"\n")
         file.write(payload)
@@ -166,12 +161,11 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     if path.exists():
         os.replace(path, previous)
     os.replace(tmp, path)
-    directory = os.open(run_dir, os.O_RDONLY)
+    directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
-    return path
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -192,21 +186,17 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a checkpoint of this project ({reason})") from error
 
 
-def load_latest_checkpoint(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The newest usable checkpoint in ``run_dir``; ``None`` if there is none at all.
-
-    A damaged file is reported by path and the previous one tried; raises ``CheckpointError``
-    if checkpoints exist but none is usable.
-    """
-    candidates = [run_dir / CHECKPOINT, run_dir / PREVIOUS]
-    existing = [p for p in candidates if p.exists()]
-    if not existing:
-        return None
-    problems = []
-    for path in existing:
-        try:
-            return read_checkpoint(path)
-        except CheckpointError as error:
-            log.warning("%s", error)
-            problems.append(str(error))
-    raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
+def nonfinite_entries(tree: Any, prefix: str = "") -> list[str]:
+    """The names (``value.0.weight``) of the floating-point tensors and arrays in ``tree`` that
+    hold a NaN or an infinity."""
+    if isinstance(tree, dict):
+        return [name for key, value in tree.items()
+                for name in nonfinite_entries(value, f"{prefix}{key}.")]
+    if isinstance(tree, (list, tuple)):
+        return [name for i, value in enumerate(tree)
+                for name in nonfinite_entries(value, f"{prefix}{i}.")]
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
+        return [] if bool(torch.isfinite(tree).all()) else [prefix.rstrip(".")]
+    if isinstance(tree, np.ndarray) and np.issubdtype(tree.dtype, np.floating):
+        return [] if bool(np.isfinite(tree).all()) else [prefix.rstrip(".")]
+    return []

@@ -117,11 +117,14 @@ class EnvConfig:
                     f"must be greater than random_return={self.random_return}",
                     self.reference_return)
         check_env_id(self.id)
+        check_env_spaces(self)
 
 
 def check_env_id(env_id: str) -> None:
-    """Check that ``env_id`` is registered with Gymnasium, without building the environment."""
+    """Check that ``env_id`` is registered with Gymnasium and its module imports (a Box2D
+    task without Box2D fails here), without building the environment."""
     import gymnasium
+    from gymnasium.envs.registration import load_env_creator
 
     module, _, name = env_id.rpartition(":")
     if module:
@@ -132,6 +135,37 @@ def check_env_id(env_id: str) -> None:
     if name not in gymnasium.registry:
         hint = ", e.g. Hopper-v5, Walker2d-v5, CartPole-v1 (or module:Id)"
         raise ConfigError("id", f"must be a registered Gymnasium id{hint}", env_id)
+    entry_point = gymnasium.registry[name].entry_point
+    if isinstance(entry_point, str):
+        try:
+            load_env_creator(entry_point)
+        except (ImportError, gymnasium.error.DependencyNotInstalled) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError("id", f"its module cannot be imported here ({first})", env_id)
+
+
+def check_env_spaces(cfg: "EnvConfig") -> None:
+    """Build one copy of the task to check its keyword arguments and its spaces (a Box
+    observation; a Box or Discrete action), and close it."""
+    import gymnasium
+
+    kwargs = dict(cfg.kwargs)
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    try:
+        env = gymnasium.make(cfg.id, **kwargs)
+    except TypeError as error:  # an argument the task does not take
+        raise ConfigError("kwargs", f"{cfg.id} does not accept them ({error})", dict(cfg.kwargs))
+    except gymnasium.error.Error as error:
+        raise ConfigError("id", f"cannot be made here ({str(error).splitlines()[0]})", cfg.id)
+    try:
+        obs, act = env.observation_space, env.action_space
+    finally:
+        env.close()
+    require(isinstance(obs, gymnasium.spaces.Box), "id",
+            f"must have a Box observation space (a vector of numbers), not {obs}", cfg.id)
+    require(isinstance(act, (gymnasium.spaces.Box, gymnasium.spaces.Discrete)), "id",
+            f"must have a Box or Discrete action space, not {act}", cfg.id)
 
 
 # ---------------------------------------------------------------------------------- network group
@@ -427,7 +461,7 @@ class TrainConfig:
         _positive(self, "obs_clip")
         require(self.steps_per_iteration % self.num_envs == 0, "steps_per_iteration",
                 f"must be a multiple of num_envs={self.num_envs}", self.steps_per_iteration)
-        require(self.seed >= 0, "seed", "must be >= 0", self.seed)
+        require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)", self.seed)
         require(self.reuse_from is None or Path(self.reuse_from).is_dir(), "reuse_from",
                 "must be an existing folder or null", self.reuse_from)
 

@@ -2,12 +2,11 @@
 
 A row is a flat mapping from metric name to a number, or ``None`` for "not measured in this
 iteration" (written as an empty CSV cell and left out of the W&B step). ``progress.csv``'s
-columns are fixed by the first row.
+format belongs to :class:`trpo.run_folder.ProgressFile`; its columns are fixed by the first row.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from trpo.config import LoggerConfig, WandbMode
+from trpo.run_folder import ProgressFile, RunFolder
 
 log = logging.getLogger("trpo")
 
@@ -28,63 +28,28 @@ class MetricWriter(ABC):
     def write(self, row: Row) -> None:
         """Record one iteration's row."""
 
-    def close(self, failed: bool = False) -> None:
-        """Flush and release; ``failed`` marks a run that ended with an error."""
+    def close(self, status: str = "completed") -> None:
+        """Flush and release; ``status`` is how the run ended: ``completed``, ``interrupted``
+        or ``failed``."""
 
 
 class CSVWriter(MetricWriter):
-    """``progress.csv``: a header from the first row, one line per iteration, flushed at once.
+    """``progress.csv``, a line per iteration, flushed at once (synced with each checkpoint).
 
-    An existing file (a resumed run's) is appended to under its own header.
+    An existing file (a resumed run's, rewritten from its checkpoint) is appended to under its
+    own header.
     """
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        header = None
-        if self.path.exists():
-            with open(self.path, newline="") as file:
-                header = next(csv.reader(file), None)
-        self.file = open(self.path, "a" if header else "w", newline="")
-        self.writer: csv.DictWriter | None = None
-        if header:
-            self.writer = csv.DictWriter(self.file, fieldnames=header, extrasaction="ignore")
+    def __init__(self, progress: ProgressFile):
+        self.progress = progress
 
     def write(self, row: Row) -> None:
-        if self.writer is None:
-            self.writer = csv.DictWriter(self.file, fieldnames=list(row), extrasaction="ignore")
-            self.writer.writeheader()
-        elif set(row) - set(self.writer.fieldnames):
-            log.warning("%s: dropping columns not in its header: %s", self.path,
-                        sorted(set(row) - set(self.writer.fieldnames)))
-        self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
-        self.file.flush()
+        dropped = self.progress.append(row)
+        if dropped:
+            log.warning("%s: dropping columns not in its header: %s", self.progress.path, dropped)
 
-    def close(self, failed: bool = False) -> None:
-        self.file.close()
-
-
-def read_progress(path: Path) -> list[Row]:
-    """``progress.csv``'s rows as numbers, empty cells as ``None``."""
-    with open(path, newline="") as file:
-        return [{k: float(v) if v else None for k, v in row.items()}
-                for row in csv.DictReader(file)]
-
-
-def truncate_progress(path: Path, iterations: int) -> None:
-    """Keep the header and the rows of iterations ``1..iterations`` (a resumed run recomputes
-    the rest); a line cut short by a crash goes too. Rewritten atomically."""
-    if not path.exists():
-        return
-    with open(path, newline="") as file:
-        rows = list(csv.reader(file))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= iterations]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as file:
-        csv.writer(file).writerows([header, *kept])
-    tmp.replace(path)
+    def close(self, status: str = "completed") -> None:
+        self.progress.close()
 
 
 class WandbWriter(MetricWriter):
@@ -115,8 +80,9 @@ class WandbWriter(MetricWriter):
     def write(self, row: Row) -> None:
         self.run.log({k: v for k, v in row.items() if v is not None})
 
-    def close(self, failed: bool = False) -> None:
-        self.run.finish(exit_code=1 if failed else 0)
+    def close(self, status: str = "completed") -> None:
+        self.run.summary["run_status"] = status
+        self.run.finish(exit_code=1 if status == "failed" else 0)
 
 
 class ConsoleWriter(MetricWriter):
@@ -171,18 +137,18 @@ class MetricLogger(MetricWriter):
                 for row in rows:
                     writer.write(row)
 
-    def close(self, failed: bool = False) -> None:
+    def close(self, status: str = "completed") -> None:
         errors = []
         for writer in self.writers:
             try:
-                writer.close(failed)
+                writer.close(status)
             except Exception as error:  # close the others before reporting
                 errors.append(error)
         if errors:
             raise errors[0]
 
 
-def make_logger(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict[str, Any],
+def make_logger(cfg: LoggerConfig, folder: RunFolder, run_name: str, config: dict[str, Any],
                 total_steps: int, resume_id: Optional[str] = None) -> MetricLogger:
     """``progress.csv`` and the console always; W&B unless ``logger.mode=disabled``.
 
@@ -192,10 +158,10 @@ def make_logger(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict[st
     writers: list[MetricWriter] = []
     if cfg.mode is not WandbMode.disabled:
         try:
-            writers.append(WandbWriter(cfg, run_dir, run_name, config, resume_id))
+            writers.append(WandbWriter(cfg, folder.path, run_name, config, resume_id))
         except Exception as error:
             log.warning("W&B (%s) could not start, training goes on with progress.csv only: "
                         "%s: %s", cfg.mode.value, type(error).__name__,
                         str(error).splitlines()[0] if str(error) else "")
-    writers += [CSVWriter(run_dir / "progress.csv"), ConsoleWriter(total_steps, cfg.console_every)]
+    writers += [CSVWriter(folder.progress), ConsoleWriter(total_steps, cfg.console_every)]
     return MetricLogger(writers)

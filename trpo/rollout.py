@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+import logging
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from trpo.checkpoint import set_vector_env_state, vector_env_state
 from trpo.envs import action_clipper
 from trpo.normalization import ObservationNormalizer, RewardScaler
+from trpo.seeding import stream_seed, stream_seeds
+
+log = logging.getLogger("trpo")
 
 
 class NonFiniteError(RuntimeError):
@@ -54,6 +59,10 @@ class RolloutCollector:
     computed after the rollout in one pass over all T·N observations, plus one pass over the
     observations that bootstrap: the final observations of episodes that ended and the
     observation after the last step.
+
+    The environments are reset with seeds drawn from the run's ``seed`` (one stream per
+    environment, :mod:`trpo.seeding`). :meth:`state_dict` holds everything that decides the
+    next rollout, the environments' own state included.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, policy: nn.Module, value: nn.Module,
@@ -63,9 +72,10 @@ class RolloutCollector:
         self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
         self.steps_per_env, self.env_id = steps_per_env, env_id
         self.to_env_action = action_clipper(envs.single_action_space)
-        envs.action_space.seed(seed)
-        self.obs, _ = envs.reset(seed=seed)
-        self._check_finite(self.obs, "observation", 0)
+        self.seed = seed
+        envs.action_space.seed(stream_seed(seed, "action_space"))
+        self.obs, _ = envs.reset(seed=stream_seeds(seed, "train_envs", envs.num_envs))
+        check_finite(self.obs, "observation", env_id, 0)
         self.running_returns = np.zeros(envs.num_envs)
         self.running_lengths = np.zeros(envs.num_envs, np.int64)
         self.total_steps = 0
@@ -82,8 +92,8 @@ class RolloutCollector:
             next_obs, rewards, terminated, truncated, info = self.envs.step(
                 self.to_env_action(actions))
             self.total_steps += self.envs.num_envs
-            self._check_finite(next_obs, "observation", self.total_steps)
-            self._check_finite(rewards, "reward", self.total_steps)
+            check_finite(next_obs, "observation", self.env_id, self.total_steps)
+            check_finite(rewards, "reward", self.env_id, self.total_steps)
             ended = terminated | truncated
             rollout.obs[t], rollout.raw_obs[t], rollout.actions[t] = obs, self.obs, actions
             rollout.rewards[t] = self.reward_scaler(rewards, ended)
@@ -92,7 +102,7 @@ class RolloutCollector:
             self.running_lengths += 1
             for i in np.flatnonzero(ended):
                 final_obs = info["final_obs"][i]
-                self._check_finite(final_obs, "final observation", self.total_steps)
+                check_finite(final_obs, "final observation", self.env_id, self.total_steps)
                 bootstrap_obs.append(self.obs_normalizer(final_obs[None])[0])
                 bootstrap_at.append((t, i))
                 rollout.episode_returns.append(float(self.running_returns[i]))
@@ -116,28 +126,63 @@ class RolloutCollector:
                 t_index, env_index = zip(*bootstrap_at)
                 rollout.next_values[list(t_index), list(env_index)] = final_values.double().numpy()
 
-    def _check_finite(self, array: np.ndarray, what: str, step: int) -> None:
-        if not np.isfinite(array).all():
-            bad = np.asarray(array)[~np.isfinite(array)].ravel()[0]
-            raise NonFiniteError(f"{self.env_id} returned a non-finite {what} ({bad}) at "
-                                 f"environment step {step}")
+    def state_dict(self) -> dict[str, Any]:
+        """The current observations, the episodes under way and the environments' own state
+        (``None`` for environments in other processes, ``vector_mode=async``)."""
+        return {"obs": self.obs, "running_returns": self.running_returns,
+                "running_lengths": self.running_lengths, "total_steps": self.total_steps,
+                "envs": vector_env_state(self.envs)}
+
+    def load_state_dict(self, state: dict[str, Any], iteration: int) -> None:
+        """Go on from :meth:`state_dict`; without the environments' state, start new episodes
+        (seeded by ``iteration``) and say so."""
+        self.total_steps = int(state["total_steps"])
+        if state["envs"] is None:
+            log.warning("environment states were not saved (vector_mode=async): the resumed "
+                        "run starts new episodes and will not match an uninterrupted one")
+            self.obs, _ = self.envs.reset(
+                seed=stream_seeds(self.seed, "train_envs", self.envs.num_envs, iteration))
+            self.running_returns = np.zeros(self.envs.num_envs)
+            self.running_lengths = np.zeros(self.envs.num_envs, np.int64)
+            return
+        set_vector_env_state(self.envs, state["envs"])
+        self.obs = state["obs"]
+        self.running_returns = state["running_returns"]
+        self.running_lengths = state["running_lengths"]
+
+
+def check_finite(array: np.ndarray, what: str, env_id: str, step: int) -> None:
+    """Raise :class:`NonFiniteError` naming the env, the step and the value if ``array`` holds
+    a NaN or an infinity."""
+    if not np.isfinite(array).all():
+        bad = np.asarray(array)[~np.isfinite(array)].ravel()[0]
+        raise NonFiniteError(f"{env_id} returned a non-finite {what} ({bad}) at "
+                             f"environment step {step}")
 
 
 def evaluate(envs: gym.vector.VectorEnv, policy: nn.Module, obs_normalizer: ObservationNormalizer,
-             seed: int) -> np.ndarray:
-    """Undiscounted returns of one deterministic episode in each of ``envs``' sub-environments.
+             seeds: Sequence[int], env_id: str = "the environment") -> np.ndarray:
+    """Undiscounted returns of one deterministic episode in each of ``envs``' sub-environments,
+    reset with ``seeds`` (one per sub-environment).
 
     Actions are the policy's mode (the Gaussian mean, the most likely discrete action);
-    observations are normalised with the training statistics, frozen.
+    observations are normalised with the training statistics, frozen. A non-finite observation
+    or reward raises :class:`NonFiniteError`, as in training.
     """
     to_env_action = action_clipper(envs.single_action_space)
-    obs, _ = envs.reset(seed=seed)
+    obs, _ = envs.reset(seed=list(seeds))
+    check_finite(obs, "evaluation observation", env_id, 0)
     returns = np.zeros(envs.num_envs)
     done = np.zeros(envs.num_envs, bool)
+    steps = 0
     while not done.all():
         with torch.inference_mode():
             actions = policy.mode(policy(torch.from_numpy(obs_normalizer(obs)))).numpy()
         obs, rewards, terminated, truncated, _ = envs.step(to_env_action(actions))
+        steps += 1
+        live = ~done
+        check_finite(obs[live], "evaluation observation", env_id, steps)
+        check_finite(rewards[live], "evaluation reward", env_id, steps)
         returns += np.where(done, 0.0, rewards)
         done |= terminated | truncated
     return returns

@@ -1,0 +1,188 @@
+"""The resume policy: which checkpoint a run goes on from, which config keys may change, and
+when a finished run elsewhere may be copied instead of trained again.
+
+A checkpoint carries the run's metric history (every row up to its iteration), so resuming
+rewrites ``progress.csv`` from it: whatever happened to the file (a cut line, rows deleted,
+duplicated or garbled, the file emptied), the resumed run ends with exactly the rows of an
+uninterrupted one. A checkpoint written before histories were kept is resumed only if
+``progress.csv`` still proves iterations 1..N; otherwise the run refuses, touching nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from trpo.checkpoint import CheckpointError
+from trpo.config import ConfigError, flatten
+from trpo.provenance import code_differences
+from trpo.run_folder import HistoryError, RunFolder, find_run_folders, is_result_neutral
+
+log = logging.getLogger("trpo")
+
+
+def resumable_changes(current: DictConfig) -> tuple[str, ...]:
+    """Keys that may differ between a checkpoint's config and ``current``: the result-neutral
+    ones and ``total_steps`` (to extend a run), unless δ's schedule is spread over it."""
+    if current.solver.get("max_kl_final") is not None:
+        return ()
+    return ("total_steps",)
+
+
+def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
+    """The keys whose values differ between a checkpoint's config and ``current`` and may not."""
+    before = flatten(saved)
+    after = flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True))
+    allowed = resumable_changes(current)
+    return sorted(k for k in set(before) | set(after)
+                  if before.get(k) != after.get(k) and not is_result_neutral(k)
+                  and k not in allowed)
+
+
+def proven_history(folder: RunFolder, checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of iterations 1..N of the run that wrote ``checkpoint`` (N its iteration).
+
+    From the checkpoint's own history; for a checkpoint without one, from ``progress.csv`` if
+    it holds each of those iterations exactly once. Raises :class:`HistoryError` otherwise.
+    """
+    iteration = int(checkpoint["iteration"])
+    history = checkpoint.get("history")
+    if history is not None:
+        if [int(row["iteration"]) for row in history] != list(range(1, iteration + 1)):
+            raise HistoryError(f"the checkpoint's history does not hold iterations 1-{iteration}")
+        return [dict(row) for row in history]
+    read = folder.progress.read()
+    rows = [row for row in read.rows if row["iteration"] <= iteration]
+    if [row["iteration"] for row in rows] != list(range(1, iteration + 1)):
+        raise HistoryError(
+            f"{folder.progress.path} does not hold iterations 1-{iteration} of its checkpoint "
+            f"exactly once ({'; '.join(read.problems) or 'rows are missing'}), and the "
+            "checkpoint predates kept histories, so its rows cannot be rebuilt; resume=false "
+            "starts afresh beside it")
+    return rows
+
+
+@dataclass
+class Candidate:
+    """A checkpoint that passed its checksum: its file, its contents, the run that wrote it."""
+
+    path: Path
+    state: dict[str, Any]
+    folder: RunFolder
+
+
+@dataclass
+class StartPlan:
+    """How a run starts: from nothing, or from the first of ``candidates`` that loads."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # checkpoints that could not be read
+    reused_from: Optional[Path] = None  # a finished twin whose checkpoint was copied here
+
+    @property
+    def fresh(self) -> bool:
+        return not self.candidates
+
+
+def plan_start(cfg: DictConfig, folder: RunFolder) -> StartPlan:
+    """Decide how the run in ``folder`` starts, before anything is built or written.
+
+    Raises :class:`trpo.config.ConfigError` if the newest readable checkpoint was written with
+    a config that differs in a key that may not change, and :class:`CheckpointError` if
+    checkpoints exist but none can be read.
+    """
+    plan = StartPlan()
+    for path, state in folder.read_checkpoints():
+        if isinstance(state, Exception):
+            log.warning("%s", state)
+            plan.problems.append(str(state))
+        else:
+            plan.candidates.append(Candidate(path, state, folder))
+    if folder.has_checkpoint() and not plan.candidates:
+        raise CheckpointError("no usable checkpoint: " + "; ".join(plan.problems))
+    if plan.candidates:
+        changed = config_changes(plan.candidates[0].state["config"], cfg)
+        if changed:
+            raise ConfigError("resume", f"the config differs from the checkpoint's in "
+                              f"{', '.join(changed)}; resume=false starts afresh in a new "
+                              "directory", True)
+        return plan
+    if cfg.reuse_from is not None and cfg.resume:  # resume=false asks for a run of its own
+        twin = find_finished_twin(Path(cfg.reuse_from), cfg, folder)
+        if twin is not None:
+            source, path, checkpoint = twin
+            plan.candidates.append(Candidate(path, checkpoint, source))
+            plan.reused_from = source.path
+    return plan
+
+
+def resume(trainer, plan: StartPlan) -> Optional[Candidate]:
+    """Load the first candidate that fits ``trainer`` and rewrite ``progress.csv`` with its
+    history; returns it (``None`` for a fresh start).
+
+    A candidate that does not fit (wrong keys or shapes, non-finite values, a history that
+    cannot be proven) is reported by path and the next one tried; raises
+    :class:`CheckpointError` if none fits, with ``progress.csv`` untouched.
+    """
+    problems = list(plan.problems)
+    for candidate in plan.candidates:
+        try:
+            history = proven_history(candidate.folder, candidate.state)
+            trainer.load_state_dict(candidate.state)
+            bad = trainer.nonfinite_state()
+            if bad:
+                raise ValueError(f"non-finite values in {', '.join(bad[:3])}")
+        except HistoryError as error:
+            problem = f"{candidate.path}: {error}"
+        except Exception as error:  # a structurally wrong checkpoint: keys, shapes, types
+            problem = (f"{candidate.path}: does not fit this run ({type(error).__name__}: "
+                       f"{str(error).splitlines()[0] if str(error) else ''})")
+        else:
+            trainer.history = history
+            if plan.reused_from is not None:
+                trainer.wandb_id = None  # a W&B run of its own, to which the history is replayed
+                trainer.checkpoint()  # the twin's final state, as this run's own checkpoint
+            trainer.folder.progress.rewrite(history)
+            trained_by = code_differences(candidate.state.get("code"))
+            if trained_by:
+                log.warning("the checkpoint %s was written by other code (%s): going on assumes "
+                            "the change does not alter what the run computes", candidate.path,
+                            "; ".join(trained_by))
+            return candidate
+        log.warning("%s", problem)
+        problems.append(problem)
+    if plan.candidates:
+        raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
+    return None
+
+
+def find_finished_twin(search_root: Path, cfg: DictConfig, folder: RunFolder
+                       ) -> Optional[tuple[RunFolder, Path, dict[str, Any]]]:
+    """A completed run below ``search_root`` (other than ``folder``) whose config computes
+    what ``cfg`` asks for, with the same total_steps, whose final checkpoint proves its whole
+    history: the run, the checkpoint's path and contents; ``None`` if there is none."""
+    here = folder.path.resolve()
+    iterations = -(-cfg.total_steps // cfg.steps_per_iteration)
+    for source in find_run_folders([search_root]):
+        if source.path == here or source.state() != "completed":
+            continue
+        path, checkpoint = next(source.read_checkpoints(), (None, None))
+        if not isinstance(checkpoint, dict):
+            continue  # damaged, or none: not one to copy
+        saved = checkpoint["config"]
+        if saved.get("total_steps") != cfg.total_steps or config_changes(saved, cfg):
+            continue
+        if int(checkpoint["iteration"]) != iterations:
+            continue
+        try:
+            proven_history(source, checkpoint)
+        except HistoryError as error:
+            log.warning("not reusing %s: %s", source.path, error)
+            continue
+        log.info("reusing %s: it was trained with this config (reuse_from=%s)", source.path,
+                 search_root)
+        return source, path, checkpoint
