@@ -1,6 +1,8 @@
 """Train one agent per Hydra job: ``python run.py [group=option ...] [key=value ...]`` (-m sweeps)."""
 
+import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -8,10 +10,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trpo.checkpoint import CheckpointError
-from trpo.config import ConfigError
+from trpo.config import ConfigError, TrainConfig
 from trpo.run_folder import RunFolder, RunFolderBusy
 from trpo.train import RunInterrupted, train
 
@@ -37,6 +40,9 @@ def main(cfg: DictConfig) -> float:
         RunFolder(run_dir).remove_if_made_since(since)
         fail(f"error: {error}", 2)
     except RunFolderBusy as error:
+        if hydra_cfg.mode is RunMode.MULTIRUN:  # a study started twice: leave the run to its holder
+            print(f"skipped: {error}", file=sys.stderr, flush=True)
+            return math.nan
         fail(f"error: {error}", 2)
     except CheckpointError as error:
         # The run folder holds checkpoints, none of them usable: everything stays as it is.
@@ -64,8 +70,13 @@ def check_output_dirs(argv: list[str]) -> None:
         fail(f"error: {str(error).splitlines()[0]}", 2)
     for override in parsed:
         value = str(override.value())
+        for name in re.findall(r"\$\{([^}:]*)[}:]", value):
+            if not (name in ("now", "hydra") or name.startswith("oc.")
+                    or name.split(".")[0] in TrainConfig.__dataclass_fields__):
+                fail(f"error: {override.key_or_group}={value}: ${{{name}}} is neither a config "
+                     "key (name, seed, env.id, ...) nor a resolver (now, hydra, oc.env)", 2)
         if "${" in value:
-            continue  # resolved by Hydra, which reports a bad interpolation in one line
+            continue  # a folder known only once Hydra resolves it
         target = Path(value).absolute()
         existing = next(p for p in (target, *target.parents) if p.exists())
         problem = None

@@ -20,16 +20,16 @@ import sys
 from pathlib import Path
 
 from analysis.__main__ import main as analyse
+from trpo.config import result_neutral_keys
 from experiments.status import format_status, planned_run_names, study_status
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 RESULTS_PAGE = ROOT / "RESULTS.md"
 # Run folders named by their overrides rather than by job number, so that the same run lands in
-# the same folder (and resumes there) whatever else the sweep holds. W&B settings don't change
-# what a run computes and stay out of the name, as does where finished twins are looked for.
-NOT_IN_RUN_NAMES = ("experiment", "logger.mode", "logger.project", "logger.entity", "logger.tags",
-                    "reuse_from")
+# the same folder (and resumes there) whatever else the sweep holds. Keys that do not change what
+# a run computes stay out of the name, as does the study's own name.
+NOT_IN_RUN_NAMES = ("experiment", *result_neutral_keys())
 SWEEP_LAYOUT = ("hydra.sweep.subdir=${hydra:job.override_dirname}",
                 f"hydra.job.config.override_dirname.exclude_keys=[{','.join(NOT_IN_RUN_NAMES)}]")
 

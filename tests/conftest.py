@@ -1,7 +1,11 @@
-"""Shared fixtures: composing the project's Hydra config as ``run.py`` does."""
+"""Shared fixtures and helpers: composing the project's Hydra config as ``run.py`` does, running
+``run.py`` as a user does, and comparing runs."""
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -28,3 +32,16 @@ def compose_config():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def run_py(*args, timeout=300):
+    """``python run.py args`` in the checkout, as a user runs it; the finished process."""
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def without_timing(progress: pd.DataFrame) -> pd.DataFrame:
+    """The columns that measure time or memory differ between two runs of the same command."""
+    machine = [c for c in progress.columns
+               if c.startswith("time_") or c in ("wall_s", "steps_per_s", "rss_mb")]
+    return progress.drop(columns=machine)

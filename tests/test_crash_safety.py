@@ -17,8 +17,7 @@ import pytest
 import torch
 
 import tests.toy_envs  # noqa: F401  (registers Counter-v0)
-from tests.conftest import ROOT, TINY
-from tests.test_run import run_py, without_timing
+from tests.conftest import ROOT, TINY, run_py, without_timing
 from trpo.checkpoint import CheckpointError, env_state, read_checkpoint, set_env_state
 from trpo.config import ConfigError
 from trpo.run_folder import CHECKPOINT, PREVIOUS, RunFolder

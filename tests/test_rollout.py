@@ -68,16 +68,7 @@ def test_rollout_end_bootstraps_from_the_next_observation():
     assert not rollout.episode_end[-1].any()
 
 
-class NaNRewardEnv(tests.toy_envs.CounterEnv):
-    def step(self, action):
-        obs, _, terminated, truncated, info = super().step(action)
-        return obs, float("nan") if self.k == 2 else 1.0, terminated, truncated, info
-
-
 def test_non_finite_reward_stops_with_env_step_and_value():
-    import gymnasium as gym
-
-    gym.register("NaNReward-v0", entry_point=NaNRewardEnv, max_episode_steps=10)
     with pytest.raises(NonFiniteError, match=r"NaNReward-v0 .*non-finite reward \(nan\) at "
                                              r"environment step 4"):
         collect("NaNReward-v0", num_envs=2, steps=5)

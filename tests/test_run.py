@@ -7,23 +7,10 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, run_py, without_timing
 from trpo.train import train
 
-
-def without_timing(progress: pd.DataFrame) -> pd.DataFrame:
-    """The columns that measure time or memory differ between two runs of the same command."""
-    machine = [c for c in progress.columns
-               if c.startswith("time_") or c in ("wall_s", "steps_per_s", "rss_mb")]
-    return progress.drop(columns=machine)
-
-
 INTERFACE_COLUMNS = ["iteration", "env_steps", "wall_s", "return_mean", "eval_return_mean", "kl"]
-
-
-def run_py(*args, timeout=300):
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_every_solver_and_estimator_on_cartpole_and_hopper(tmp_path):
@@ -159,15 +146,13 @@ def test_async_vector_mode_trains(compose_config, tmp_path):
 def test_a_run_that_fails_finishes_its_wandb_run_and_records_the_failure(compose_config,
                                                                          tmp_path):
     """joblib reuses worker processes: a W&B run left open would leak into the next job."""
-    import gymnasium as gym
     import wandb
 
-    from tests.test_rollout import NaNRewardEnv
+    import tests.toy_envs  # noqa: F401  (registers NaNReward-v0)
     from trpo.rollout import NonFiniteError
 
-    gym.register("NaNRewardForRun-v0", entry_point=NaNRewardEnv, max_episode_steps=10)
     overrides = [o for o in TINY if not o.startswith("logger.mode")]
-    cfg = compose_config(["env=cartpole", "env.id=NaNRewardForRun-v0", *overrides,
+    cfg = compose_config(["env=cartpole", "env.id=NaNReward-v0", *overrides,
                           "logger.mode=offline", "num_envs=1", "steps_per_iteration=8"])
     with pytest.raises(NonFiniteError):
         train(cfg, tmp_path)

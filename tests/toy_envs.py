@@ -33,6 +33,15 @@ class CounterEnv(gym.Env):
         return np.array([self.k, 100 + self.episode], dtype=np.float32)
 
 
+class NaNRewardEnv(CounterEnv):
+    """A CounterEnv whose second step of every episode has a NaN reward."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, float("nan") if self.k == 2 else 1.0, terminated, truncated, info
+
+
 gym.register("Counter-v0", entry_point=CounterEnv, max_episode_steps=3)
 gym.register("CounterTerminating-v0", entry_point=CounterEnv, max_episode_steps=5,
              kwargs={"terminate_at": 2})
+gym.register("NaNReward-v0", entry_point=NaNRewardEnv, max_episode_steps=10)

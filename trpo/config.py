@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -155,7 +156,9 @@ def check_env_spaces(cfg: "EnvConfig") -> None:
     try:
         env = gymnasium.make(cfg.id, **kwargs)
     except TypeError as error:  # an argument the task does not take
-        raise ConfigError("kwargs", f"{cfg.id} does not accept them ({error})", dict(cfg.kwargs))
+        unexpected = re.search(r"unexpected keyword argument '\w+'", str(error))
+        why = unexpected.group(0) if unexpected else str(error).splitlines()[0]
+        raise ConfigError("kwargs", f"{cfg.id} does not accept them ({why})", dict(cfg.kwargs))
     except gymnasium.error.Error as error:
         raise ConfigError("id", f"cannot be made here ({str(error).splitlines()[0]})", cfg.id)
     try:
@@ -476,6 +479,21 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = tuple(value) if isinstance(value, list) else value
     return flat
+
+
+def result_neutral_keys() -> list[str]:
+    """Every config key, spelled out, that :data:`trpo.run_folder.RESULT_NEUTRAL_KEYS` names
+    (``logger.`` becomes ``logger.mode``, ``logger.project``, ...)."""
+    from trpo.run_folder import RESULT_NEUTRAL_KEYS
+
+    sections = {"logger": LoggerConfig, "critic": CriticConfig}
+    keys = []
+    for key in RESULT_NEUTRAL_KEYS:
+        if key.endswith("."):
+            keys += [f"{key}{f.name}" for f in fields(sections[key[:-1]])]
+        else:
+            keys.append(key)
+    return keys
 
 
 # Sections of the config that hold a schema of their own: the five groups and ``critic``.

@@ -98,7 +98,6 @@ def plan_start(cfg: DictConfig, folder: RunFolder) -> StartPlan:
     plan = StartPlan()
     for path, state in folder.read_checkpoints():
         if isinstance(state, Exception):
-            log.warning("%s", state)
             plan.problems.append(str(state))
         else:
             plan.candidates.append(Candidate(path, state, folder))
@@ -125,8 +124,8 @@ def resume(trainer, plan: StartPlan) -> Optional[Candidate]:
     history; returns it (``None`` for a fresh start).
 
     A candidate that does not fit (wrong keys or shapes, non-finite values, a history that
-    cannot be proven) is reported by path and the next one tried; raises
-    :class:`CheckpointError` if none fits, with ``progress.csv`` untouched.
+    cannot be proven) is passed over for the next one, and reported by path once one fits;
+    raises :class:`CheckpointError` naming each if none fits, having written nothing.
     """
     problems = list(plan.problems)
     for candidate in plan.candidates:
@@ -142,6 +141,8 @@ def resume(trainer, plan: StartPlan) -> Optional[Candidate]:
             problem = (f"{candidate.path}: does not fit this run ({type(error).__name__}: "
                        f"{str(error).splitlines()[0] if str(error) else ''})")
         else:
+            for problem in problems:
+                log.warning("%s", problem)
             trainer.history = history
             if plan.reused_from is not None:
                 trainer.wandb_id = None  # a W&B run of its own, to which the history is replayed
@@ -153,7 +154,6 @@ def resume(trainer, plan: StartPlan) -> Optional[Candidate]:
                             "the change does not alter what the run computes", candidate.path,
                             "; ".join(trained_by))
             return candidate
-        log.warning("%s", problem)
         problems.append(problem)
     if plan.candidates:
         raise CheckpointError("no usable checkpoint: " + "; ".join(problems))

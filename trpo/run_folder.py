@@ -226,8 +226,8 @@ def _parse(header: list[str], cells: list[str]) -> Optional[dict[str, Optional[f
         if cell == "":
             row[key] = None
             continue
-        try:
-            row[key] = int(cell) if key == "iteration" else float(cell)
+        try:  # an integer stays one, so a row rewritten from this reads as it was written
+            row[key] = int(cell) if cell.lstrip("-").isdigit() else float(cell)
         except ValueError:
             return None
     if row["iteration"] is None or row["iteration"] < 1:

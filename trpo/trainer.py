@@ -133,14 +133,16 @@ class Trainer:
         self.obs_normalizer.load_state_dict(state["obs_normalizer"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.iteration = int(state["iteration"])
-        self.collector.load_state_dict(state["collector"], self.iteration)
+        collector = dict(state["collector"])
+        collector.setdefault("envs", state.get("envs"))  # where checkpoints before 2026-12 kept it
+        self.collector.load_state_dict(collector, self.iteration)
         set_global_rng_state(state["rng"])
         self.wall_s = float(state["wall_s"])
         self.checkpointed_at = self.iteration
         self.final_return = float(state["final_return"])
         self.rejected_in_a_row = int(state["rejected_in_a_row"])
         self.wandb_id = state["wandb_id"]
-        self.history = [dict(row) for row in state["history"]]
+        self.history = [dict(row) for row in state.get("history", [])]
 
     def checkpoint(self) -> None:
         """Save a checkpoint of this iteration; raises :class:`TrainingError` instead if the

@@ -1,0 +1,478 @@
+"""The run folder can be trusted: nothing of the user's is deleted, one process trains in a
+folder, resuming proves the history, checkpoints hold finite loadable state, stops are a state
+of their own, bad input is refused before anything is written, and seeds never share streams.
+Each test reproduces a defect found by trying to break the project."""
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import tests.toy_envs  # noqa: F401  (registers NaNReward-v0)
+from tests.conftest import ROOT, TINY, run_py, without_timing
+from trpo.checkpoint import read_checkpoint, write_checkpoint_file
+from trpo.config import ConfigError, EnvConfig, VectorMode
+from trpo.run_folder import CHECKPOINT, ProgressFile, RunFolder, RunFolderBusy
+from trpo.seeding import stream_seeds
+from trpo.train import RunInterrupted, TrainingError, train
+
+CARTPOLE = ["env=cartpole", *TINY, "checkpoint_every=2", "eval_every=2"]
+
+
+def strict_json(path):
+    """``path``'s JSON, refusing NaN and Infinity (which are not JSON)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def files_of(folder):
+    """Every file below ``folder`` with its bytes (``run.lock`` aside: each process that takes
+    the lock writes its PID there)."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "run.lock"}
+
+
+# ------------------------------------------------------------------ never delete what is not ours
+
+
+def test_a_bad_value_leaves_an_existing_folder_and_its_files_alone(tmp_path):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("keep")
+    result = run_py("solver.max_kl=-1", f"hydra.run.dir={folder}", timeout=120)
+    assert result.returncode == 2
+    assert files_of(folder) == {folder.joinpath("thesis.tex").relative_to(folder): b"keep"}
+
+
+def test_a_bad_value_with_the_current_folder_as_run_dir_deletes_nothing(tmp_path):
+    """``hydra.run.dir=.`` in a checkout: the checkout, .git included, stays."""
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (tmp_path / "notes.md").write_text("mine")
+    before = files_of(tmp_path)
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "advantage.lam=2",
+                             "hydra.run.dir=."], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert files_of(tmp_path) == before
+
+
+def test_a_refused_resume_leaves_the_folder_as_it_was(tmp_path):
+    """A changed config is refused; with progress.csv gone, the checkpoints still stay."""
+    args = [*CARTPOLE, f"hydra.run.dir={tmp_path}"]
+    assert run_py(*args).returncode == 0
+    (tmp_path / "progress.csv").unlink()
+    before = files_of(tmp_path)
+    result = run_py(*args, "solver.max_kl=0.02", timeout=120)
+    assert result.returncode == 2
+    assert "solver.max_kl" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert files_of(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- one process
+
+
+def test_a_second_process_on_a_busy_folder_exits_2_naming_the_holder(tmp_path):
+    holder = RunFolder(tmp_path)
+    holder.lock.acquire()  # this test process holds it
+    (tmp_path / "keep").write_text("")
+    result = run_py(*CARTPOLE, f"hydra.run.dir={tmp_path}", timeout=120)
+    holder.lock.release()
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in line and str(tmp_path) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "run.lock"]
+
+
+def test_a_sweep_skips_a_run_that_another_process_trains_and_says_so(tmp_path):
+    (tmp_path / "0").mkdir(parents=True)
+    holder = RunFolder(tmp_path / "0")
+    holder.lock.acquire()
+    result = run_py("-m", "env=cartpole", "seed=0,1", *TINY, "hydra/launcher=basic",
+                    f"hydra.sweep.dir={tmp_path}")
+    holder.lock.release()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"skipped: {tmp_path / '0'} is in use by pid {os.getpid()}" in result.stderr
+    assert not (tmp_path / "0" / "progress.csv").exists()
+    assert RunFolder(tmp_path / "1").state() == "completed"
+
+
+def test_the_lock_goes_with_the_process_that_held_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
+                               "from trpo.run_folder import RunFolder; "
+                               f"RunFolder({str(tmp_path)!r}).lock.acquire(); "
+                               "print('held', flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    folder = RunFolder(tmp_path)
+    with pytest.raises(RunFolderBusy, match=f"pid {holder.pid}"):
+        folder.lock.acquire()
+    holder.kill()
+    holder.wait()
+    folder.lock.acquire()  # free once the holder is gone, even after kill -9
+    folder.lock.release()
+
+
+def test_a_running_record_without_its_process_reads_as_interrupted(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.write_status("running")
+    assert folder.state() == "interrupted"
+    folder.lock.acquire()
+    assert folder.state() == "running"
+    folder.lock.release()
+
+
+# --------------------------------------------------------------------- resume proves history
+
+
+def damage_cut(path):
+    path.write_bytes(path.read_bytes()[:-25])
+
+
+def damage_empty(path):
+    path.write_text("")
+
+
+def damage_delete(path):
+    path.unlink()
+
+
+def damage_drop_rows(path):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + lines[4:]))
+
+
+def damage_duplicate_rows(path):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines + lines[1:3]))
+
+
+def damage_garbage_rows(path):
+    with open(path, "a") as file:
+        file.write("5,640,1.0,garbage written after the last checkpoint\nnot,a,row\n")
+
+
+def damage_binary(path):
+    path.write_bytes(os.urandom(3000))
+
+
+@pytest.mark.parametrize("damage", [damage_cut, damage_empty, damage_delete, damage_drop_rows,
+                                    damage_duplicate_rows, damage_garbage_rows, damage_binary],
+                         ids=lambda f: f.__name__.removeprefix("damage_"))
+def test_a_resumed_run_has_the_rows_of_an_uninterrupted_one_whatever_happened_to_the_file(
+        compose_config, tmp_path, damage):
+    train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "whole")
+    train(compose_config([*CARTPOLE, "total_steps=512"]), tmp_path / "pieces")
+    damage(tmp_path / "pieces" / "progress.csv")
+    train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "pieces")
+    assert ((tmp_path / "whole" / "progress.csv").read_text().splitlines()[0]
+            == (tmp_path / "pieces" / "progress.csv").read_text().splitlines()[0])
+    whole, pieces = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
+                     for d in ("whole", "pieces"))
+    assert whole["iteration"].tolist() == list(range(1, 9))
+    pd.testing.assert_frame_equal(whole, pieces)
+
+
+def forget_history(run_dir):
+    """Make the run's checkpoints look like ones written before checkpoints kept histories
+    (the environments' state then sat beside the collector's)."""
+    for path, state in RunFolder(run_dir).read_checkpoints():
+        del state["history"]
+        state["envs"] = state["collector"].pop("envs")
+        write_checkpoint_file(path, run_dir / "replaced", state)
+        (run_dir / "replaced").unlink()
+
+
+def test_an_old_checkpoint_resumes_when_progress_csv_proves_its_iterations(compose_config,
+                                                                            tmp_path):
+    train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "whole")
+    train(compose_config([*CARTPOLE, "total_steps=512"]), tmp_path / "old")
+    forget_history(tmp_path / "old")
+    damage_garbage_rows(tmp_path / "old" / "progress.csv")  # rows after the checkpoint go
+    train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "old")
+    whole, old = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
+                  for d in ("whole", "old"))
+    pd.testing.assert_frame_equal(whole, old)
+
+
+def test_an_old_checkpoint_with_a_damaged_history_is_refused_touching_nothing(tmp_path):
+    args = [*CARTPOLE, f"hydra.run.dir={tmp_path}"]
+    assert run_py(*args).returncode == 0
+    forget_history(tmp_path)
+    damage_drop_rows(tmp_path / "progress.csv")
+    before = files_of(tmp_path)
+    result = run_py(*args, "total_steps=512", timeout=120)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "does not hold iterations 1-2" in line and "cannot be rebuilt" in line
+    assert files_of(tmp_path) == before
+
+
+def test_rows_are_made_durable_before_the_checkpoint_that_covers_them(tmp_path, monkeypatch):
+    order = []
+    monkeypatch.setattr(ProgressFile, "sync", lambda self: order.append("progress.csv synced"))
+    monkeypatch.setattr("trpo.checkpoint.write_checkpoint_file",
+                        lambda *args: order.append("checkpoint written"))
+    RunFolder(tmp_path).save_checkpoint({"iteration": 1})
+    assert order == ["progress.csv synced", "checkpoint written"]
+
+
+def test_reuse_copies_only_a_run_whose_history_proves_complete(compose_config, tmp_path):
+    base = [*CARTPOLE, "checkpoint_every=1"]
+    train(compose_config([*base, "name=first"]), tmp_path / "done" / "run")
+    rows = (tmp_path / "done" / "run" / "progress.csv").read_text()
+    # A finished twin whose progress.csv was emptied: its checkpoint's history is whole.
+    (tmp_path / "done" / "run" / "progress.csv").write_text("")
+    train(compose_config([*base, f"reuse_from={tmp_path / 'done'}"]), tmp_path / "copy")
+    assert RunFolder(tmp_path / "copy").read_status()["reused_from"] == str(
+        tmp_path / "done" / "run")
+    assert (tmp_path / "copy" / "progress.csv").read_text() == rows
+    # An old twin (no history in its checkpoint) whose progress.csv is short is not copied.
+    forget_history(tmp_path / "done" / "run")
+    (tmp_path / "done" / "run" / "progress.csv").write_text(rows.splitlines(True)[0])
+    train(compose_config([*base, f"reuse_from={tmp_path / 'done'}"]), tmp_path / "trained")
+    assert "reused_from" not in RunFolder(tmp_path / "trained").read_status()
+    assert len(pd.read_csv(tmp_path / "trained" / "progress.csv")) == 2
+
+
+# ------------------------------------------------------------- checkpoints hold finite state
+
+
+@pytest.mark.parametrize("spoil", ["missing key", "wrong shape", "non-finite"])
+def test_a_checkpoint_that_does_not_fit_or_is_not_finite_falls_back_to_the_previous_one(
+        compose_config, tmp_path, caplog, spoil):
+    train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "whole")
+    train(compose_config([*CARTPOLE, "total_steps=512"]), tmp_path / "run")
+    state = read_checkpoint(tmp_path / "run" / CHECKPOINT)
+    if spoil == "missing key":
+        del state["value"]
+    elif spoil == "wrong shape":
+        state["policy"] = {k: torch.zeros(3, 3) for k in state["policy"]}
+    else:
+        state["value"] = {k: torch.full_like(v, float("nan")) for k, v in state["value"].items()}
+    write_checkpoint_file(tmp_path / "run" / CHECKPOINT, tmp_path / "run" / "replaced", state)
+    train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "run")
+    assert f"{tmp_path / 'run' / CHECKPOINT}: does not fit this run" in caplog.text
+    whole, resumed = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
+                      for d in ("whole", "run"))
+    pd.testing.assert_frame_equal(whole, resumed)  # from the previous checkpoint, exactly
+
+
+def test_a_diverged_value_network_stops_the_run_and_the_checkpoint_called_intact_is(
+        compose_config, tmp_path, monkeypatch):
+    from trpo.critic import ValueFitter
+
+    real_fit = ValueFitter._fit
+    fits = []
+
+    def fit_that_diverges(self, obs, targets):
+        real_fit(self, obs, targets)
+        fits.append(1)
+        if len(fits) >= 3:
+            with torch.no_grad():
+                for parameter in self.value.parameters():
+                    parameter.fill_(float("nan"))
+
+    monkeypatch.setattr(ValueFitter, "_fit", fit_that_diverges)
+    cfg = compose_config([*CARTPOLE, "total_steps=1024", "checkpoint_every=2"])
+    with pytest.raises(TrainingError, match=r"the checkpoint of iteration 2 .* is intact"):
+        train(cfg, tmp_path)
+    state = read_checkpoint(tmp_path / CHECKPOINT)
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for part in ("policy", "value")
+               for v in state[part].values())
+    assert strict_json(tmp_path / "status.json")["status"] == "failed"
+
+
+# ------------------------------------------------------------------------- evaluation faults
+
+
+def test_a_non_finite_evaluation_fails_the_run_and_status_json_stays_valid_json(
+        compose_config, tmp_path, monkeypatch):
+    import trpo.trainer
+
+    real_make = trpo.trainer.make_vector_env
+    made = []
+
+    def make(cfg, num_envs, mode=VectorMode.sync):
+        made.append(num_envs)
+        if len(made) == 2:  # the Trainer builds the training envs first, then evaluation's
+            cfg = EnvConfig(id="NaNReward-v0")
+        return real_make(cfg, num_envs, mode)
+
+    monkeypatch.setattr(trpo.trainer, "make_vector_env", make)
+    with pytest.raises(Exception, match="non-finite evaluation reward"):
+        train(compose_config([*CARTPOLE, "env.id=Counter-v0"]), tmp_path)
+    status = strict_json(tmp_path / "status.json")
+    assert status["status"] == "failed" and "NonFiniteError" in status["error"]
+
+
+def test_status_json_writes_nan_as_null(tmp_path):
+    RunFolder(tmp_path).write_status("completed", final_eval_return=float("nan"))
+    assert strict_json(tmp_path / "status.json")["final_eval_return"] is None
+
+
+# ---------------------------------------------------------------------------------- stopping
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_run_cleanly_and_the_printed_command_resumes_it_exactly(tmp_path,
+                                                                                  signum):
+    args = ["env=hopper", "total_steps=15360", "steps_per_iteration=512", "num_envs=2",
+            "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=5",
+            "logger.mode=disabled"]
+    assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "run.py", *args, f"hydra.run.dir={stopped}"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # part-way, between two checkpoints
+        progress = stopped / "progress.csv"
+        if progress.exists() and len(progress.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: stopped after iteration ") and "to resume: " in last
+    status = strict_json(stopped / "status.json")
+    assert status["status"] == "interrupted" and status["signal"] == signal.Signals(signum).name
+    assert status["checkpoint_iteration"] == status["iteration"]
+    assert RunFolder(stopped).state() == "interrupted"
+
+    command = shlex.split(last.split("to resume: ", 1)[1])
+    assert command[:2] == ["python", "run.py"]
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole, pieces = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
+                     for d in ("whole", "stopped"))
+    pd.testing.assert_frame_equal(whole, pieces)
+
+
+def test_a_stopped_run_finishes_its_wandb_run_as_interrupted(compose_config, tmp_path,
+                                                             monkeypatch):
+    import trpo.logger
+    import trpo.trainer
+
+    closed = []
+    monkeypatch.setattr(trpo.logger.WandbWriter, "close",
+                        lambda self, status="completed": (closed.append(status),
+                                                          self.run.finish()))
+    real_iteration = trpo.trainer.Trainer.train_iteration
+
+    def iteration_then_signal(self, is_last):
+        row = real_iteration(self, is_last)
+        if self.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return row
+
+    monkeypatch.setattr(trpo.trainer.Trainer, "train_iteration", iteration_then_signal)
+    overrides = [o for o in CARTPOLE if not o.startswith("logger.mode")]
+    cfg = compose_config([*overrides, "logger.mode=offline", "total_steps=1024"])
+    with pytest.raises(RunInterrupted, match="stopped after iteration 2") as stop:
+        train(cfg, tmp_path)
+    assert stop.value.signal == signal.SIGTERM and closed == ["interrupted"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("override, says", [
+    ("seed=4294967296", "seed=4294967296 is not allowed: must be an integer in [0, 2**32)"),
+    ("+env.kwargs.foo=1", "env.kwargs={'foo': 1} is not allowed: Hopper-v5 does not accept "
+                          "them (unexpected keyword argument 'foo')"),
+    ("env.id=FrozenLake-v1", "env.id='FrozenLake-v1' is not allowed: must have a Box "
+                             "observation space"),
+    ("env.id=Blackjack-v1", "env.id='Blackjack-v1' is not allowed: must have a Box "
+                            "observation space"),
+])
+def test_bad_input_exits_2_in_one_line_leaving_no_folder(tmp_path, override, says):
+    run_dir = tmp_path / "run"
+    result = run_py(override, f"hydra.run.dir={run_dir}", timeout=120)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {says}")
+    assert not run_dir.exists()
+
+
+def test_a_box2d_task_without_box2d_exits_2_in_one_line(tmp_path):
+    try:
+        import Box2D  # noqa: F401
+        installed = True
+    except ImportError:
+        installed = False
+    result = run_py("env.id=LunarLander-v3", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    if installed:
+        assert result.returncode == 0
+        return
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "LunarLander-v3" in line and "Box2D is not installed" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_path_with_an_unknown_interpolation_exits_2_in_one_line(tmp_path):
+    result = run_py(f"hydra.run.dir={tmp_path}/${{oops}}", timeout=120)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "${oops} is neither a config key" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_quoted_output_path_is_the_folder_it_names_and_nothing_else_is_made(tmp_path):
+    (tmp_path / "cwd").mkdir()
+    target = tmp_path / "with space"
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "env=cartpole", *TINY,
+                             f'hydra.run.dir="{target}"'], cwd=tmp_path / "cwd",
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert RunFolder(target).state() == "completed"
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+# --------------------------------------------------------------------------------- seeds
+
+
+def test_no_two_runs_or_roles_share_a_random_stream():
+    train_envs = [s for seed in range(10) for s in stream_seeds(seed, "train_envs", 8)]
+    assert len(set(train_envs)) == 80  # with seed + i, env i of s+1 was env i+1 of s
+    evaluation = [s for seed in range(5) for s in stream_seeds(seed, "evaluation", 5, 10)]
+    assert len(set(evaluation)) == 25  # with seed + iteration + j, 9 distinct starts
+    later = [s for seed in range(5) for s in stream_seeds(seed, "evaluation", 5, 20)]
+    assert not set(evaluation) & set(later)
+    assert not set(train_envs) & set(evaluation)
+
+
+def test_neighbouring_seeds_start_their_environments_in_different_states(compose_config,
+                                                                         tmp_path):
+    from trpo.trainer import Trainer
+
+    first, second = (Trainer(compose_config(["env=hopper", *TINY, f"seed={s}"]),
+                             RunFolder(tmp_path / str(s))) for s in (0, 1))
+    try:
+        starts = np.concatenate([first.collector.obs, second.collector.obs])
+        assert len({tuple(row) for row in starts.round(12)}) == 4
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_config_error_raises_before_the_folder_is_touched(compose_config, tmp_path):
+    with pytest.raises(ConfigError):
+        train(compose_config([*CARTPOLE, "advantage.lam=3"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
