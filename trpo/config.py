@@ -9,10 +9,11 @@ express (``solver.max_kl > 0``, ``advantage.lam`` in [0, 1], ...) are checked by
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -379,6 +380,9 @@ class LoggerConfig:
     tags: List[str] = field(default_factory=list)
     # Console line every this many iterations.
     console_every: int = 1
+    # Show W&B's own console messages (where the run is saved, how to sync it); off, the run's
+    # lines are the only ones.
+    wandb_messages: bool = False
 
     def validate(self) -> None:
         _positive_int(self, "console_every")
@@ -418,6 +422,8 @@ class TrainConfig:
 
     # Experiment name: the W&B group and the first part of output folder names.
     name: str = "default"
+    # Seeds every random stream of the run, each its own (trpo.seeding): environment resets,
+    # action sampling, evaluation episodes, minibatch orders.
     seed: int = 0
     # Environment steps after which the run ends (the env's ``default_steps`` unless overridden).
     total_steps: int = II("env.default_steps")
@@ -427,6 +433,7 @@ class TrainConfig:
     # Parallel training environments in one process, stepped as one batch (a speed setting: the
     # batch per update stays steps_per_iteration; 8 × 256 steps instead of the zoo's 2 × 1024).
     num_envs: int = 8
+    # How they are stepped: sync in this process (exact resume), async in subprocesses.
     vector_mode: VectorMode = VectorMode.sync
     # Running mean/std observation normalisation (SB3 VecNormalize, as in the zoo's TRPO settings).
     normalize_obs: bool = True
@@ -519,8 +526,18 @@ def register_configs() -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check every value's range; raise :class:`ConfigError` naming the first bad key."""
+    """Check every key and every value's range; raise :class:`ConfigError` naming the first bad
+    key (a key no schema has, added with ``+``, included)."""
     for group in SECTIONS:
+        schema = OmegaConf.get_type(cfg[group])
+        if is_dataclass(schema):
+            names = [f.name for f in fields(schema)]
+            for key in cfg[group]:
+                if key not in names:
+                    close = difflib.get_close_matches(key, names, n=1)
+                    hint = f"did you mean {group}.{close[0]}? " if close else ""
+                    raise ConfigError(f"{group}.{key}", f"{schema.__name__} has no such setting; "
+                                      f"{hint}(settings: {', '.join(names)})", cfg[group][key])
         try:
             OmegaConf.to_object(cfg[group]).validate()
         except ConfigError as error:

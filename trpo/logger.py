@@ -73,7 +73,8 @@ class WandbWriter(MetricWriter):
             id=resume_id if online else None, resume="allow" if online and resume_id else None,
             # A joblib worker runs several jobs in one process: never continue a leftover run.
             reinit="finish_previous",
-            settings=wandb.Settings(quiet=True, console="off", init_timeout=self.INIT_TIMEOUT_S))
+            settings=wandb.Settings(quiet=True, silent=not cfg.wandb_messages, console="off",
+                                    init_timeout=self.INIT_TIMEOUT_S))
         self.run.define_metric("env_steps")
         self.run.define_metric("*", step_metric="env_steps")
 
@@ -91,8 +92,8 @@ class ConsoleWriter(MetricWriter):
     Speed and time left use the run's average rate so far, evaluations included.
     """
 
-    def __init__(self, total_steps: int, every: int = 1):
-        self.total_steps, self.every = total_steps, every
+    def __init__(self, total_steps: int, every: int = 1, tag: Optional[str] = None):
+        self.total_steps, self.every, self.tag = total_steps, every, tag
 
     def write(self, row: Row) -> None:
         iteration, steps = int(row["iteration"]), int(row["env_steps"])
@@ -106,7 +107,7 @@ class ConsoleWriter(MetricWriter):
             parts.append(f"eval {_fmt(row['eval_return_mean'])}")
         parts += [f"kl {_fmt(row.get('kl'), '.4f')}", f"{_fmt(rate, ',.0f')} steps/s",
                   f"left {left / 60:.1f} min"]
-        log.info(" | ".join(parts))
+        log.info("%s%s", f"{self.tag} " if self.tag else "", " | ".join(parts))
 
 
 def _fmt(value: Optional[float], spec: str = ".1f") -> str:
@@ -149,7 +150,8 @@ class MetricLogger(MetricWriter):
 
 
 def make_logger(cfg: LoggerConfig, folder: RunFolder, run_name: str, config: dict[str, Any],
-                total_steps: int, resume_id: Optional[str] = None) -> MetricLogger:
+                total_steps: int, resume_id: Optional[str] = None,
+                console_tag: Optional[str] = None) -> MetricLogger:
     """``progress.csv`` and the console always; W&B unless ``logger.mode=disabled``.
 
     If W&B cannot start (no network, no login), training goes on with the local log and a
@@ -163,5 +165,5 @@ def make_logger(cfg: LoggerConfig, folder: RunFolder, run_name: str, config: dic
             log.warning("W&B (%s) could not start, training goes on with progress.csv only: "
                         "%s: %s", cfg.mode.value, type(error).__name__,
                         str(error).splitlines()[0] if str(error) else "")
-    writers += [CSVWriter(folder.progress), ConsoleWriter(total_steps, cfg.console_every)]
+    writers += [CSVWriter(folder.progress), ConsoleWriter(total_steps, cfg.console_every, console_tag)]
     return MetricLogger(writers)

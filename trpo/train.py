@@ -82,11 +82,12 @@ def fresh_run_dir(run_dir: Path) -> Path:
 
 def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, *,
           hydra_config: Optional[DictConfig] = None, overrides: Optional[list[str]] = None,
-          resume_command: Optional[str] = None) -> float:
+          resume_command: Optional[str] = None, console_tag: Optional[str] = None) -> float:
     """Train one agent as ``cfg`` says, logging every iteration into ``run_dir``.
 
     ``hydra_config`` and ``overrides`` (from ``run.py``) are recorded in ``.hydra/`` with the
-    config; ``resume_command`` is what an interrupted run tells the user to run again.
+    config; ``resume_command`` is what an interrupted run tells the user to run again;
+    ``console_tag`` starts each console line (a sweep's job, ``[#3 hopper trpo s1]``).
 
     Raises, before anything is built or written: :class:`trpo.config.ConfigError` for a bad
     value, or a checkpoint written with another config; :class:`trpo.run_folder.RunFolderBusy`
@@ -102,21 +103,25 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
     if folder.has_run() and not cfg.resume:
         folder = RunFolder(fresh_run_dir(run_dir))
         log.info("resume=false: starting afresh in %s", folder.path)
+    was_empty = not any(folder.path.iterdir())
     folder.lock.acquire()
     try:
         plan = plan_start(cfg, folder)
         trainer = Trainer(cfg, folder)
         try:
             return _train(cfg, folder, trainer, plan, run_name or f"{cfg.env.id}-s{cfg.seed}",
-                          hydra_config, overrides, resume_command)
+                          hydra_config, overrides, resume_command, console_tag)
         finally:
             trainer.close()
     finally:
         folder.progress.close()
         folder.lock.release()
+        if was_empty and not folder.has_run():  # it failed before it started: leave no trace
+            folder.lock.path.unlink(missing_ok=True)
 
 
-def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume_command):
+def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume_command,
+           console_tag):
     started = resume(trainer, plan)
     if started is not None and plan.reused_from is None:
         log.info("resuming %s from iteration %d (%d environment steps)", folder.path,
@@ -131,7 +136,7 @@ def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume
     folder.write_config(cfg, hydra_config, overrides)
     logger = make_logger(cfg.logger, folder, run_name,
                          OmegaConf.to_container(cfg, resolve=True), cfg.total_steps,
-                         resume_id=trainer.wandb_id)
+                         resume_id=trainer.wandb_id, console_tag=console_tag)
     trainer.wandb_id = logger.wandb_id
     if plan.reused_from is not None:
         logger.replay(trainer.history)

@@ -1,0 +1,80 @@
+"""What ``run.py`` says on the command line: its help, "did you mean", sweep tags and summary."""
+
+import pytest
+
+from tests.conftest import TINY, run_py
+from trpo.cli import GROUPS, check_override_keys, help_text, options
+
+
+def test_help_lists_every_group_option_with_a_description_the_main_keys_and_launchers():
+    result = run_py("--help", timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == help_text()
+    text = result.stdout
+    assert "schema/" not in text
+    lines = [line.strip().removeprefix("* ") for line in text.splitlines()]
+    for group in GROUPS:
+        for option in options(group):
+            described = [line for line in lines if line.split(" ", 1)[0] == option]
+            assert described and len(described[0].split()) > 1, f"{group}={option} undescribed"
+    for key in ("seed=0", "total_steps=", "steps_per_iteration=2048", "critic.epochs=20",
+                "eval_every=10", "checkpoint_every=10"):
+        assert f"  {key}" in text
+    for launcher in ("parallel", "slurm", "basic", "submitit_local"):
+        assert f"  {launcher} " in text
+    assert "python -m experiments STUDY" in text
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["solver.maxkl=0.02"], "error: solver.maxkl is not a setting of solver=trpo; did you mean "
+                            "solver.max_kl"),
+    (["+solver.maxkl=0.02"], "did you mean solver.max_kl"),
+    (["solver=npg", "solver.step_sise=0.1"], "solver=npg; did you mean solver.step_size"),
+    (["-m", "solver=trpo,npg", "solver.step_size=0.1"], "solver.step_size is not a setting of "
+                                                        "solver=trpo"),
+    (["seeed=1"], "error: seeed is not a setting of the top level; did you mean seed?"),
+    (["critic.lrr=1"], "error: critic.lrr is not a setting of critic; did you mean critic.lr"),
+])
+def test_a_misspelt_key_gets_a_suggestion_from_the_schema(argv, says):
+    assert says in check_override_keys(argv)
+
+
+@pytest.mark.parametrize("argv", [["solver.max_kl=0.02"], ["+env.kwargs.frame_skip=2"],
+                                  ["solver=npg", "solver.step_size=0.1"], ["env=walker"],
+                                  ["hydra.run.dir=/tmp/x", "seed=3"], ["-m", "seed=0,1"],
+                                  ["network.policy_hidden=[32,32]"]])
+def test_keys_the_schemas_have_pass(argv):
+    assert check_override_keys(argv) is None
+
+
+@pytest.mark.parametrize("override", ["solver.maxkl=0.02", "+solver.maxkl=0.02"])
+def test_following_a_hint_or_not_a_misspelt_key_ends_in_one_line_and_no_folder(tmp_path,
+                                                                               override):
+    result = run_py(override, f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "did you mean solver.max_kl" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_key_added_past_the_command_line_check_is_refused_by_the_schema(compose_config):
+    from trpo.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=r"solver.maxkl=.*TRPOConfig has no such setting; "
+                                          r"did you mean solver.max_kl"):
+        validate_config(compose_config(["+solver.maxkl=0.02"]))
+
+
+def test_a_sweep_tags_each_line_with_its_job_and_ends_with_a_summary(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("logger.mode")]
+    result = run_py("-m", "env=cartpole", "seed=0,1", *overrides, "logger.mode=offline",
+                    "solver._target_=tests.toy_solvers.PoisonedTRPO,trpo.solvers.TRPO",
+                    "max_rejected_updates=1", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode != 0  # a job failed
+    output = result.stdout + result.stderr
+    assert "[#1 cartpole trpo s0] iter    1" in output and "[#3 cartpole trpo s1]" in output
+    assert "wandb:" not in output  # W&B's own lines are off unless logger.wandb_messages=true
+    summary = result.stderr[result.stderr.index(f"sweep {tmp_path}: 4 runs"):].splitlines()
+    assert summary[0] == f"sweep {tmp_path}: 4 runs, 2 failed, 2 completed"
+    assert [line.split()[:2] for line in summary[2:6]] == [
+        ["0", "failed"], ["1", "completed"], ["2", "failed"], ["3", "completed"]]
+    assert summary[6] == f"analyse it: python -m analysis {tmp_path} --out {tmp_path}/analysis"

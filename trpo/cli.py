@@ -1,0 +1,298 @@
+"""What ``run.py`` says on the command line: its ``--help``, the check of override keys (with
+"did you mean"), the tag of a sweep job's console lines and the summary at a sweep's end.
+
+Everything here is read from ``conf/`` and the schemas in :mod:`trpo.config`, so the help and
+the suggestions follow the code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import os
+import re
+import sys
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from trpo import config as schemas
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Groups with one option per YAML in conf/<group>/, in the order the help lists them.
+GROUPS = ("env", "network", "advantage", "solver", "logger", "ablation", "experiment")
+# Groups whose options are checked against a schema of their own.
+SCHEMA_GROUPS = ("env", "network", "advantage", "solver", "logger")
+
+
+# ---------------------------------------------------------------------------- conf/ reading
+
+
+def options(group: str) -> list[str]:
+    """The option names of a config group (``hopper``, ``walker``, ...)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def first_comment(path: Path) -> str:
+    """The first sentence of a YAML file's leading comment (``@package`` lines aside)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            if lines:
+                break
+            continue
+        if "@package" not in line:
+            lines.append(line.lstrip("# ").strip())
+    return _sentence(" ".join(lines))
+
+
+def _sentence(text: str, width: int = 90) -> str:
+    """The first sentence of ``text``, at most ``width`` characters."""
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= width else text[:width - 1].rsplit(" ", 1)[0] + " …"
+
+
+def default_choices() -> dict[str, Optional[str]]:
+    """The group options ``conf/config.yaml`` chooses by default (``{"env": "hopper", ...}``)."""
+    defaults = OmegaConf.load(CONF_DIR / "config.yaml").defaults
+    choices = {}
+    for entry in defaults:
+        if isinstance(entry, DictConfig):
+            for key, value in entry.items():
+                if not str(key).startswith("override"):
+                    choices[str(key)] = None if value is None else str(value)
+    return choices
+
+
+def option_schema(group: str, option: str) -> Optional[type]:
+    """The dataclass an option's YAML is checked by (its ``/schema/<group>/<name>`` default)."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.exists():
+        return None
+    for entry in OmegaConf.load(path).get("defaults", []):
+        name = str(entry)
+        if name.startswith(f"/schema/{group}/"):
+            return schemas.GROUP_SCHEMAS[group].get(name.split("/")[3].split("@")[0])
+    return None
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each dataclass field's comment, as written above it in the source (its first sentence);
+    fields listed right under one comment share it."""
+    comments, pending, last = {}, [], ""
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# "))
+            continue
+        name = stripped.split(":", 1)[0].strip()
+        if ":" in stripped and name.isidentifier() and not stripped.startswith(("def ", "class ")):
+            if pending:
+                last = _sentence(" ".join(pending))
+            if last:
+                comments[name] = last
+        else:
+            last = ""
+        pending = []
+    return comments
+
+
+# ------------------------------------------------------------------------------------ --help
+
+
+def help_text() -> str:
+    """``python run.py --help``: the groups and their options, the main settings with their
+    defaults, the launchers and the studies."""
+    lines = ["python run.py [GROUP=OPTION ...] [KEY=VALUE ...]     train one agent",
+             "python run.py -m KEY=A,B ...                          a sweep (one run per value)",
+             "", "Groups (GROUP=OPTION; the default is marked *):"]
+    chosen = default_choices()
+    for group in GROUPS:
+        lines.append(f"  {group}:")
+        for option in options(group):
+            mark = "*" if chosen.get(group) == option else " "
+            lines.append(f"   {mark} {option:<24} {first_comment(CONF_DIR / group / f'{option}.yaml')}")
+    lines += ["", "Main settings (KEY=VALUE; every group's own keys: python run.py --cfg job):"]
+    comments = {**field_comments(schemas.TrainConfig),
+                **{f"critic.{k}": v for k, v in field_comments(schemas.CriticConfig).items()}}
+    defaults = _defaults(schemas.TrainConfig())
+    defaults.update({f"critic.{k}": v for k, v in _defaults(schemas.CriticConfig()).items()})
+    for key, value in defaults.items():
+        if key in comments:
+            lines.append(f"  {key}={value}".ljust(34) + f" {comments[key]}")
+    lines += ["", "Launchers for -m (hydra/launcher=NAME):"]
+    for path in sorted((CONF_DIR / "hydra" / "launcher").glob("*.yaml")):
+        lines.append(f"  {path.stem:<24} {first_comment(path)}")
+    lines += ["  basic                    jobs one after another in this process (Hydra's own)",
+              "  submitit_local           the SLURM code path, with local processes",
+              "", "Studies (conf/experiment/): python -m experiments STUDY [--status]",
+              "Analysis of a sweep folder: python -m analysis DIR --out FIGURES",
+              "Evaluate a trained agent:   python -m trpo.evaluate RUN_DIR",
+              "Hydra's own options: python run.py --hydra-help"]
+    return "\n".join(lines)
+
+
+def _defaults(instance: Any) -> dict[str, Any]:
+    out = {}
+    for f in fields(instance):
+        value = getattr(instance, f.name)
+        if is_dataclass(value) or f.name in schemas.SECTIONS:
+            continue
+        text = OmegaConf.to_yaml(OmegaConf.create({"v": value})).strip()[3:]
+        out[f.name] = getattr(value, "value", text)
+    return out
+
+
+# ------------------------------------------------------------------------ override keys
+
+
+def check_override_keys(argv: list[str]) -> Optional[str]:
+    """One line naming an override whose key no schema has, with the closest keys ("did you
+    mean"); ``None`` if every key exists. Group choices and ``hydra.*`` are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return None  # Hydra reports a malformed override itself
+    choices = {group: [choice] for group, choice in default_choices().items()}
+    for override in parsed:
+        key = override.key_or_group
+        if key in choices or key in GROUPS:
+            values = override.value()
+            if override.is_sweep_override():
+                values = list(override.sweep_iterator())
+            choices[key] = [str(v) for v in (values if isinstance(values, list) else [values])]
+    for override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra") or override.is_delete() or key in GROUPS:
+            continue
+        problem = _unknown_key(key, choices)
+        if problem:
+            return problem
+    return None
+
+
+def _unknown_key(key: str, choices: dict[str, list]) -> Optional[str]:
+    section, _, rest = key.partition(".")
+    if section in SCHEMA_GROUPS and rest:
+        for option in choices.get(section) or []:
+            schema = option_schema(section, option)
+            if schema is None:
+                continue
+            names = [f.name for f in fields(schema)]
+            head = rest.split(".")[0]
+            if head not in names:
+                return _suggest(key, f"{section}={option}", [f"{section}.{n}" for n in names])
+            if head == "kwargs" or "." not in rest:
+                continue
+        return None
+    if section == "critic" and rest:
+        names = [f"critic.{f.name}" for f in fields(schemas.CriticConfig)]
+        return None if key in names else _suggest(key, "critic", names)
+    names = [f.name for f in fields(schemas.TrainConfig)]
+    if key in names or section in SCHEMA_GROUPS:
+        return None
+    return _suggest(key, "the top level", names)
+
+
+def _suggest(key: str, where: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    settings = sorted(n.split(".")[-1] for n in names if not n.split(".")[-1].startswith("_"))
+    return f"error: {key} is not a setting of {where}; {hint}(settings: {', '.join(settings)})"
+
+
+def check_output_dirs(argv: list[str]) -> Optional[str]:
+    """One line if an output folder given on the command line cannot be made or written, or
+    names what no config has (Hydra itself would fail with a traceback); ``None`` if fine.
+    Nothing is created: the nearest folder that exists is checked."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    wanted = [arg for arg in argv if arg.split("=", 1)[0] in ("hydra.run.dir", "hydra.sweep.dir")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(wanted)
+    except Exception as error:  # Hydra's parser names the bad override
+        return f"error: {str(error).splitlines()[0]}"
+    for override in parsed:
+        value = str(override.value())
+        for name in re.findall(r"\$\{([^}:]*)[}:]", value):
+            if not (name in ("now", "hydra") or name.startswith("oc.")
+                    or name.split(".")[0] in schemas.TrainConfig.__dataclass_fields__):
+                return (f"error: {override.key_or_group}={value}: ${{{name}}} is neither a config "
+                        "key (name, seed, env.id, ...) nor a resolver (now, hydra, oc.env)")
+        if "${" in value:
+            continue  # a folder known only once Hydra resolves it
+        target = Path(value).absolute()
+        existing = next(p for p in (target, *target.parents) if p.exists())
+        problem = None
+        if not existing.is_dir():
+            problem = "Not a directory"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = "Permission denied"
+        if problem:
+            return f"error: {override.key_or_group}={value} cannot be written: {problem}"
+    return None
+
+
+def preflight(argv: list[str]) -> None:
+    """What ``run.py`` checks before Hydra starts: ``--help`` prints :func:`help_text`; a key
+    no schema has, or an output folder that cannot be written, exits 2 in one line."""
+    if {"--help", "-h"} & set(argv):
+        print(help_text())
+        raise SystemExit(0)
+    problem = check_override_keys(argv) or check_output_dirs(argv)
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+# ---------------------------------------------------------------------------------- sweeps
+
+
+def job_tag(choices: dict[str, Any], seed: int, job_number: int) -> str:
+    """``[#3 hopper trpo s1]``: which job of a sweep a console line comes from."""
+    return f"[#{job_number} {choices.get('env')} {choices.get('solver')} s{seed}]"
+
+
+class SweepSummary(Callback):
+    """At a sweep's end (also when a job failed), one line per run: its state, final score and
+    folder, then the command that analyses the sweep. ``run.py`` prints it."""
+
+    sweep_dir: Optional[Path] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepSummary.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+
+
+def sweep_summary(sweep_dir: Path) -> str:
+    from trpo.run_folder import find_run_folders
+
+    folders = find_run_folders([sweep_dir]) if sweep_dir.is_dir() else []
+    if not folders:
+        return f"sweep {sweep_dir}: no runs"
+    rows = []
+    for folder in folders:
+        record = folder.read_status()
+        score = record.get("final_eval_return")
+        score = "-" if score is None or (isinstance(score, float) and math.isnan(score)) else (
+            f"{score:.1f}")
+        rows.append((folder.state(), score, str(folder.path.relative_to(sweep_dir))))
+    counts = {s: sum(r[0] == s for r in rows) for s in dict.fromkeys(r[0] for r in rows)}
+    width = max(3, *(len(r[2]) for r in rows))
+    lines = [f"sweep {sweep_dir}: {len(rows)} runs, "
+             + ", ".join(f"{n} {state}" for state, n in counts.items()),
+             f"  {'run':<{width}}  {'state':<11} final score"]
+    lines += [f"  {path:<{width}}  {state:<11} {score}" for state, score, path in rows]
+    lines.append(f"analyse it: python -m analysis {sweep_dir} --out {sweep_dir}/analysis")
+    return "\n".join(lines)
+
+
+def print_sweep_summary() -> None:
+    if SweepSummary.sweep_dir is not None:
+        print(sweep_summary(SweepSummary.sweep_dir), file=sys.stderr, flush=True)
