@@ -1,8 +1,9 @@
 """Policy solvers. They share one interface and differ only in how they change the parameters.
 
 * :class:`NaturalPolicyGradient` owns the natural-gradient direction: the gradient g of the
-  surrogate, the Fisher-vector product of the mean KL and conjugate gradient for x ≈ F⁻¹g, scaled
-  to the trust region √(2δ / xᵀFx) or by a fixed step; it applies the step as it is.
+  surrogate, the Fisher-vector product of the mean KL (in closed form, Jᵀ M J v, or by double
+  backprop) and conjugate gradient for x ≈ F⁻¹g, scaled to the trust region √(2δ / xᵀFx) or by a
+  fixed step; it applies the step as it is.
 * :class:`TRPO` adds only the backtracking line search that accepts a step when the sampled mean
   KL ≤ δ and the surrogate improves, and restores the old parameters exactly when none does.
 * :class:`FirstOrderSolver` runs Adam on a loss over minibatches; its subclasses only say which
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from trpo.config import FisherProduct
 
 
 def take(dist: Distribution, index: torch.Tensor) -> Distribution:
@@ -112,13 +115,18 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     return x, iterations_run, float(rr.sqrt())
 
 
-def fisher_vector_product(policy: nn.Module, batch: PolicyBatch, params: list[nn.Parameter],
-                          damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+FisherVectorProduct = Callable[[torch.Tensor], torch.Tensor]
+
+
+def double_backprop_fisher_vector_product(policy: nn.Module, batch: PolicyBatch,
+                                          params: list[nn.Parameter],
+                                          damping: float) -> FisherVectorProduct:
     """``v ↦ (F + damping·I) v`` where F is the Hessian of the mean KL at θ_old.
 
     At θ = θ_old the Hessian of KL(π_old ‖ π_θ) equals the Fisher information of the policy
     averaged over the batch's states (TRPO paper, appendix C). The first derivative is built once
-    with its graph; each product is one more backward pass through it.
+    with its graph; each product is one more backward pass through it. ``v`` and the product are
+    flat vectors ``[P]`` over ``params``, in their order.
     """
     kl_grad = flat_grad(mean_kl(policy, batch), params, create_graph=True)
 
@@ -126,6 +134,70 @@ def fisher_vector_product(policy: nn.Module, batch: PolicyBatch, params: list[nn
         return flat_grad(kl_grad @ v, params, retain_graph=True) + damping * v
 
     return product
+
+
+FisherMap = Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]
+
+
+def distribution_fisher(dist: Distribution) -> tuple[tuple[torch.Tensor, ...], FisherMap]:
+    """The tensors a batch of B distributions is a function of, and ``u ↦ M u / B`` with M each
+    state's Fisher information in those tensors, averaged over the states as the mean KL is.
+
+    Diagonal Gaussian: ``(mean [B, A], log σ [B, A])``; M is 1/σ² for the mean and 2 for log σ,
+    per dimension. Categorical: ``(logits [B, K],)``; M = diag(p) − p pᵀ, right for raw logits
+    too (Categorical's are normalised, so pᵀ dz = 0 and the p pᵀ term adds nothing to F there).
+    """
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        mean, log_std = dist.base_dist.loc, dist.base_dist.scale.log()
+        states, inverse_variance = mean.shape[0], torch.exp(-2.0 * log_std.detach())
+
+        def gaussian(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return u[0] * inverse_variance / states, 2.0 * u[1] / states
+
+        return (mean, log_std), gaussian
+    if isinstance(dist, Categorical):
+        logits = dist.logits
+        states, probs = logits.shape[0], dist.probs.detach()
+
+        def categorical(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            weighted = probs * u[0]
+            return ((weighted - probs * weighted.sum(-1, keepdim=True)) / states,)
+
+        return (logits,), categorical
+    raise TypeError(f"no closed-form Fisher for a {type(dist).__name__}; "
+                    "solver.fvp=double_backprop works for any distribution")
+
+
+def analytic_fisher_vector_product(policy: nn.Module, batch: PolicyBatch,
+                                   params: list[nn.Parameter],
+                                   damping: float) -> FisherVectorProduct:
+    """``v ↦ (F + damping·I) v`` with F = Jᵀ M J at the current parameters (θ_old when a solver
+    calls it): the same matrix as :func:`double_backprop_fisher_vector_product`.
+
+    J is the Jacobian of the distribution's parameters on the batch's states with respect to
+    ``params`` and M their Fisher, both from :func:`distribution_fisher` (TRPO paper, appendix
+    C.1). The forward pass runs once per call, and so does one backward pass u ↦ Jᵀu recorded
+    with its graph; that map is linear in u, so differentiating it with respect to u gives J v
+    (the double-vjp trick, Townsend 2017). Each product is then two first-order passes, J v and
+    Jᵀ(M J v): no second derivative of the network is taken, and nothing is traced anew per
+    update as ``torch.func.linearize`` would. ``v`` and the product are flat vectors ``[P]`` over
+    ``params``.
+    """
+    outputs, fisher = distribution_fisher(policy(batch.obs))
+    cotangents = tuple(torch.zeros_like(o, requires_grad=True) for o in outputs)
+    transposed = flat_grad(outputs, params, grad_outputs=cotangents, create_graph=True)  # Jᵀu
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        jacobian_v = torch.autograd.grad(transposed, cotangents, grad_outputs=v,
+                                         retain_graph=True)
+        return flat_grad(outputs, params, grad_outputs=fisher(jacobian_v),
+                         retain_graph=True) + damping * v
+
+    return product
+
+
+FISHER_VECTOR_PRODUCTS = {FisherProduct.analytic: analytic_fisher_vector_product,
+                          FisherProduct.double_backprop: double_backprop_fisher_vector_product}
 
 
 def require_progress(progress: float) -> None:
@@ -192,16 +264,21 @@ class NaturalPolicyGradient(PolicySolver):
         cg_iters, cg_damping, cg_residual_tol: conjugate gradient on (F + damping·I) x = g.
         fvp_subsample: Fisher-vector products use every k-th state of the batch.
         step_size: fixed α for θ += α x instead of the trust-region scale (null: trust region).
+        fvp: how F v is computed (a :class:`FisherProduct` or its name), the same matrix either
+            way: ``analytic`` (:func:`analytic_fisher_vector_product`) or ``double_backprop``
+            (:func:`double_backprop_fisher_vector_product`).
     """
 
     def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
-                 step_size: float | None = None, max_kl_final: float | None = None):
+                 step_size: float | None = None, max_kl_final: float | None = None,
+                 fvp: FisherProduct | str = FisherProduct.analytic):
         super().__init__(policy)
         self.max_kl, self.max_kl_final = max_kl, max_kl_final
         self.cg_iters, self.cg_damping = cg_iters, cg_damping
         self.cg_residual_tol, self.fvp_subsample, self.step_size = (cg_residual_tol,
                                                                     fvp_subsample, step_size)
+        self.fisher_vector_product = FISHER_VECTOR_PRODUCTS[FisherProduct(fvp)]
 
     def trust_region(self, progress: float) -> float:
         """δ for the update at ``progress`` (0 first, 1 last)."""
@@ -218,7 +295,7 @@ class NaturalPolicyGradient(PolicySolver):
         tick = time.perf_counter()
         fvp_batch = batch if self.fvp_subsample == 1 else batch.take(
             slice(None, None, self.fvp_subsample))
-        fvp = fisher_vector_product(self.policy, fvp_batch, self.params, self.cg_damping)
+        fvp = self.fisher_vector_product(self.policy, fvp_batch, self.params, self.cg_damping)
         direction, cg_iterations, cg_residual = conjugate_gradient(
             fvp, gradient, self.cg_iters, self.cg_residual_tol)
         curvature = float(direction @ fvp(direction))  # xᵀ(F + damping·I)x
@@ -273,9 +350,10 @@ class TRPO(NaturalPolicyGradient):
     def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
                  backtrack_factor: float = 0.5, max_backtracks: int = 10,
-                 max_kl_final: float | None = None):
+                 max_kl_final: float | None = None,
+                 fvp: FisherProduct | str = FisherProduct.analytic):
         super().__init__(policy, max_kl, cg_iters, cg_damping, cg_residual_tol, fvp_subsample,
-                         max_kl_final=max_kl_final)
+                         max_kl_final=max_kl_final, fvp=fvp)
         self.backtrack_factor, self.max_backtracks = backtrack_factor, max_backtracks
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
