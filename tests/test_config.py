@@ -93,7 +93,9 @@ def test_every_solver_instantiates_with_a_policy(compose_config, solver):
     cfg = compose_config([f"solver={solver}"])
     validate_config(cfg)
     policy = build_policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,)), cfg.network)
-    assert isinstance(instantiate(cfg.solver, policy=policy), PolicySolver)
+    # As the trainer builds it, with the run's seed.
+    solver = instantiate(cfg.solver, policy=policy, seed=cfg.seed)
+    assert isinstance(solver, PolicySolver) and solver.seed == cfg.seed
 
 
 def test_defaults_are_the_documented_ones(compose_config):

@@ -226,6 +226,117 @@ def test_analytic_product_equals_double_backprop_in_float32_at_training_size(kin
         assert float((analytic(v) - expected).abs().max() / expected.abs().max()) < 1e-5
 
 
+# ------------------------------------------------------------- the states the products use
+
+
+def time_major_batch(steps=256, envs=8):
+    """A batch laid out as the trainer flattens a rollout, [T, N] → [T·N]: sample i is step
+    i // N of environment i % N. The first observation coordinate is the sample's index."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy, steps * envs)
+    batch.obs[:, 0] = torch.arange(steps * envs, dtype=batch.obs.dtype)
+    return policy, batch
+
+
+def drawn(states):
+    return states.obs[:, 0].long()
+
+
+@pytest.mark.parametrize("k", [2, 5, 8])
+def test_the_fvp_subset_has_len_over_k_distinct_states_from_every_environment(k):
+    policy, batch = time_major_batch(steps=256, envs=8)
+    index = drawn(NaturalPolicyGradient(policy, fvp_subsample=k).fvp_states(batch))
+    assert len(index) == len(batch) // k
+    assert len(set(index.tolist())) == len(index)
+    assert torch.equal(index, index.sort().values)  # in batch order
+    assert set((index % 8).tolist()) == set(range(8))
+    # Every k-th state, the old rule, takes environment 0 alone when k = N.
+    assert set((torch.arange(len(batch))[::8] % 8).tolist()) == {0}
+
+
+def test_fvp_subsample_one_takes_the_whole_batch_and_draws_nothing():
+    policy, batch = time_major_batch()
+    solver = TRPO(policy, fvp_subsample=1)
+    generator, global_rng = solver.fvp_generator.get_state(), torch.get_rng_state()
+    assert solver.fvp_states(batch) is batch
+    solver.update(batch)
+    assert torch.equal(solver.fvp_generator.get_state(), generator)
+    assert torch.equal(torch.get_rng_state(), global_rng)
+
+
+def test_each_update_draws_a_new_subset_and_a_seed_fixes_the_sequence():
+    policy, batch = time_major_batch()
+
+    def subsets(seed, draws=3):
+        solver = NaturalPolicyGradient(policy, fvp_subsample=4, seed=seed)
+        return [drawn(solver.fvp_states(batch)) for _ in range(draws)]
+
+    first = subsets(seed=7)
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    for again, before in zip(subsets(seed=7), first):
+        assert torch.equal(again, before)
+    assert not torch.equal(subsets(seed=8)[0], first[0])
+
+
+def test_the_global_generator_does_not_change_the_subsets():
+    policy, batch = time_major_batch()
+    torch.manual_seed(1)
+    one = drawn(NaturalPolicyGradient(policy, fvp_subsample=4, seed=3).fvp_states(batch))
+    torch.manual_seed(2)
+    other = drawn(NaturalPolicyGradient(policy, fvp_subsample=4, seed=3).fvp_states(batch))
+    assert torch.equal(one, other)
+
+
+def test_an_update_takes_its_fisher_vector_products_over_the_drawn_subset():
+    """The step equals CG on the Fisher of the subset that a twin generator draws."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy, 2048)
+    params = list(policy.parameters())
+    subset = batch.take(torch.randperm(len(batch), generator=torch.Generator().manual_seed(5))
+                        [:len(batch) // 4].sort().values)
+    gradient = flat_grad(surrogate(policy, batch), params)
+    direction, _, _ = conjugate_gradient(
+        analytic_fisher_vector_product(policy, subset, params, 0.1), gradient, 25)
+    whole, _, _ = conjugate_gradient(
+        analytic_fisher_vector_product(policy, batch, params, 0.1), gradient, 25)
+    assert float((direction - whole).norm()) > 1e-3 * float(whole.norm())  # the subset matters
+    before = flat_params(policy)
+    NaturalPolicyGradient(policy, step_size=0.05, fvp_subsample=4, seed=5).update(batch)
+    np.testing.assert_allclose(flat_params(policy) - before, 0.05 * direction, rtol=1e-8,
+                               atol=1e-12)
+
+
+def test_the_solver_state_carries_the_generator_through_a_checkpoint():
+    """A resumed solver draws the subsets the uninterrupted one would: state_dict survives
+    torch.save and a weights_only load, as checkpoints are read."""
+    import io
+
+    policy, batch = time_major_batch()
+    solver = TRPO(policy, fvp_subsample=4, seed=11)
+    solver.fvp_states(batch)
+    buffer = io.BytesIO()
+    torch.save(solver.state_dict(), buffer)
+    expected = [drawn(solver.fvp_states(batch)) for _ in range(2)]
+    resumed = TRPO(policy, fvp_subsample=4, seed=0)
+    resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    for before in expected:
+        assert torch.equal(drawn(resumed.fvp_states(batch)), before)
+
+
+def test_a_solver_state_without_a_generator_loads_only_when_nothing_is_drawn():
+    """Checkpoints written before the subset was drawn hold an empty solver state."""
+    policy = mlp_policy("gaussian")
+    TRPO(policy).load_state_dict({})
+    with pytest.raises(ValueError, match="fvp_generator"):
+        TRPO(policy, fvp_subsample=5).load_state_dict({})
+
+
+def test_fvp_subsample_larger_than_the_batch_is_refused():
+    policy = mlp_policy("gaussian")
+    with pytest.raises(ValueError, match="leaves no state"):
+        TRPO(policy, fvp_subsample=64).update(make_batch(policy, 32))
+
+
 # ----------------------------------------------------------------------------------------- KL
 
 

@@ -267,7 +267,9 @@ class NaturalGradientConfig:
     cg_damping: float = 0.1
     # CG stops early once the squared residual falls below this (OpenAI baselines).
     cg_residual_tol: float = 1e-10
-    # Fisher-vector products use every k-th state of the batch; 1 uses all (baselines uses 5).
+    # k: Fisher-vector products use len(batch) // k states drawn at random, anew each update,
+    # from the solver's generator (seeded by the run's seed); 1 uses all states and draws
+    # nothing. Baselines uses 5 (every 5th state of one worker's trajectory).
     fvp_subsample: int = 1
     # The Fisher-vector product, the same matrix either way: analytic, Jᵀ M J v in closed form
     # (TRPO paper, appendix C.1), or double_backprop, the KL's Hessian (modular_rl, baselines).

@@ -212,11 +212,18 @@ def linear_schedule(start: float, end: float | None, progress: float) -> float:
 
 
 class PolicySolver(ABC):
-    """Changes a policy's parameters from one batch. Subclasses implement :meth:`step`."""
+    """Changes a policy's parameters from one batch. Subclasses implement :meth:`step`.
 
-    def __init__(self, policy: nn.Module):
+    Every solver is built as ``Solver(policy, ..., seed=run seed)``. ``seed`` seeds the random
+    draws a solver makes itself (NPG's and TRPO's subsets of states for ``fvp_subsample`` > 1),
+    which it then carries in :meth:`state_dict`; the first-order solvers' minibatch order still
+    comes from torch's global generator, which the trainer seeds and checkpoints.
+    """
+
+    def __init__(self, policy: nn.Module, *, seed: int = 0):
         self.policy = policy
         self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.seed = seed
 
     def update(self, batch: PolicyBatch, progress: float = 0.0) -> dict[str, float]:
         """One policy update; metrics include the KL between the old and the new policy.
@@ -262,7 +269,9 @@ class NaturalPolicyGradient(PolicySolver):
         max_kl_final: δ at the last update, reached linearly from ``max_kl`` over training
             (None: δ stays ``max_kl``). The δ used is reported as ``trust_region``.
         cg_iters, cg_damping, cg_residual_tol: conjugate gradient on (F + damping·I) x = g.
-        fvp_subsample: Fisher-vector products use every k-th state of the batch.
+        fvp_subsample: k; Fisher-vector products use len(batch) // k of the batch's states,
+            drawn uniformly without replacement at each update from the solver's generator
+            (seeded with ``seed``, carried in :meth:`state_dict`). 1: every state, no draw.
         step_size: fixed α for θ += α x instead of the trust-region scale (null: trust region).
         fvp: how F v is computed (a :class:`FisherProduct` or its name), the same matrix either
             way: ``analytic`` (:func:`analytic_fisher_vector_product`) or ``double_backprop``
@@ -272,17 +281,45 @@ class NaturalPolicyGradient(PolicySolver):
     def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
                  step_size: float | None = None, max_kl_final: float | None = None,
-                 fvp: FisherProduct | str = FisherProduct.analytic):
-        super().__init__(policy)
+                 fvp: FisherProduct | str = FisherProduct.analytic, *, seed: int = 0):
+        super().__init__(policy, seed=seed)
         self.max_kl, self.max_kl_final = max_kl, max_kl_final
         self.cg_iters, self.cg_damping = cg_iters, cg_damping
         self.cg_residual_tol, self.fvp_subsample, self.step_size = (cg_residual_tol,
                                                                     fvp_subsample, step_size)
         self.fisher_vector_product = FISHER_VECTOR_PRODUCTS[FisherProduct(fvp)]
+        self.fvp_generator = torch.Generator().manual_seed(seed)
 
     def trust_region(self, progress: float) -> float:
         """δ for the update at ``progress`` (0 first, 1 last)."""
         return linear_schedule(self.max_kl, self.max_kl_final, progress)
+
+    def fvp_states(self, batch: PolicyBatch) -> PolicyBatch:
+        """The states this update's Fisher-vector products average over: the whole batch for
+        ``fvp_subsample`` = 1 (no random draw), else len(batch) // k of them drawn uniformly
+        without replacement from the solver's generator, in batch order.
+
+        A uniform draw takes every environment's states of a time-major [T·N] batch in
+        proportion; every k-th state would take environment 0 alone when k = N.
+        """
+        if self.fvp_subsample == 1:
+            return batch
+        size = len(batch) // self.fvp_subsample
+        if size == 0:
+            raise ValueError(f"fvp_subsample={self.fvp_subsample} leaves no state of a batch "
+                             f"of {len(batch)}")
+        order = torch.randperm(len(batch), generator=self.fvp_generator)
+        return batch.take(order[:size].sort().values)
+
+    def state_dict(self) -> dict:
+        return {"fvp_generator": self.fvp_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "fvp_generator" in state:
+            self.fvp_generator.set_state(state["fvp_generator"])
+        elif self.fvp_subsample != 1:  # a checkpoint from before the subset was drawn
+            raise ValueError("the solver state holds no fvp_generator, so the subsets of "
+                             f"fvp_subsample={self.fvp_subsample} cannot go on as they would have")
 
     def step(self, batch: PolicyBatch, progress: float) -> dict[str, float]:
         max_kl = self.trust_region(progress)
@@ -293,9 +330,8 @@ class NaturalPolicyGradient(PolicySolver):
         gradient_s = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        fvp_batch = batch if self.fvp_subsample == 1 else batch.take(
-            slice(None, None, self.fvp_subsample))
-        fvp = self.fisher_vector_product(self.policy, fvp_batch, self.params, self.cg_damping)
+        fvp = self.fisher_vector_product(self.policy, self.fvp_states(batch), self.params,
+                                         self.cg_damping)
         direction, cg_iterations, cg_residual = conjugate_gradient(
             fvp, gradient, self.cg_iters, self.cg_residual_tol)
         curvature = float(direction @ fvp(direction))  # xᵀ(F + damping·I)x
@@ -351,9 +387,9 @@ class TRPO(NaturalPolicyGradient):
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
                  backtrack_factor: float = 0.5, max_backtracks: int = 10,
                  max_kl_final: float | None = None,
-                 fvp: FisherProduct | str = FisherProduct.analytic):
+                 fvp: FisherProduct | str = FisherProduct.analytic, *, seed: int = 0):
         super().__init__(policy, max_kl, cg_iters, cg_damping, cg_residual_tol, fvp_subsample,
-                         max_kl_final=max_kl_final, fvp=fvp)
+                         max_kl_final=max_kl_final, fvp=fvp, seed=seed)
         self.backtrack_factor, self.max_backtracks = backtrack_factor, max_backtracks
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
@@ -383,8 +419,8 @@ class FirstOrderSolver(PolicySolver):
     """
 
     def __init__(self, policy: nn.Module, lr: float, epochs: int, minibatch_size: int | None,
-                 max_grad_norm: float | None = None):
-        super().__init__(policy)
+                 max_grad_norm: float | None = None, *, seed: int = 0):
+        super().__init__(policy, seed=seed)
         self.epochs, self.minibatch_size, self.max_grad_norm = epochs, minibatch_size, max_grad_norm
         self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=True)
 
@@ -437,8 +473,9 @@ class KLPenalty(FirstOrderSolver):
 
     def __init__(self, policy: nn.Module, target_kl: float = 0.01, beta: float = 1.0,
                  adaptive: bool = True, lr: float = 3e-4, epochs: int = 10,
-                 minibatch_size: int | None = 64, max_grad_norm: float | None = None):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
+                 minibatch_size: int | None = 64, max_grad_norm: float | None = None, *,
+                 seed: int = 0):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
         self.target_kl, self.beta, self.adaptive = target_kl, beta, adaptive
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
@@ -473,8 +510,8 @@ class PPOClip(FirstOrderSolver):
 
     def __init__(self, policy: nn.Module, clip_range: float = 0.2, lr: float = 3e-4,
                  epochs: int = 10, minibatch_size: int | None = 64,
-                 max_grad_norm: float | None = 0.5):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
+                 max_grad_norm: float | None = 0.5, *, seed: int = 0):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
         self.clip_range = clip_range
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
@@ -499,8 +536,9 @@ class VanillaPolicyGradient(FirstOrderSolver):
     """
 
     def __init__(self, policy: nn.Module, lr: float = 3e-4, epochs: int = 1,
-                 minibatch_size: int | None = None, max_grad_norm: float | None = None):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
+                 minibatch_size: int | None = None, max_grad_norm: float | None = None, *,
+                 seed: int = 0):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
         log_prob = self.policy(minibatch.obs).log_prob(minibatch.actions)
