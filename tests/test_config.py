@@ -11,10 +11,10 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from tests.conftest import CONF_DIR
 from trpo.advantages import GAE
-from trpo.config import ConfigError, validate_config
+from trpo.config import ConfigError, FisherProduct, validate_config
 from trpo.envs import make_vector_env
 from trpo.networks import ValueNetwork, build_policy
-from trpo.solvers import PolicySolver
+from trpo.solvers import FISHER_VECTOR_PRODUCTS, PolicySolver
 
 
 def options(group):
@@ -93,7 +93,9 @@ def test_every_solver_instantiates_with_a_policy(compose_config, solver):
     cfg = compose_config([f"solver={solver}"])
     validate_config(cfg)
     policy = build_policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,)), cfg.network)
-    assert isinstance(instantiate(cfg.solver, policy=policy), PolicySolver)
+    # As the trainer builds it, with the run's seed.
+    solver = instantiate(cfg.solver, policy=policy, seed=cfg.seed)
+    assert isinstance(solver, PolicySolver) and solver.seed == cfg.seed
 
 
 def test_defaults_are_the_documented_ones(compose_config):
@@ -102,9 +104,20 @@ def test_defaults_are_the_documented_ones(compose_config):
     assert cfg.solver.max_kl == 0.01
     assert cfg.advantage.lam == 0.95 and cfg.advantage.gamma == 0.99
     assert cfg.solver.cg_iters == 25 and cfg.normalize_reward and cfg.normalize_obs
+    assert cfg.solver.fvp is FisherProduct.analytic and cfg.solver.fvp_subsample == 1
     assert list(cfg.network.policy_hidden) == [64, 64]
     assert cfg.logger.mode.value == "offline"
     assert cfg.total_steps == 1_000_000
+
+
+@pytest.mark.parametrize("solver", ["trpo", "npg"])
+@pytest.mark.parametrize("fvp", list(FisherProduct))
+def test_each_fisher_vector_product_is_chosen_by_config(compose_config, solver, fvp):
+    cfg = compose_config([f"solver={solver}", f"solver.fvp={fvp.value}"])
+    validate_config(cfg)
+    policy = build_policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,)), cfg.network)
+    built = instantiate(cfg.solver, policy=policy)
+    assert built.fisher_vector_product is FISHER_VECTOR_PRODUCTS[fvp]
 
 
 def test_module_colon_id_env_ids_are_accepted(compose_config):
@@ -160,6 +173,7 @@ def test_npg_only_values(compose_config):
     ("solver.maxkl=0.1", ConfigCompositionException),       # a typo in a key
     ("total_steps=lots", ConfigCompositionException),       # a wrong type
     ("network.activation=sigmoid", ConfigCompositionException),  # not one of the enum values
+    ("solver.fvp=hessian", ConfigCompositionException),  # not one of the enum values
     ("advantage=td", None),
 ])
 def test_typos_and_wrong_types_fail_at_composition(compose_config, override, error):

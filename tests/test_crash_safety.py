@@ -135,6 +135,19 @@ def test_resuming_gives_the_rows_of_an_uninterrupted_run(compose_config, tmp_pat
     pd.testing.assert_frame_equal(whole, pieces)
 
 
+def test_resuming_draws_the_fvp_subsets_an_uninterrupted_run_draws(compose_config, tmp_path):
+    """The solver's generator is checkpointed: after a resume the subsets go on as they would."""
+    base = ["env=hopper", *TINY, "checkpoint_every=2", "eval_every=2", "critic.epochs=2",
+            "solver=trpo", "solver.fvp_subsample=4"]
+    train(compose_config([*base, "total_steps=1024"]), tmp_path / "whole")
+    train(compose_config([*base, "total_steps=512"]), tmp_path / "pieces")
+    train(compose_config([*base, "total_steps=1024"]), tmp_path / "pieces")
+    whole, pieces = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
+                     for d in ("whole", "pieces"))
+    assert whole["iteration"].tolist() == list(range(1, 9))
+    pd.testing.assert_frame_equal(whole, pieces)
+
+
 def test_kill_9_in_the_middle_then_the_same_command_gives_an_uninterrupted_run(tmp_path):
     args = ["env=hopper", "total_steps=7680", "steps_per_iteration=512", "num_envs=2",
             "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=3",

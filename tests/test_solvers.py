@@ -9,11 +9,14 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from trpo.config import NetworkConfig
+from trpo.config import Activation, FisherProduct, NetworkConfig
 from trpo.networks import build_policy
 from trpo.solvers import (TRPO, KLPenalty, NaturalPolicyGradient, PolicyBatch, PPOClip,
-                          VanillaPolicyGradient, conjugate_gradient, fisher_vector_product,
-                          flat_grad, linear_schedule, mean_kl, surrogate)
+                          VanillaPolicyGradient, analytic_fisher_vector_product,
+                          conjugate_gradient, double_backprop_fisher_vector_product, flat_grad,
+                          linear_schedule, mean_kl, surrogate)
+
+PRODUCTS = [analytic_fisher_vector_product, double_backprop_fisher_vector_product]
 
 @pytest.fixture(autouse=True)
 def float64_and_seed():
@@ -37,11 +40,12 @@ def linear_policy(kind, obs_dim=3, act_dim=2):
     return policy
 
 
-def mlp_policy(kind, obs_dim=4, act_dim=2):
+def mlp_policy(kind, obs_dim=4, act_dim=2, hidden=(16, 16), activation=Activation.tanh):
     obs_space = gym.spaces.Box(-1, 1, (obs_dim,))
     action_space = (gym.spaces.Box(-1, 1, (act_dim,)) if kind == "gaussian"
                     else gym.spaces.Discrete(act_dim + 1))
-    return build_policy(obs_space, action_space, NetworkConfig(policy_hidden=[16, 16]))
+    return build_policy(obs_space, action_space,
+                        NetworkConfig(policy_hidden=list(hidden), activation=activation))
 
 
 def make_batch(policy, batch_size=256):
@@ -53,6 +57,15 @@ def make_batch(policy, batch_size=256):
     advantages = actions.sum(-1) if actions.dim() == 2 else actions.double() - 0.5
     advantages = (advantages - advantages.mean()) / advantages.std()
     return PolicyBatch.from_policy(policy, obs, actions, advantages)
+
+
+def perturbed(policy, scale=0.3):
+    """``policy`` with every parameter moved by scale·N(0, 1): ratios π/π_old differ from 1, and
+    σ and the logits move away from 1 and uniform, so an error in a block of the Fisher shows."""
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return policy
 
 
 def flat_params(policy):
@@ -109,22 +122,27 @@ def dense_kl_hessian(policy, batch):
     return torch.autograd.functional.hessian(kl_of, theta)
 
 
-def dense_fvp_matrix(policy, batch, damping=0.0):
+def dense_fvp_matrix(policy, batch, product=double_backprop_fisher_vector_product,
+                     damping=0.0):
     params = list(policy.parameters())
-    product = fisher_vector_product(policy, batch, params, damping)
+    fvp = product(policy, batch, params, damping)
     n = sum(p.numel() for p in params)
-    return torch.stack([product(e) for e in torch.eye(n)], dim=1)
+    return torch.stack([fvp(e) for e in torch.eye(n)], dim=1)
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
+@pytest.mark.parametrize("activation", list(Activation))
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
-def test_fisher_vector_product_matches_autograd_hessian_of_mean_kl(kind):
-    policy = mlp_policy(kind)
+def test_fisher_vector_product_matches_autograd_hessian_of_mean_kl(kind, activation, product):
+    policy = perturbed(mlp_policy(kind, activation=activation), 0.5)
     batch = make_batch(policy, 64)
-    np.testing.assert_allclose(dense_fvp_matrix(policy, batch),
-                               dense_kl_hessian(policy, batch), atol=1e-10)
+    hessian = dense_kl_hessian(policy, batch)
+    assert hessian.abs().max() > 1e-3  # the Fisher is not trivially small
+    np.testing.assert_allclose(dense_fvp_matrix(policy, batch, product), hessian, atol=1e-10)
 
 
-def test_fisher_vector_product_matches_closed_form_gaussian_fisher():
+@pytest.mark.parametrize("product", PRODUCTS)
+def test_fisher_vector_product_matches_closed_form_gaussian_fisher(product):
     """μ = W s + b, σ = exp(log_std): F_mean = E[xxᵀ] ⊗ diag(1/σ²) with x = [s, 1]; F_logstd = 2I."""
     policy = linear_policy("gaussian", obs_dim=3, act_dim=2)
     batch = make_batch(policy, 128)
@@ -143,10 +161,11 @@ def test_fisher_vector_product_matches_closed_form_gaussian_fisher():
             for k in range(4):
                 fisher[index(i, j), index(i, k)] = second_moment[j, k] / sigma2[i]
     fisher[:act, :act] = 2 * torch.eye(act)
-    np.testing.assert_allclose(dense_fvp_matrix(policy, batch), fisher, atol=1e-10)
+    np.testing.assert_allclose(dense_fvp_matrix(policy, batch, product), fisher, atol=1e-10)
 
 
-def test_fisher_vector_product_matches_closed_form_categorical_fisher():
+@pytest.mark.parametrize("product", PRODUCTS)
+def test_fisher_vector_product_matches_closed_form_categorical_fisher(product):
     """z = W s + b: F = E_s[J_zᵀ (diag p − p pᵀ) J_z]."""
     policy = linear_policy("categorical", obs_dim=3, act_dim=4)
     batch = make_batch(policy, 128)
@@ -160,17 +179,162 @@ def test_fisher_vector_product_matches_closed_form_categorical_fisher():
             jacobian[i, i * 3:(i + 1) * 3] = s
             jacobian[i, 12 + i] = 1.0
         fisher += jacobian.T @ logit_fisher @ jacobian
-    np.testing.assert_allclose(dense_fvp_matrix(policy, batch), fisher / len(batch), atol=1e-10)
+    np.testing.assert_allclose(dense_fvp_matrix(policy, batch, product), fisher / len(batch),
+                               atol=1e-10)
 
 
-def test_damping_adds_a_multiple_of_the_vector():
+@pytest.mark.parametrize("product", PRODUCTS)
+def test_damping_adds_a_multiple_of_the_vector(product):
     policy = mlp_policy("gaussian")
     batch = make_batch(policy, 32)
     params = list(policy.parameters())
     v = torch.randn(sum(p.numel() for p in params))
-    plain = fisher_vector_product(policy, batch, params, 0.0)(v)
-    damped = fisher_vector_product(policy, batch, params, 0.25)(v)
+    plain = product(policy, batch, params, 0.0)(v)
+    damped = product(policy, batch, params, 0.25)(v)
     np.testing.assert_allclose(damped, plain + 0.25 * v, atol=1e-12)
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.1])
+@pytest.mark.parametrize("activation", list(Activation))
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_analytic_product_equals_double_backprop_on_random_vectors(kind, activation, damping):
+    """Float64: the two products agree to rounding, element by element."""
+    policy = perturbed(mlp_policy(kind, hidden=(32, 32), activation=activation), 0.5)
+    batch = make_batch(policy, 512)
+    params = list(policy.parameters())
+    analytic = analytic_fisher_vector_product(policy, batch, params, damping)
+    double_backprop = double_backprop_fisher_vector_product(policy, batch, params, damping)
+    for _ in range(5):
+        v = torch.randn(sum(p.numel() for p in params))
+        torch.testing.assert_close(analytic(v), double_backprop(v), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_analytic_product_equals_double_backprop_in_float32_at_training_size(kind):
+    """What a run computes: float32, [64, 64] tanh policy, Hopper's sizes, 2,048 states. The
+    products agree to 1e-5 of their largest element (float32 rounding is ~1e-7 of it)."""
+    torch.set_default_dtype(torch.float32)
+    policy = perturbed(mlp_policy(kind, obs_dim=11, act_dim=3, hidden=(64, 64)), scale=0.1)
+    batch = make_batch(policy, 2048)
+    params = list(policy.parameters())
+    analytic = analytic_fisher_vector_product(policy, batch, params, 0.1)
+    double_backprop = double_backprop_fisher_vector_product(policy, batch, params, 0.1)
+    for _ in range(5):
+        v = torch.randn(sum(p.numel() for p in params))
+        expected = double_backprop(v)
+        assert analytic(v).dtype == torch.float32
+        assert float((analytic(v) - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+# ------------------------------------------------------------- the states the products use
+
+
+def time_major_batch(steps=256, envs=8):
+    """A batch laid out as the trainer flattens a rollout, [T, N] → [T·N]: sample i is step
+    i // N of environment i % N. The first observation coordinate is the sample's index."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy, steps * envs)
+    batch.obs[:, 0] = torch.arange(steps * envs, dtype=batch.obs.dtype)
+    return policy, batch
+
+
+def drawn(states):
+    return states.obs[:, 0].long()
+
+
+@pytest.mark.parametrize("k", [2, 5, 8])
+def test_the_fvp_subset_has_len_over_k_distinct_states_from_every_environment(k):
+    policy, batch = time_major_batch(steps=256, envs=8)
+    index = drawn(NaturalPolicyGradient(policy, fvp_subsample=k).fvp_states(batch))
+    assert len(index) == len(batch) // k
+    assert len(set(index.tolist())) == len(index)
+    assert torch.equal(index, index.sort().values)  # in batch order
+    assert set((index % 8).tolist()) == set(range(8))
+    # Every k-th state, the old rule, takes environment 0 alone when k = N.
+    assert set((torch.arange(len(batch))[::8] % 8).tolist()) == {0}
+
+
+def test_fvp_subsample_one_takes_the_whole_batch_and_draws_nothing():
+    policy, batch = time_major_batch()
+    solver = TRPO(policy, fvp_subsample=1)
+    generator, global_rng = solver.fvp_generator.get_state(), torch.get_rng_state()
+    assert solver.fvp_states(batch) is batch
+    solver.update(batch)
+    assert torch.equal(solver.fvp_generator.get_state(), generator)
+    assert torch.equal(torch.get_rng_state(), global_rng)
+
+
+def test_each_update_draws_a_new_subset_and_a_seed_fixes_the_sequence():
+    policy, batch = time_major_batch()
+
+    def subsets(seed, draws=3):
+        solver = NaturalPolicyGradient(policy, fvp_subsample=4, seed=seed)
+        return [drawn(solver.fvp_states(batch)) for _ in range(draws)]
+
+    first = subsets(seed=7)
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    for again, before in zip(subsets(seed=7), first):
+        assert torch.equal(again, before)
+    assert not torch.equal(subsets(seed=8)[0], first[0])
+
+
+def test_the_global_generator_does_not_change_the_subsets():
+    policy, batch = time_major_batch()
+    torch.manual_seed(1)
+    one = drawn(NaturalPolicyGradient(policy, fvp_subsample=4, seed=3).fvp_states(batch))
+    torch.manual_seed(2)
+    other = drawn(NaturalPolicyGradient(policy, fvp_subsample=4, seed=3).fvp_states(batch))
+    assert torch.equal(one, other)
+
+
+def test_an_update_takes_its_fisher_vector_products_over_the_drawn_subset():
+    """The step equals CG on the Fisher of the subset that a twin generator draws."""
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy, 2048)
+    params = list(policy.parameters())
+    subset = batch.take(torch.randperm(len(batch), generator=torch.Generator().manual_seed(5))
+                        [:len(batch) // 4].sort().values)
+    gradient = flat_grad(surrogate(policy, batch), params)
+    direction, _, _ = conjugate_gradient(
+        analytic_fisher_vector_product(policy, subset, params, 0.1), gradient, 25)
+    whole, _, _ = conjugate_gradient(
+        analytic_fisher_vector_product(policy, batch, params, 0.1), gradient, 25)
+    assert float((direction - whole).norm()) > 1e-3 * float(whole.norm())  # the subset matters
+    before = flat_params(policy)
+    NaturalPolicyGradient(policy, step_size=0.05, fvp_subsample=4, seed=5).update(batch)
+    np.testing.assert_allclose(flat_params(policy) - before, 0.05 * direction, rtol=1e-8,
+                               atol=1e-12)
+
+
+def test_the_solver_state_carries_the_generator_through_a_checkpoint():
+    """A resumed solver draws the subsets the uninterrupted one would: state_dict survives
+    torch.save and a weights_only load, as checkpoints are read."""
+    import io
+
+    policy, batch = time_major_batch()
+    solver = TRPO(policy, fvp_subsample=4, seed=11)
+    solver.fvp_states(batch)
+    buffer = io.BytesIO()
+    torch.save(solver.state_dict(), buffer)
+    expected = [drawn(solver.fvp_states(batch)) for _ in range(2)]
+    resumed = TRPO(policy, fvp_subsample=4, seed=0)
+    resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    for before in expected:
+        assert torch.equal(drawn(resumed.fvp_states(batch)), before)
+
+
+def test_a_solver_state_without_a_generator_loads_only_when_nothing_is_drawn():
+    """Checkpoints written before the subset was drawn hold an empty solver state."""
+    policy = mlp_policy("gaussian")
+    TRPO(policy).load_state_dict({})
+    with pytest.raises(ValueError, match="fvp_generator"):
+        TRPO(policy, fvp_subsample=5).load_state_dict({})
+
+
+def test_fvp_subsample_larger_than_the_batch_is_refused():
+    policy = mlp_policy("gaussian")
+    with pytest.raises(ValueError, match="leaves no state"):
+        TRPO(policy, fvp_subsample=64).update(make_batch(policy, 32))
 
 
 # ----------------------------------------------------------------------------------------- KL
@@ -271,12 +435,41 @@ def test_npg_fixed_step_size_is_kakades_update():
     params = list(policy.parameters())
     objective = surrogate(policy, batch)
     gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(objective, params)])
-    direction, _, _ = conjugate_gradient(fisher_vector_product(policy, batch, params, 0.1),
-                                         gradient, 30)
+    direction, _, _ = conjugate_gradient(
+        analytic_fisher_vector_product(policy, batch, params, 0.1), gradient, 30)
     before = flat_params(policy)
     metrics = solver.update(batch)
     np.testing.assert_allclose(flat_params(policy) - before, 0.05 * direction, atol=1e-8)
     assert metrics["step_norm"] == pytest.approx(0.05 * float(direction.norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("solver_class", [TRPO, NaturalPolicyGradient])
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_an_update_with_the_analytic_product_takes_the_double_backprop_step(kind, solver_class):
+    """25 CG iterations and the line search, float64: the parameters reached agree to 1e-9 of
+    the step and every count (CG iterations, backtracks) is the same."""
+    policy = mlp_policy(kind)
+    batch = make_batch(policy)
+    twin = copy.deepcopy(policy)
+    before = flat_params(policy)
+    analytic = solver_class(policy, fvp=FisherProduct.analytic).update(batch)
+    double_backprop = solver_class(twin, fvp="double_backprop").update(batch)
+    step, twin_step = flat_params(policy) - before, flat_params(twin) - before
+    assert float(step.norm()) > 0 and analytic["update_accepted"] == 1.0
+    assert float((step - twin_step).norm() / twin_step.norm()) < 1e-9
+    for key in ("cg_iterations", "linesearch_backtracks", "update_accepted"):
+        assert analytic[key] == double_backprop[key]
+    for key in ("expected_improvement", "actual_improvement", "kl", "cg_residual"):
+        assert analytic[key] == pytest.approx(double_backprop[key], rel=1e-6)
+
+
+def test_the_double_backprop_product_is_chosen_by_name():
+    policy = mlp_policy("gaussian")
+    assert TRPO(policy).fisher_vector_product is analytic_fisher_vector_product
+    chosen = NaturalPolicyGradient(policy, fvp="double_backprop").fisher_vector_product
+    assert chosen is double_backprop_fisher_vector_product
+    with pytest.raises(ValueError):
+        TRPO(policy, fvp="finite_differences")
 
 
 def test_linear_schedule_by_hand():
@@ -342,14 +535,6 @@ def test_kl_penalty_with_fixed_beta_keeps_it():
     solver = KLPenalty(policy, beta=3.0, adaptive=False, lr=1e-2)
     solver.update(make_batch(policy))
     assert solver.beta == 3.0
-
-
-def perturbed(policy, scale=0.3):
-    """``policy`` with every parameter moved by scale·N(0, 1), so ratios π/π_old differ from 1."""
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return policy
 
 
 def naive_clipped_objective(ratio, advantages, eps):

@@ -80,6 +80,20 @@ class Init(Enum):
 VectorMode = Enum("VectorMode", {"sync": "sync", "async": "async"})
 
 
+class FisherProduct(Enum):
+    """How NPG and TRPO multiply a vector by the Fisher matrix F of the mean KL at θ_old.
+
+    ``analytic``: F v = Jᵀ M J v, with J the Jacobian of the distribution's parameters (Gaussian
+    mean and log σ, or Categorical logits) and M their Fisher in closed form (TRPO paper,
+    appendix C.1): two first-order passes per product (J v, then Jᵀ w), no second derivatives.
+    ``double_backprop``: the Hessian of the mean KL, its gradient differentiated again (modular_rl,
+    OpenAI baselines). The two are the same matrix; they differ in rounding and cost.
+    """
+
+    analytic = "analytic"
+    double_backprop = "double_backprop"
+
+
 class WandbMode(Enum):
     """W&B mode. ``offline`` writes the run under the run directory; ``wandb sync`` uploads it."""
 
@@ -257,8 +271,13 @@ class NaturalGradientConfig:
     cg_damping: float = 0.1
     # CG stops early once the squared residual falls below this (OpenAI baselines).
     cg_residual_tol: float = 1e-10
-    # Fisher-vector products use every k-th state of the batch; 1 uses all (baselines uses 5).
+    # k: Fisher-vector products use len(batch) // k states drawn at random, anew each update,
+    # from the solver's generator (seeded by the run's seed); 1 uses all states and draws
+    # nothing. Baselines uses 5 (every 5th state of one worker's trajectory).
     fvp_subsample: int = 1
+    # The Fisher-vector product, the same matrix either way: analytic, Jᵀ M J v in closed form
+    # (TRPO paper, appendix C.1), or double_backprop, the KL's Hessian (modular_rl, baselines).
+    fvp: FisherProduct = FisherProduct.analytic
 
     def validate(self) -> None:
         _positive(self, "max_kl")

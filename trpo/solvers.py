@@ -1,8 +1,9 @@
 """Policy solvers. They share one interface and differ only in how they change the parameters.
 
 * :class:`NaturalPolicyGradient` owns the natural-gradient direction: the gradient g of the
-  surrogate, the Fisher-vector product of the mean KL and conjugate gradient for x ≈ F⁻¹g, scaled
-  to the trust region √(2δ / xᵀFx) or by a fixed step; it applies the step as it is.
+  surrogate, the Fisher-vector product of the mean KL (in closed form, Jᵀ M J v, or by double
+  backprop) and conjugate gradient for x ≈ F⁻¹g, scaled to the trust region √(2δ / xᵀFx) or by a
+  fixed step; it applies the step as it is.
 * :class:`TRPO` adds only the backtracking line search that accepts a step when the sampled mean
   KL ≤ δ and the surrogate improves, and restores the old parameters exactly when none does.
 * :class:`FirstOrderSolver` runs Adam on a loss over minibatches; its subclasses only say which
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from trpo.config import FisherProduct
 
 
 def take(dist: Distribution, index: torch.Tensor) -> Distribution:
@@ -112,13 +115,18 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     return x, iterations_run, float(rr.sqrt())
 
 
-def fisher_vector_product(policy: nn.Module, batch: PolicyBatch, params: list[nn.Parameter],
-                          damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+FisherVectorProduct = Callable[[torch.Tensor], torch.Tensor]
+
+
+def double_backprop_fisher_vector_product(policy: nn.Module, batch: PolicyBatch,
+                                          params: list[nn.Parameter],
+                                          damping: float) -> FisherVectorProduct:
     """``v ↦ (F + damping·I) v`` where F is the Hessian of the mean KL at θ_old.
 
     At θ = θ_old the Hessian of KL(π_old ‖ π_θ) equals the Fisher information of the policy
     averaged over the batch's states (TRPO paper, appendix C). The first derivative is built once
-    with its graph; each product is one more backward pass through it.
+    with its graph; each product is one more backward pass through it. ``v`` and the product are
+    flat vectors ``[P]`` over ``params``, in their order.
     """
     kl_grad = flat_grad(mean_kl(policy, batch), params, create_graph=True)
 
@@ -126,6 +134,70 @@ def fisher_vector_product(policy: nn.Module, batch: PolicyBatch, params: list[nn
         return flat_grad(kl_grad @ v, params, retain_graph=True) + damping * v
 
     return product
+
+
+FisherMap = Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]
+
+
+def distribution_fisher(dist: Distribution) -> tuple[tuple[torch.Tensor, ...], FisherMap]:
+    """The tensors a batch of B distributions is a function of, and ``u ↦ M u / B`` with M each
+    state's Fisher information in those tensors, averaged over the states as the mean KL is.
+
+    Diagonal Gaussian: ``(mean [B, A], log σ [B, A])``; M is 1/σ² for the mean and 2 for log σ,
+    per dimension. Categorical: ``(logits [B, K],)``; M = diag(p) − p pᵀ, right for raw logits
+    too (Categorical's are normalised, so pᵀ dz = 0 and the p pᵀ term adds nothing to F there).
+    """
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        mean, log_std = dist.base_dist.loc, dist.base_dist.scale.log()
+        states, inverse_variance = mean.shape[0], torch.exp(-2.0 * log_std.detach())
+
+        def gaussian(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return u[0] * inverse_variance / states, 2.0 * u[1] / states
+
+        return (mean, log_std), gaussian
+    if isinstance(dist, Categorical):
+        logits = dist.logits
+        states, probs = logits.shape[0], dist.probs.detach()
+
+        def categorical(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            weighted = probs * u[0]
+            return ((weighted - probs * weighted.sum(-1, keepdim=True)) / states,)
+
+        return (logits,), categorical
+    raise TypeError(f"no closed-form Fisher for a {type(dist).__name__}; "
+                    "solver.fvp=double_backprop works for any distribution")
+
+
+def analytic_fisher_vector_product(policy: nn.Module, batch: PolicyBatch,
+                                   params: list[nn.Parameter],
+                                   damping: float) -> FisherVectorProduct:
+    """``v ↦ (F + damping·I) v`` with F = Jᵀ M J at the current parameters (θ_old when a solver
+    calls it): the same matrix as :func:`double_backprop_fisher_vector_product`.
+
+    J is the Jacobian of the distribution's parameters on the batch's states with respect to
+    ``params`` and M their Fisher, both from :func:`distribution_fisher` (TRPO paper, appendix
+    C.1). The forward pass runs once per call, and so does one backward pass u ↦ Jᵀu recorded
+    with its graph; that map is linear in u, so differentiating it with respect to u gives J v
+    (the double-vjp trick, Townsend 2017). Each product is then two first-order passes, J v and
+    Jᵀ(M J v): no second derivative of the network is taken, and nothing is traced anew per
+    update as ``torch.func.linearize`` would. ``v`` and the product are flat vectors ``[P]`` over
+    ``params``.
+    """
+    outputs, fisher = distribution_fisher(policy(batch.obs))
+    cotangents = tuple(torch.zeros_like(o, requires_grad=True) for o in outputs)
+    transposed = flat_grad(outputs, params, grad_outputs=cotangents, create_graph=True)  # Jᵀu
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        jacobian_v = torch.autograd.grad(transposed, cotangents, grad_outputs=v,
+                                         retain_graph=True)
+        return flat_grad(outputs, params, grad_outputs=fisher(jacobian_v),
+                         retain_graph=True) + damping * v
+
+    return product
+
+
+FISHER_VECTOR_PRODUCTS = {FisherProduct.analytic: analytic_fisher_vector_product,
+                          FisherProduct.double_backprop: double_backprop_fisher_vector_product}
 
 
 def require_progress(progress: float) -> None:
@@ -140,11 +212,18 @@ def linear_schedule(start: float, end: float | None, progress: float) -> float:
 
 
 class PolicySolver(ABC):
-    """Changes a policy's parameters from one batch. Subclasses implement :meth:`step`."""
+    """Changes a policy's parameters from one batch. Subclasses implement :meth:`step`.
 
-    def __init__(self, policy: nn.Module):
+    Every solver is built as ``Solver(policy, ..., seed=run seed)``. ``seed`` seeds the random
+    draws a solver makes itself (NPG's and TRPO's subsets of states for ``fvp_subsample`` > 1),
+    which it then carries in :meth:`state_dict`; the first-order solvers' minibatch order still
+    comes from torch's global generator, which the trainer seeds and checkpoints.
+    """
+
+    def __init__(self, policy: nn.Module, *, seed: int = 0):
         self.policy = policy
         self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.seed = seed
 
     def update(self, batch: PolicyBatch, progress: float = 0.0) -> dict[str, float]:
         """One policy update; metrics include the KL between the old and the new policy.
@@ -190,22 +269,57 @@ class NaturalPolicyGradient(PolicySolver):
         max_kl_final: δ at the last update, reached linearly from ``max_kl`` over training
             (None: δ stays ``max_kl``). The δ used is reported as ``trust_region``.
         cg_iters, cg_damping, cg_residual_tol: conjugate gradient on (F + damping·I) x = g.
-        fvp_subsample: Fisher-vector products use every k-th state of the batch.
+        fvp_subsample: k; Fisher-vector products use len(batch) // k of the batch's states,
+            drawn uniformly without replacement at each update from the solver's generator
+            (seeded with ``seed``, carried in :meth:`state_dict`). 1: every state, no draw.
         step_size: fixed α for θ += α x instead of the trust-region scale (null: trust region).
+        fvp: how F v is computed (a :class:`FisherProduct` or its name), the same matrix either
+            way: ``analytic`` (:func:`analytic_fisher_vector_product`) or ``double_backprop``
+            (:func:`double_backprop_fisher_vector_product`).
     """
 
     def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
-                 step_size: float | None = None, max_kl_final: float | None = None):
-        super().__init__(policy)
+                 step_size: float | None = None, max_kl_final: float | None = None,
+                 fvp: FisherProduct | str = FisherProduct.analytic, *, seed: int = 0):
+        super().__init__(policy, seed=seed)
         self.max_kl, self.max_kl_final = max_kl, max_kl_final
         self.cg_iters, self.cg_damping = cg_iters, cg_damping
         self.cg_residual_tol, self.fvp_subsample, self.step_size = (cg_residual_tol,
                                                                     fvp_subsample, step_size)
+        self.fisher_vector_product = FISHER_VECTOR_PRODUCTS[FisherProduct(fvp)]
+        self.fvp_generator = torch.Generator().manual_seed(seed)
 
     def trust_region(self, progress: float) -> float:
         """δ for the update at ``progress`` (0 first, 1 last)."""
         return linear_schedule(self.max_kl, self.max_kl_final, progress)
+
+    def fvp_states(self, batch: PolicyBatch) -> PolicyBatch:
+        """The states this update's Fisher-vector products average over: the whole batch for
+        ``fvp_subsample`` = 1 (no random draw), else len(batch) // k of them drawn uniformly
+        without replacement from the solver's generator, in batch order.
+
+        A uniform draw takes every environment's states of a time-major [T·N] batch in
+        proportion; every k-th state would take environment 0 alone when k = N.
+        """
+        if self.fvp_subsample == 1:
+            return batch
+        size = len(batch) // self.fvp_subsample
+        if size == 0:
+            raise ValueError(f"fvp_subsample={self.fvp_subsample} leaves no state of a batch "
+                             f"of {len(batch)}")
+        order = torch.randperm(len(batch), generator=self.fvp_generator)
+        return batch.take(order[:size].sort().values)
+
+    def state_dict(self) -> dict:
+        return {"fvp_generator": self.fvp_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "fvp_generator" in state:
+            self.fvp_generator.set_state(state["fvp_generator"])
+        elif self.fvp_subsample != 1:  # a checkpoint from before the subset was drawn
+            raise ValueError("the solver state holds no fvp_generator, so the subsets of "
+                             f"fvp_subsample={self.fvp_subsample} cannot go on as they would have")
 
     def step(self, batch: PolicyBatch, progress: float) -> dict[str, float]:
         max_kl = self.trust_region(progress)
@@ -216,9 +330,8 @@ class NaturalPolicyGradient(PolicySolver):
         gradient_s = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        fvp_batch = batch if self.fvp_subsample == 1 else batch.take(
-            slice(None, None, self.fvp_subsample))
-        fvp = fisher_vector_product(self.policy, fvp_batch, self.params, self.cg_damping)
+        fvp = self.fisher_vector_product(self.policy, self.fvp_states(batch), self.params,
+                                         self.cg_damping)
         direction, cg_iterations, cg_residual = conjugate_gradient(
             fvp, gradient, self.cg_iters, self.cg_residual_tol)
         curvature = float(direction @ fvp(direction))  # xᵀ(F + damping·I)x
@@ -273,9 +386,10 @@ class TRPO(NaturalPolicyGradient):
     def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
                  cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
                  backtrack_factor: float = 0.5, max_backtracks: int = 10,
-                 max_kl_final: float | None = None):
+                 max_kl_final: float | None = None,
+                 fvp: FisherProduct | str = FisherProduct.analytic, *, seed: int = 0):
         super().__init__(policy, max_kl, cg_iters, cg_damping, cg_residual_tol, fvp_subsample,
-                         max_kl_final=max_kl_final)
+                         max_kl_final=max_kl_final, fvp=fvp, seed=seed)
         self.backtrack_factor, self.max_backtracks = backtrack_factor, max_backtracks
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
@@ -305,8 +419,8 @@ class FirstOrderSolver(PolicySolver):
     """
 
     def __init__(self, policy: nn.Module, lr: float, epochs: int, minibatch_size: int | None,
-                 max_grad_norm: float | None = None):
-        super().__init__(policy)
+                 max_grad_norm: float | None = None, *, seed: int = 0):
+        super().__init__(policy, seed=seed)
         self.epochs, self.minibatch_size, self.max_grad_norm = epochs, minibatch_size, max_grad_norm
         self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=True)
 
@@ -359,8 +473,9 @@ class KLPenalty(FirstOrderSolver):
 
     def __init__(self, policy: nn.Module, target_kl: float = 0.01, beta: float = 1.0,
                  adaptive: bool = True, lr: float = 3e-4, epochs: int = 10,
-                 minibatch_size: int | None = 64, max_grad_norm: float | None = None):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
+                 minibatch_size: int | None = 64, max_grad_norm: float | None = None, *,
+                 seed: int = 0):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
         self.target_kl, self.beta, self.adaptive = target_kl, beta, adaptive
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
@@ -395,8 +510,8 @@ class PPOClip(FirstOrderSolver):
 
     def __init__(self, policy: nn.Module, clip_range: float = 0.2, lr: float = 3e-4,
                  epochs: int = 10, minibatch_size: int | None = 64,
-                 max_grad_norm: float | None = 0.5):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
+                 max_grad_norm: float | None = 0.5, *, seed: int = 0):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
         self.clip_range = clip_range
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
@@ -421,8 +536,9 @@ class VanillaPolicyGradient(FirstOrderSolver):
     """
 
     def __init__(self, policy: nn.Module, lr: float = 3e-4, epochs: int = 1,
-                 minibatch_size: int | None = None, max_grad_norm: float | None = None):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm)
+                 minibatch_size: int | None = None, max_grad_norm: float | None = None, *,
+                 seed: int = 0):
+        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
         log_prob = self.policy(minibatch.obs).log_prob(minibatch.actions)
