@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: composing the project's Hydra config as ``run.py`` does, running
 ``run.py`` as a user does, and comparing runs."""
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 import trpo  # noqa: F401  (registers the config schemas)
 
@@ -45,3 +47,37 @@ def without_timing(progress: pd.DataFrame) -> pd.DataFrame:
     machine = [c for c in progress.columns
                if c.startswith("time_") or c in ("wall_s", "steps_per_s", "rss_mb")]
     return progress.drop(columns=machine)
+
+
+@functools.cache
+def _option_values(group: str, option: str) -> dict:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"{group}={option}"])[group]
+            return OmegaConf.to_container(cfg, resolve=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def option_values(group: str, option: str, **overrides) -> dict:
+    """The values of ``conf/<group>/<option>.yaml`` (the project's one statement of them), with
+    ``overrides``; ``_target_`` left out."""
+    values = {k: v for k, v in _option_values(group, option).items() if k != "_target_"}
+    return {**values, **overrides}
+
+
+def solver_kwargs(option: str, **overrides) -> dict:
+    """Keyword arguments that build the ``solver=<option>`` solver as the config does (seed 0)."""
+    return {**option_values("solver", option), "seed": 0, **overrides}
+
+
+def network_config(option: str = "mlp64", **overrides):
+    """The ``network=<option>`` config as a :class:`trpo.config.NetworkConfig`."""
+    from trpo.config import Activation, Init, NetworkConfig
+
+    values = option_values("network", option, **overrides)
+    values["activation"] = Activation(getattr(values["activation"], "value",
+                                              values["activation"]))
+    values["init"] = Init(getattr(values["init"], "value", values["init"]))
+    return NetworkConfig(**values)

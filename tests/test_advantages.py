@@ -88,7 +88,7 @@ def random_batch(seed, steps=12, num_envs=3, end_prob=0.25):
 @pytest.mark.parametrize("lam", [0.0, 0.5, 0.97, 1.0])
 def test_gae_matches_naive_implementation(seed, gamma, lam):
     batch = random_batch(seed)
-    adv, ret = GAE(gamma=gamma, lam=lam)(*batch)
+    adv, ret = GAE(gamma=gamma, lam=lam, normalize=True)(*batch)
     np.testing.assert_allclose(adv, naive_gae(*batch, gamma, lam), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(ret, adv + batch[1])
 
@@ -97,26 +97,26 @@ def test_gae_matches_naive_implementation(seed, gamma, lam):
 @pytest.mark.parametrize("gamma", [0.9, 0.99])
 def test_td_is_the_one_step_residual_and_gae_lambda_zero(seed, gamma):
     rewards, values, next_values, terminated, ended = batch = random_batch(seed)
-    adv, _ = td(gamma)(*batch)
+    adv, _ = td(gamma=gamma, normalize=True)(*batch)
     np.testing.assert_allclose(adv, rewards + gamma * (1 - terminated) * next_values - values)
-    np.testing.assert_allclose(adv, GAE(gamma=gamma, lam=0.0)(*batch)[0])
+    np.testing.assert_allclose(adv, GAE(gamma=gamma, lam=0.0, normalize=True)(*batch)[0])
 
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("gamma", [0.9, 0.99, 1.0])
 def test_monte_carlo_is_reward_to_go_minus_value_and_gae_lambda_one(seed, gamma):
     rewards, values, next_values, terminated, ended = batch = random_batch(seed)
-    adv, ret = monte_carlo(gamma)(*batch)
+    adv, ret = monte_carlo(gamma=gamma, normalize=True)(*batch)
     expected = naive_reward_to_go(rewards, next_values, terminated, ended, gamma)
     np.testing.assert_allclose(ret, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(adv, expected - values, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(adv, GAE(gamma=gamma, lam=1.0)(*batch)[0])
+    np.testing.assert_allclose(adv, GAE(gamma=gamma, lam=1.0, normalize=True)(*batch)[0])
 
 
 def test_envs_are_independent():
     """Each column is the estimate of its own environment alone."""
     batch = random_batch(0, num_envs=4)
-    adv, _ = GAE(gamma=0.99, lam=0.95)(*batch)
+    adv, _ = GAE(gamma=0.99, lam=0.95, normalize=True)(*batch)
     for i in range(4):
         alone = [a[:, i:i + 1] for a in batch]
-        np.testing.assert_allclose(adv[:, i:i + 1], GAE(gamma=0.99, lam=0.95)(*alone)[0])
+        np.testing.assert_allclose(adv[:, i:i + 1], GAE(gamma=0.99, lam=0.95, normalize=True)(*alone)[0])

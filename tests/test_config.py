@@ -116,7 +116,7 @@ def test_each_fisher_vector_product_is_chosen_by_config(compose_config, solver, 
     cfg = compose_config([f"solver={solver}", f"solver.fvp={fvp.value}"])
     validate_config(cfg)
     policy = build_policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,)), cfg.network)
-    built = instantiate(cfg.solver, policy=policy)
+    built = instantiate(cfg.solver, policy=policy, seed=0)
     assert built.fisher_vector_product is FISHER_VECTOR_PRODUCTS[fvp]
 
 
@@ -220,3 +220,33 @@ def test_every_study_composes_validates_and_declares_a_sweep(compose_config, stu
     assert cfg.name == study
     assert cfg.hydra.sweeper.params, "a study names the values it sweeps"
     validate_config(compose_config([f"experiment={study}"]))
+
+
+def test_each_default_is_written_once_in_the_option_yaml():
+    """A value an option's YAML states has no second default in its schema or constructor."""
+    import dataclasses
+    import inspect as inspect_module
+
+    from hydra.utils import get_class, get_method
+    from omegaconf import MISSING, OmegaConf
+
+    from trpo.cli import CONF_DIR, option_schema, options
+
+    for group in ("env", "network", "advantage", "solver", "logger"):
+        for option in options(group):
+            schema = option_schema(group, option)
+            yaml = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+            stated = set(yaml) - {"defaults"}
+            defaults = {f.name: f.default for f in dataclasses.fields(schema)}
+            # A schema default the YAML repeats, rather than sets to a value of its own.
+            twice = [k for k in stated if defaults.get(k, MISSING) is not MISSING
+                     and getattr(defaults[k], "value", defaults[k]) == yaml[k]]
+            assert not twice, f"{group}/{option}.yaml and {schema.__name__} both set {twice}"
+            target = defaults.get("_target_")
+            if target and target is not MISSING:
+                built = (get_class(target) if target[0].isupper() or "." in target
+                         and target.rsplit(".", 1)[1][0].isupper() else get_method(target))
+                signature = inspect_module.signature(built)
+                with_defaults = [name for name, p in signature.parameters.items()
+                                 if name in stated and p.default is not p.empty]
+                assert not with_defaults, f"{target} has defaults for {with_defaults}"

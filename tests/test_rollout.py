@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import tests.toy_envs  # noqa: F401  (registers Counter-v0)
-from trpo.config import EnvConfig, NetworkConfig
+from tests.conftest import network_config
+from trpo.config import EnvConfig
 from trpo.envs import make_vector_env
 from trpo.networks import build_policy
 from trpo.normalization import (ObservationNormalizer, RewardScaler, RunningMeanStd,
@@ -24,7 +25,7 @@ class FirstCoordinate(nn.Module):
 def collect(env_id, num_envs=2, steps=7):
     envs = make_vector_env(EnvConfig(id=env_id), num_envs)
     policy = build_policy(envs.single_observation_space, envs.single_action_space,
-                          NetworkConfig(policy_hidden=[4]))
+                          network_config(policy_hidden=[4]))
     collector = RolloutCollector(envs, policy, FirstCoordinate(),
                                  ObservationNormalizer((2,), enabled=False),
                                  RewardScaler(num_envs, 0.99, enabled=False), steps, seed=0,
@@ -77,7 +78,7 @@ def test_non_finite_reward_stops_with_env_step_and_value():
 def test_evaluation_runs_one_deterministic_episode_per_env():
     envs = make_vector_env(EnvConfig(id="CartPole-v1"), 3)
     policy = build_policy(envs.single_observation_space, envs.single_action_space,
-                          NetworkConfig())
+                          network_config())
     normalizer = ObservationNormalizer((4,))
     first = evaluate(envs, policy, normalizer, seeds=[5, 6, 7])
     again = evaluate(envs, policy, normalizer, seeds=[5, 6, 7])

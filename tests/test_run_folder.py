@@ -476,3 +476,33 @@ def test_a_config_error_raises_before_the_folder_is_touched(compose_config, tmp_
     with pytest.raises(ConfigError):
         train(compose_config([*CARTPOLE, "advantage.lam=3"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_from_before_solver_fvp_resumes_only_with_the_product_it_used(
+        compose_config, tmp_path):
+    """Checkpoints written before ``solver.fvp`` existed computed the KL's Hessian."""
+    from trpo.resume import config_changes
+
+    saved = read_checkpoint_config(compose_config(CARTPOLE))
+    del saved["solver"]["fvp"]
+    assert config_changes(saved, compose_config(CARTPOLE)) == ["solver.fvp"]
+    assert config_changes(saved, compose_config([*CARTPOLE, "solver.fvp=double_backprop"])) == []
+    kl_penalty = read_checkpoint_config(compose_config([*CARTPOLE, "solver=kl_penalty"]))
+    assert config_changes(kl_penalty, compose_config([*CARTPOLE, "solver=kl_penalty"])) == []
+
+
+def read_checkpoint_config(cfg):
+    """The config as a checkpoint records it."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def test_zero_gradient_updates_do_not_count_towards_max_rejected_updates(compose_config,
+                                                                        tmp_path):
+    cfg = compose_config([*CARTPOLE, "total_steps=768", "max_rejected_updates=1",
+                          "solver._target_=tests.toy_solvers.ZeroAdvantageTRPO"])
+    train(cfg, tmp_path)
+    progress = pd.read_csv(tmp_path / "progress.csv")
+    assert progress["zero_gradient"].tolist() == [1.0] * 6
+    assert progress["update_nonfinite"].tolist() == [0.0] * 6

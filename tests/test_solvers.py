@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from trpo.config import Activation, FisherProduct, NetworkConfig
+from tests.conftest import network_config, solver_kwargs
+from trpo.config import Activation, FisherProduct
 from trpo.networks import build_policy
 from trpo.solvers import (TRPO, KLPenalty, NaturalPolicyGradient, PolicyBatch, PPOClip,
                           VanillaPolicyGradient, analytic_fisher_vector_product,
@@ -33,7 +34,7 @@ def linear_policy(kind, obs_dim=3, act_dim=2):
     action_space = (gym.spaces.Box(-1, 1, (act_dim,)) if kind == "gaussian"
                     else gym.spaces.Discrete(act_dim))
     policy = build_policy(obs_space, action_space,
-                          NetworkConfig(policy_hidden=[], log_std_init=-0.3))
+                          network_config(policy_hidden=[], log_std_init=-0.3))
     with torch.no_grad():
         for p in policy.parameters():
             p.normal_(0, 0.5)
@@ -45,7 +46,7 @@ def mlp_policy(kind, obs_dim=4, act_dim=2, hidden=(16, 16), activation=Activatio
     action_space = (gym.spaces.Box(-1, 1, (act_dim,)) if kind == "gaussian"
                     else gym.spaces.Discrete(act_dim + 1))
     return build_policy(obs_space, action_space,
-                        NetworkConfig(policy_hidden=list(hidden), activation=activation))
+                        network_config(policy_hidden=list(hidden), activation=activation))
 
 
 def make_batch(policy, batch_size=256):
@@ -245,7 +246,7 @@ def drawn(states):
 @pytest.mark.parametrize("k", [2, 5, 8])
 def test_the_fvp_subset_has_len_over_k_distinct_states_from_every_environment(k):
     policy, batch = time_major_batch(steps=256, envs=8)
-    index = drawn(NaturalPolicyGradient(policy, fvp_subsample=k).fvp_states(batch))
+    index = drawn(NaturalPolicyGradient(policy, **solver_kwargs("npg", fvp_subsample=k)).fvp_states(batch))
     assert len(index) == len(batch) // k
     assert len(set(index.tolist())) == len(index)
     assert torch.equal(index, index.sort().values)  # in batch order
@@ -256,7 +257,7 @@ def test_the_fvp_subset_has_len_over_k_distinct_states_from_every_environment(k)
 
 def test_fvp_subsample_one_takes_the_whole_batch_and_draws_nothing():
     policy, batch = time_major_batch()
-    solver = TRPO(policy, fvp_subsample=1)
+    solver = TRPO(policy, **solver_kwargs("trpo", fvp_subsample=1))
     generator, global_rng = solver.fvp_generator.get_state(), torch.get_rng_state()
     assert solver.fvp_states(batch) is batch
     solver.update(batch)
@@ -268,7 +269,7 @@ def test_each_update_draws_a_new_subset_and_a_seed_fixes_the_sequence():
     policy, batch = time_major_batch()
 
     def subsets(seed, draws=3):
-        solver = NaturalPolicyGradient(policy, fvp_subsample=4, seed=seed)
+        solver = NaturalPolicyGradient(policy, **solver_kwargs("npg", fvp_subsample=4, seed=seed))
         return [drawn(solver.fvp_states(batch)) for _ in range(draws)]
 
     first = subsets(seed=7)
@@ -281,9 +282,9 @@ def test_each_update_draws_a_new_subset_and_a_seed_fixes_the_sequence():
 def test_the_global_generator_does_not_change_the_subsets():
     policy, batch = time_major_batch()
     torch.manual_seed(1)
-    one = drawn(NaturalPolicyGradient(policy, fvp_subsample=4, seed=3).fvp_states(batch))
+    one = drawn(NaturalPolicyGradient(policy, **solver_kwargs("npg", fvp_subsample=4, seed=3)).fvp_states(batch))
     torch.manual_seed(2)
-    other = drawn(NaturalPolicyGradient(policy, fvp_subsample=4, seed=3).fvp_states(batch))
+    other = drawn(NaturalPolicyGradient(policy, **solver_kwargs("npg", fvp_subsample=4, seed=3)).fvp_states(batch))
     assert torch.equal(one, other)
 
 
@@ -301,7 +302,7 @@ def test_an_update_takes_its_fisher_vector_products_over_the_drawn_subset():
         analytic_fisher_vector_product(policy, batch, params, 0.1), gradient, 25)
     assert float((direction - whole).norm()) > 1e-3 * float(whole.norm())  # the subset matters
     before = flat_params(policy)
-    NaturalPolicyGradient(policy, step_size=0.05, fvp_subsample=4, seed=5).update(batch)
+    NaturalPolicyGradient(policy, **solver_kwargs("npg", step_size=0.05, fvp_subsample=4, seed=5)).update(batch)
     np.testing.assert_allclose(flat_params(policy) - before, 0.05 * direction, rtol=1e-8,
                                atol=1e-12)
 
@@ -312,12 +313,12 @@ def test_the_solver_state_carries_the_generator_through_a_checkpoint():
     import io
 
     policy, batch = time_major_batch()
-    solver = TRPO(policy, fvp_subsample=4, seed=11)
+    solver = TRPO(policy, **solver_kwargs("trpo", fvp_subsample=4, seed=11))
     solver.fvp_states(batch)
     buffer = io.BytesIO()
     torch.save(solver.state_dict(), buffer)
     expected = [drawn(solver.fvp_states(batch)) for _ in range(2)]
-    resumed = TRPO(policy, fvp_subsample=4, seed=0)
+    resumed = TRPO(policy, **solver_kwargs("trpo", fvp_subsample=4, seed=0))
     resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     for before in expected:
         assert torch.equal(drawn(resumed.fvp_states(batch)), before)
@@ -326,15 +327,15 @@ def test_the_solver_state_carries_the_generator_through_a_checkpoint():
 def test_a_solver_state_without_a_generator_loads_only_when_nothing_is_drawn():
     """Checkpoints written before the subset was drawn hold an empty solver state."""
     policy = mlp_policy("gaussian")
-    TRPO(policy).load_state_dict({})
+    TRPO(policy, **solver_kwargs("trpo")).load_state_dict({})
     with pytest.raises(ValueError, match="fvp_generator"):
-        TRPO(policy, fvp_subsample=5).load_state_dict({})
+        TRPO(policy, **solver_kwargs("trpo", fvp_subsample=5)).load_state_dict({})
 
 
 def test_fvp_subsample_larger_than_the_batch_is_refused():
     policy = mlp_policy("gaussian")
     with pytest.raises(ValueError, match="leaves no state"):
-        TRPO(policy, fvp_subsample=64).update(make_batch(policy, 32))
+        TRPO(policy, **solver_kwargs("trpo", fvp_subsample=64)).update(make_batch(policy, 32))
 
 
 # ----------------------------------------------------------------------------------------- KL
@@ -387,7 +388,7 @@ def test_line_search_restores_parameters_exactly_when_every_candidate_fails():
     policy = mlp_policy("gaussian")
     batch = make_batch(policy)
     before = [p.detach().clone() for p in policy.parameters()]
-    metrics = BackwardsTRPO(policy, max_backtracks=6).update(batch)
+    metrics = BackwardsTRPO(policy, **solver_kwargs("trpo", max_backtracks=6)).update(batch)
     for old, new in zip(before, policy.parameters()):
         assert torch.equal(old, new.detach())
     assert metrics["update_accepted"] == 0.0
@@ -400,7 +401,7 @@ def test_line_search_restores_parameters_exactly_when_every_candidate_fails():
 def test_trpo_raises_surrogate_within_trust_region(kind, max_kl):
     policy = mlp_policy(kind)
     batch = make_batch(policy)
-    metrics = TRPO(policy, max_kl=max_kl).update(batch)
+    metrics = TRPO(policy, **solver_kwargs("trpo", max_kl=max_kl)).update(batch)
     assert metrics["update_accepted"] == 1.0
     assert metrics["actual_improvement"] > 0
     with torch.no_grad():
@@ -412,7 +413,7 @@ def test_trpo_raises_surrogate_within_trust_region(kind, max_kl):
 def test_trpo_updates_the_gaussian_log_std():
     policy = mlp_policy("gaussian")
     before = policy.log_std.detach().clone()
-    TRPO(policy).update(make_batch(policy))
+    TRPO(policy, **solver_kwargs("trpo")).update(make_batch(policy))
     assert not torch.equal(before, policy.log_std.detach())
 
 
@@ -421,7 +422,7 @@ def test_npg_trust_region_step_raises_surrogate_with_kl_near_delta(kind):
     """With no line search the KL is only bounded through its quadratic model ½xᵀFx = δ."""
     policy = mlp_policy(kind)
     batch = make_batch(policy)
-    metrics = NaturalPolicyGradient(policy, max_kl=0.01).update(batch)
+    metrics = NaturalPolicyGradient(policy, **solver_kwargs("npg", max_kl=0.01)).update(batch)
     assert metrics["actual_improvement"] > 0
     assert metrics["linesearch_backtracks"] == 0
     assert 0.001 < metrics["kl"] <= 0.015
@@ -431,7 +432,7 @@ def test_npg_fixed_step_size_is_kakades_update():
     """θ ← θ + α x with x the CG solution: the step's norm is α‖x‖, whatever δ."""
     policy = mlp_policy("gaussian")
     batch = make_batch(policy)
-    solver = NaturalPolicyGradient(policy, max_kl=123.0, step_size=0.05, cg_iters=30)
+    solver = NaturalPolicyGradient(policy, **solver_kwargs("npg", max_kl=123.0, step_size=0.05, cg_iters=30))
     params = list(policy.parameters())
     objective = surrogate(policy, batch)
     gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(objective, params)])
@@ -443,17 +444,18 @@ def test_npg_fixed_step_size_is_kakades_update():
     assert metrics["step_norm"] == pytest.approx(0.05 * float(direction.norm()), rel=1e-6)
 
 
-@pytest.mark.parametrize("solver_class", [TRPO, NaturalPolicyGradient])
+@pytest.mark.parametrize("solver_class, option", [(TRPO, "trpo"), (NaturalPolicyGradient, "npg")])
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
-def test_an_update_with_the_analytic_product_takes_the_double_backprop_step(kind, solver_class):
+def test_an_update_with_the_analytic_product_takes_the_double_backprop_step(kind, solver_class,
+                                                                            option):
     """25 CG iterations and the line search, float64: the parameters reached agree to 1e-9 of
     the step and every count (CG iterations, backtracks) is the same."""
     policy = mlp_policy(kind)
     batch = make_batch(policy)
     twin = copy.deepcopy(policy)
     before = flat_params(policy)
-    analytic = solver_class(policy, fvp=FisherProduct.analytic).update(batch)
-    double_backprop = solver_class(twin, fvp="double_backprop").update(batch)
+    analytic = solver_class(policy, **solver_kwargs(option, fvp=FisherProduct.analytic)).update(batch)
+    double_backprop = solver_class(twin, **solver_kwargs(option, fvp="double_backprop")).update(batch)
     step, twin_step = flat_params(policy) - before, flat_params(twin) - before
     assert float(step.norm()) > 0 and analytic["update_accepted"] == 1.0
     assert float((step - twin_step).norm() / twin_step.norm()) < 1e-9
@@ -465,11 +467,11 @@ def test_an_update_with_the_analytic_product_takes_the_double_backprop_step(kind
 
 def test_the_double_backprop_product_is_chosen_by_name():
     policy = mlp_policy("gaussian")
-    assert TRPO(policy).fisher_vector_product is analytic_fisher_vector_product
-    chosen = NaturalPolicyGradient(policy, fvp="double_backprop").fisher_vector_product
+    assert TRPO(policy, **solver_kwargs("trpo")).fisher_vector_product is analytic_fisher_vector_product
+    chosen = NaturalPolicyGradient(policy, **solver_kwargs("npg", fvp="double_backprop")).fisher_vector_product
     assert chosen is double_backprop_fisher_vector_product
     with pytest.raises(ValueError):
-        TRPO(policy, fvp="finite_differences")
+        TRPO(policy, **solver_kwargs("trpo", fvp="finite_differences"))
 
 
 def test_linear_schedule_by_hand():
@@ -479,16 +481,16 @@ def test_linear_schedule_by_hand():
     assert linear_schedule(0.01, None, 0.7) == 0.01
 
 
-@pytest.mark.parametrize("solver_class", [TRPO, NaturalPolicyGradient])
+@pytest.mark.parametrize("solver_class, option", [(TRPO, "trpo"), (NaturalPolicyGradient, "npg")])
 @pytest.mark.parametrize("progress", [0.0, 0.5, 1.0])
-def test_a_shrinking_trust_region_steps_as_the_solver_with_that_fixed_delta(solver_class,
+def test_a_shrinking_trust_region_steps_as_the_solver_with_that_fixed_delta(solver_class, option,
                                                                           progress):
     policy = mlp_policy("gaussian")
     batch = make_batch(policy)
     twin = copy.deepcopy(policy)
     delta = 0.05 + (0.001 - 0.05) * progress  # the schedule written another way
-    scheduled = solver_class(policy, max_kl=0.05, max_kl_final=0.001).update(batch, progress)
-    fixed = solver_class(twin, max_kl=delta).update(batch)
+    scheduled = solver_class(policy, **solver_kwargs(option, max_kl=0.05, max_kl_final=0.001)).update(batch, progress)
+    fixed = solver_class(twin, **solver_kwargs(option, max_kl=delta)).update(batch)
     torch.testing.assert_close(flat_params(policy), flat_params(twin), rtol=1e-9, atol=0)
     assert scheduled["trust_region"] == pytest.approx(delta, rel=1e-12)
     assert fixed["trust_region"] == delta
@@ -498,7 +500,7 @@ def test_a_shrinking_trust_region_steps_as_the_solver_with_that_fixed_delta(solv
 
 def test_npg_with_a_fixed_step_size_reports_no_trust_region():
     policy = mlp_policy("gaussian")
-    metrics = NaturalPolicyGradient(policy, step_size=0.05).update(make_batch(policy))
+    metrics = NaturalPolicyGradient(policy, **solver_kwargs("npg", step_size=0.05)).update(make_batch(policy))
     assert math.isnan(metrics["trust_region"])
 
 
@@ -506,14 +508,14 @@ def test_npg_with_a_fixed_step_size_reports_no_trust_region():
 def test_progress_outside_zero_to_one_is_refused(progress):
     policy = mlp_policy("gaussian")
     with pytest.raises(ValueError, match="progress must be in"):
-        TRPO(policy).update(make_batch(policy), progress)
+        TRPO(policy, **solver_kwargs("trpo")).update(make_batch(policy), progress)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
 def test_kl_penalty_raises_surrogate_and_keeps_kl_small(kind):
     policy = mlp_policy(kind)
     batch = make_batch(policy)
-    metrics = KLPenalty(policy, target_kl=0.01, beta=1.0, epochs=10, minibatch_size=64).update(
+    metrics = KLPenalty(policy, **solver_kwargs("kl_penalty", target_kl=0.01, beta=1.0, epochs=10, minibatch_size=64)).update(
         batch)
     assert metrics["actual_improvement"] > 0
     assert 0 < metrics["kl"] <= 1.5 * 0.01 * 2  # the adaptive band's upper edge, with slack
@@ -523,7 +525,7 @@ def test_kl_penalty_raises_surrogate_and_keeps_kl_small(kind):
 def test_kl_penalty_adapts_beta_towards_the_target(lr, expected_factor):
     """A large step (KL > 1.5·target) doubles β; a tiny one (KL < target/1.5) halves it."""
     policy = mlp_policy("gaussian")
-    solver = KLPenalty(policy, target_kl=0.01, beta=1.0, lr=lr, epochs=10)
+    solver = KLPenalty(policy, **solver_kwargs("kl_penalty", target_kl=0.01, beta=1.0, lr=lr, epochs=10))
     metrics = solver.update(make_batch(policy))
     assert metrics["beta"] == 1.0  # the β this update used
     assert solver.beta == expected_factor
@@ -532,7 +534,7 @@ def test_kl_penalty_adapts_beta_towards_the_target(lr, expected_factor):
 
 def test_kl_penalty_with_fixed_beta_keeps_it():
     policy = mlp_policy("gaussian")
-    solver = KLPenalty(policy, beta=3.0, adaptive=False, lr=1e-2)
+    solver = KLPenalty(policy, **solver_kwargs("kl_penalty", beta=3.0, adaptive=False, lr=1e-2))
     solver.update(make_batch(policy))
     assert solver.beta == 3.0
 
@@ -552,7 +554,7 @@ def test_ppo_clip_loss_matches_a_sample_by_sample_implementation(kind):
     perturbed(policy)
     with torch.no_grad():
         ratio = torch.exp(policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
-        loss = PPOClip(policy, clip_range=0.2).loss(batch)
+        loss = PPOClip(policy, **solver_kwargs("ppo_clip", clip_range=0.2)).loss(batch)
     assert ((ratio - 1).abs() > 0.2).any()  # some samples are clipped, or the test is void
     assert float(-loss) == pytest.approx(naive_clipped_objective(ratio, batch.advantages, 0.2),
                                          rel=1e-12)
@@ -565,7 +567,7 @@ def test_ppo_clip_gives_no_gradient_through_samples_clipped_in_the_advantage_dir
     perturbed(policy, scale=0.5)
     with torch.no_grad():
         ratio = torch.exp(policy(batch.obs).log_prob(batch.actions) - batch.old_log_prob)
-    solver = PPOClip(policy, clip_range=0.1)
+    solver = PPOClip(policy, **solver_kwargs("ppo_clip", clip_range=0.1))
     flat = (((batch.advantages > 0) & (ratio > 1.1)) | ((batch.advantages < 0) & (ratio < 0.9)))
     assert flat.any() and not flat.all()
     gradient = flat_grad(solver.loss(batch.take(torch.nonzero(flat).squeeze(1))),
@@ -579,7 +581,7 @@ def test_ppo_clip_and_vpg_losses_have_the_surrogate_gradient_at_the_old_policy()
     batch = make_batch(policy)
     params = [p for p in policy.parameters()]
     expected = -flat_grad(surrogate(policy, batch), params)
-    for solver in (PPOClip(policy), VanillaPolicyGradient(policy)):
+    for solver in (PPOClip(policy, **solver_kwargs("ppo_clip")), VanillaPolicyGradient(policy, **solver_kwargs("vpg"))):
         np.testing.assert_allclose(flat_grad(solver.loss(batch), params), expected, rtol=1e-10,
                                    atol=1e-14)
 
@@ -590,7 +592,7 @@ def test_vpg_takes_one_adam_step_along_the_policy_gradient():
     batch = make_batch(policy)
     gradient = flat_grad(surrogate(policy, batch), list(policy.parameters()))
     before = flat_params(policy)
-    metrics = VanillaPolicyGradient(policy, lr=1e-3).update(batch)
+    metrics = VanillaPolicyGradient(policy, **solver_kwargs("vpg", lr=1e-3)).update(batch)
     moved = flat_params(policy) - before
     significant = gradient.abs() > 1e-4  # Adam's ε (1e-8) shrinks steps where |g| is tiny
     assert significant.sum() > 100  # of 388 parameters
@@ -603,7 +605,7 @@ def test_vpg_takes_one_adam_step_along_the_policy_gradient():
 def test_ppo_clip_raises_the_surrogate_and_reports_its_clip_fraction(kind):
     policy = mlp_policy(kind)
     batch = make_batch(policy)
-    metrics = PPOClip(policy).update(batch)
+    metrics = PPOClip(policy, **solver_kwargs("ppo_clip")).update(batch)
     assert metrics["actual_improvement"] > 0
     assert 0 <= metrics["clip_fraction"] <= 1 and metrics["kl"] > 0
     with torch.no_grad():
@@ -617,7 +619,7 @@ def test_first_order_gradient_clipping_bounds_each_step():
     policy = mlp_policy("gaussian")
     batch = make_batch(policy)
     batch.advantages = batch.advantages * 1e6  # a huge gradient
-    clipped = VanillaPolicyGradient(policy, lr=1e-3, max_grad_norm=1e-9)
+    clipped = VanillaPolicyGradient(policy, **solver_kwargs("vpg", lr=1e-3, max_grad_norm=1e-9))
     gradients = []
     clipped.optimizer.register_step_pre_hook(
         lambda optimizer, args, kwargs: gradients.append(
@@ -632,7 +634,7 @@ def test_non_finite_direction_rejects_the_update_and_keeps_parameters():
     batch = make_batch(policy)
     batch.advantages = torch.zeros_like(batch.advantages)
     before = flat_params(policy)
-    metrics = TRPO(policy).update(batch)
+    metrics = TRPO(policy, **solver_kwargs("trpo")).update(batch)
     assert torch.equal(before, flat_params(policy))
     assert metrics["update_accepted"] == 0.0
     assert math.isnan(metrics["expected_improvement"]) or metrics["expected_improvement"] == 0
@@ -662,3 +664,18 @@ def test_fast_sampling_draws_from_the_policy_distribution(kind):
     else:
         frequencies = torch.bincount(draws, minlength=dist.probs.shape[-1]) / len(draws)
         np.testing.assert_allclose(frequencies, dist.probs[0], atol=0.015)
+
+
+@pytest.mark.parametrize("solver_class, option", [(TRPO, "trpo"), (NaturalPolicyGradient, "npg")])
+def test_a_zero_gradient_takes_no_step_and_is_not_a_rejection(solver_class, option):
+    policy = mlp_policy("gaussian")
+    batch = make_batch(policy)
+    batch.advantages = torch.zeros_like(batch.advantages)
+    before = flat_params(policy)
+    solver = solver_class(policy, **solver_kwargs(option))
+    metrics = solver.update(batch)
+    assert torch.equal(flat_params(policy), before)
+    assert metrics["zero_gradient"] == 1.0 and metrics["update_nonfinite"] == 0.0
+    assert metrics["update_accepted"] == 0.0 and metrics["kl"] == 0.0
+    normal = solver.update(make_batch(policy))
+    assert set(normal) == set(metrics) and normal["zero_gradient"] == 0.0

@@ -11,3 +11,11 @@ class PoisonedTRPO(TRPO):
     def step(self, batch, progress):
         batch.advantages = torch.full_like(batch.advantages, float("nan"))
         return super().step(batch, progress)
+
+
+class ZeroAdvantageTRPO(TRPO):
+    """TRPO fed all-zero advantages: every gradient is exactly zero and no step is taken."""
+
+    def step(self, batch, progress):
+        batch.advantages = torch.zeros_like(batch.advantages)
+        return super().step(batch, progress)

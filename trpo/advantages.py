@@ -59,10 +59,10 @@ def generalized_advantages(
 class GAE:
     """Generalized advantage estimation; ``advantage=gae``."""
 
-    gamma: float = 0.99
-    lam: float = 0.95
+    gamma: float
+    lam: float
     # Standardise advantages per batch before the policy update.
-    normalize: bool = True
+    normalize: bool
 
     def __call__(self, rewards, values, next_values, terminated, episode_end):
         """``(advantages, returns)`` of a ``[T, N]`` batch; see :func:`generalized_advantages`."""
@@ -70,12 +70,12 @@ class GAE:
                                       self.gamma, self.lam)
 
 
-def td(gamma: float = 0.99, normalize: bool = True) -> GAE:
+def td(*, gamma: float, normalize: bool) -> GAE:
     """One-step TD residual r + γV(s') − V(s): GAE with λ = 0; ``advantage=td``."""
     return GAE(gamma=gamma, lam=0.0, normalize=normalize)
 
 
-def monte_carlo(gamma: float = 0.99, normalize: bool = True) -> GAE:
+def monte_carlo(*, gamma: float, normalize: bool) -> GAE:
     """Discounted reward-to-go minus V(s): GAE with λ = 1; ``advantage=mc``.
 
     The reward-to-go bootstraps from V only where the episode was cut without terminating (a time

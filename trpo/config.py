@@ -107,13 +107,12 @@ class WandbMode(Enum):
 
 @dataclass
 class EnvConfig:
-    """One Gymnasium task."""
+    """One Gymnasium task. Each option's YAML (``conf/env/``) gives its values and sources."""
 
     # Gymnasium id; ``module:Id`` imports ``module`` first (it registers ``Id``).
     id: str = MISSING
     # Environment steps of a run on this task unless ``total_steps`` is overridden.
-    # MuJoCo: 1M, the budget of the TRPO/PPO benchmarks (Schulman et al. 2017; sb3-contrib docs).
-    default_steps: int = 1_000_000
+    default_steps: int = MISSING
     # Time limit in steps; null keeps the limit registered with the id (1000 for MuJoCo tasks).
     max_episode_steps: Optional[int] = None
     # Keyword arguments passed to ``gymnasium.make``.
@@ -191,17 +190,17 @@ def check_env_spaces(cfg: "EnvConfig") -> None:
 
 @dataclass
 class NetworkConfig:
-    """Policy and value MLPs (separate networks, as in the TRPO and GAE papers)."""
+    """Policy and value MLPs (separate networks, as in the TRPO and GAE papers); values and their
+    sources in ``conf/network/``."""
 
-    # Hidden layer widths of the policy; [64, 64] as in the GAE paper's MuJoCo experiments
-    # (Schulman et al. 2016) and OpenAI baselines' TRPO.
-    policy_hidden: List[int] = field(default_factory=lambda: [64, 64])
-    # Hidden layer widths of the value function (same source).
-    value_hidden: List[int] = field(default_factory=lambda: [64, 64])
-    activation: Activation = Activation.tanh
-    init: Init = Init.orthogonal
-    # Initial log standard deviation of the Gaussian policy: std 1 (modular_rl, SB3).
-    log_std_init: float = 0.0
+    # Hidden layer widths of the policy's MLP (the Gaussian's mean, or the Categorical's logits).
+    policy_hidden: List[int] = MISSING
+    # Hidden layer widths of the value function.
+    value_hidden: List[int] = MISSING
+    activation: Activation = MISSING
+    init: Init = MISSING
+    # Initial log standard deviation of the Gaussian policy (state-independent).
+    log_std_init: float = MISSING
 
     def validate(self) -> None:
         for name in ("policy_hidden", "value_hidden"):
@@ -217,13 +216,13 @@ class NetworkConfig:
 
 @dataclass
 class EstimatorConfig:
-    """Fields every advantage estimator has."""
+    """Fields every advantage estimator has; values and sources in ``conf/advantage/``."""
 
     _target_: str = MISSING
-    # Discount factor γ; 0.99 as in sb3-contrib's and OpenAI baselines' TRPO.
-    gamma: float = 0.99
-    # Standardise advantages per batch (modular_rl, OpenAI baselines, SB3).
-    normalize: bool = True
+    # Discount factor γ.
+    gamma: float = MISSING
+    # Standardise advantages per batch before the policy update.
+    normalize: bool = MISSING
 
     def validate(self) -> None:
         require(0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1]", self.gamma)
@@ -232,9 +231,8 @@ class EstimatorConfig:
 @dataclass
 class GAEConfig(EstimatorConfig):
     _target_: str = "trpo.advantages.GAE"
-    # GAE λ; 0.95 as in rl-baselines3-zoo's tuned sb3-contrib TRPO for MuJoCo (gae_lambda), the
-    # protocol of the published sb3-contrib Hopper/Walker2d scores. The GAE paper used 0.97-0.99.
-    lam: float = 0.95
+    # GAE λ: 0 is the one-step TD residual, 1 the Monte-Carlo return minus V.
+    lam: float = MISSING
 
     def validate(self) -> None:
         super().validate()
@@ -256,28 +254,26 @@ class MonteCarloConfig(EstimatorConfig):
 
 @dataclass
 class NaturalGradientConfig:
-    """The natural-gradient direction shared by NPG and TRPO."""
+    """The natural-gradient direction shared by NPG and TRPO; values and their sources in
+    ``conf/solver/trpo.yaml`` and ``npg.yaml``."""
 
     _target_: str = "trpo.solvers.NaturalPolicyGradient"
-    # Trust region δ on the mean KL(old ‖ new); 0.01 as in the TRPO paper (Schulman et al. 2015).
-    max_kl: float = 0.01
-    # δ at the last update, reached linearly from max_kl over total_steps (the shape PPO anneals
-    # its step size and clip range with on Atari, Schulman et al. 2017); null keeps δ = max_kl.
-    max_kl_final: Optional[float] = None
-    # Conjugate-gradient iterations; 25 as in rl-baselines3-zoo's tuned sb3-contrib TRPO for
-    # MuJoCo (cg_max_steps). The TRPO paper's appendix and OpenAI baselines use 10.
-    cg_iters: int = 25
-    # Damping added to the Fisher-vector product, F + λI; 0.1 as in modular_rl and baselines.
-    cg_damping: float = 0.1
-    # CG stops early once the squared residual falls below this (OpenAI baselines).
-    cg_residual_tol: float = 1e-10
+    # Trust region δ on the mean KL(old ‖ new).
+    max_kl: float = MISSING
+    # δ at the last update, reached linearly from max_kl over total_steps; null keeps δ = max_kl.
+    max_kl_final: Optional[float] = MISSING
+    # Conjugate-gradient iterations for x ≈ F⁻¹g.
+    cg_iters: int = MISSING
+    # Damping added to the Fisher-vector product, F + λI.
+    cg_damping: float = MISSING
+    # CG stops early once the squared residual falls below this.
+    cg_residual_tol: float = MISSING
     # k: Fisher-vector products use len(batch) // k states drawn at random, anew each update,
-    # from the solver's generator (seeded by the run's seed); 1 uses all states and draws
-    # nothing. Baselines uses 5 (every 5th state of one worker's trajectory).
-    fvp_subsample: int = 1
-    # The Fisher-vector product, the same matrix either way: analytic, Jᵀ M J v in closed form
-    # (TRPO paper, appendix C.1), or double_backprop, the KL's Hessian (modular_rl, baselines).
-    fvp: FisherProduct = FisherProduct.analytic
+    # from the solver's generator (seeded by the run's seed); 1 uses all states and draws nothing.
+    fvp_subsample: int = MISSING
+    # The Fisher-vector product, the same matrix either way: analytic, Jᵀ M J v in closed form,
+    # or double_backprop, the Hessian of the mean KL.
+    fvp: FisherProduct = MISSING
 
     def validate(self) -> None:
         _positive(self, "max_kl")
@@ -293,7 +289,7 @@ class NPGConfig(NaturalGradientConfig):
     _target_: str = "trpo.solvers.NaturalPolicyGradient"
     # Fixed step α on the natural gradient, θ += α F⁻¹g (Kakade 2001); null scales the step to the
     # trust region √(2δ / gᵀF⁻¹g) instead (Rajeswaran et al. 2017).
-    step_size: Optional[float] = None
+    step_size: Optional[float] = MISSING
 
     def validate(self) -> None:
         super().validate()
@@ -304,10 +300,10 @@ class NPGConfig(NaturalGradientConfig):
 @dataclass
 class TRPOConfig(NaturalGradientConfig):
     _target_: str = "trpo.solvers.TRPO"
-    # Each backtracking step shrinks the step by this factor; 0.5 as in the TRPO paper / baselines.
-    backtrack_factor: float = 0.5
-    # Candidate steps tried before the update is rejected; 10 as in OpenAI baselines.
-    max_backtracks: int = 10
+    # Each backtracking step of the line search shrinks the step by this factor.
+    backtrack_factor: float = MISSING
+    # Candidate steps tried before the update is rejected.
+    max_backtracks: int = MISSING
 
     def validate(self) -> None:
         super().validate()
@@ -318,16 +314,18 @@ class TRPOConfig(NaturalGradientConfig):
 
 @dataclass
 class FirstOrderConfig:
-    """Adam on a policy loss over shuffled minibatches: the first-order solvers."""
+    """Adam on a policy loss over shuffled minibatches: the first-order solvers; values and
+    their sources in each option's YAML."""
 
     _target_: str = MISSING
-    # Adam learning rate, epochs and minibatch size: the PPO paper's MuJoCo values (Schulman et
-    # al. 2017, Table 3) unless a solver says otherwise. minibatch_size null: the whole batch.
-    lr: float = 3e-4
-    epochs: int = 10
-    minibatch_size: Optional[int] = 64
+    # Adam learning rate.
+    lr: float = MISSING
+    # Passes over the batch per update.
+    epochs: int = MISSING
+    # Samples per Adam step; null: the whole batch.
+    minibatch_size: Optional[int] = MISSING
     # Clip the gradient's global norm to this before each Adam step; null: no clipping.
-    max_grad_norm: Optional[float] = None
+    max_grad_norm: Optional[float] = MISSING
 
     def validate(self) -> None:
         _positive(self, "lr")
@@ -343,13 +341,12 @@ class KLPenaltyConfig(FirstOrderConfig):
     """Adam on the surrogate minus β·KL: the adaptive-KL-penalty objective of the PPO paper."""
 
     _target_: str = "trpo.solvers.KLPenalty"
-    # KL target d_targ; 0.01, the middle of the PPO paper's sweep (Schulman et al. 2017, Table 1).
-    target_kl: float = 0.01
-    # Initial β; 1 as in the PPO paper ("the initial value of β is a hyperparameter but is not
-    # important in practice").
-    beta: float = 1.0
+    # KL target d_targ of the adaptive β.
+    target_kl: float = MISSING
+    # Initial β.
+    beta: float = MISSING
     # Adapt β after each update: ×2 when KL > 1.5·target, ÷2 when KL < target/1.5 (PPO paper, §4).
-    adaptive: bool = True
+    adaptive: bool = MISSING
 
     def validate(self) -> None:
         super().validate()
@@ -361,10 +358,8 @@ class PPOClipConfig(FirstOrderConfig):
     """Adam on the clipped surrogate (PPO paper, eq. 7)."""
 
     _target_: str = "trpo.solvers.PPOClip"
-    # ε of clip(r, 1 − ε, 1 + ε); 0.2, the PPO paper's best setting (Table 1) and its MuJoCo value.
-    clip_range: float = 0.2
-    # 0.5 as in OpenAI baselines' ppo2 and SB3's PPO (the paper does not clip gradients).
-    max_grad_norm: Optional[float] = 0.5
+    # ε of clip(r, 1 − ε, 1 + ε).
+    clip_range: float = MISSING
 
     def validate(self) -> None:
         super().validate()
@@ -376,11 +371,6 @@ class VPGConfig(FirstOrderConfig):
     """Vanilla policy gradient: Adam steps on mean[log π · A]."""
 
     _target_: str = "trpo.solvers.VanillaPolicyGradient"
-    # One full-batch Adam step per update with learning rate 3e-4, as OpenAI Spinning Up's VPG
-    # (pi_lr=3e-4, one policy step per epoch); more epochs leave the policy gradient's premise.
-    lr: float = 3e-4
-    epochs: int = 1
-    minibatch_size: Optional[int] = None
 
 
 # ----------------------------------------------------------------------------------- logger group
@@ -390,9 +380,10 @@ class VPGConfig(FirstOrderConfig):
 class LoggerConfig:
     """Where metrics go: always ``progress.csv`` in the run directory, and W&B unless disabled."""
 
-    # offline: works with no account or network; ``wandb sync <run dir>/wandb/offline-run-*``.
-    mode: WandbMode = WandbMode.offline
-    project: str = "trpo"
+    # W&B mode (offline by default: no account or network; ``conf/logger/wandb.yaml``).
+    mode: WandbMode = MISSING
+    # W&B project and entity (null: the account's default entity).
+    project: str = MISSING
     entity: Optional[str] = None
     # Runs of one experiment share a W&B group.
     group: str = II("name")

@@ -33,10 +33,17 @@ def resumable_changes(current: DictConfig) -> tuple[str, ...]:
     return ("total_steps",)
 
 
+# What a key that a checkpoint's config lacks meant before the key existed.
+VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop"}
+
+
 def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
     """The keys whose values differ between a checkpoint's config and ``current`` and may not."""
     before = flatten(saved)
     after = flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True))
+    for key, value in VALUES_BEFORE_THE_KEY.items():
+        if key in after:
+            before.setdefault(key, value)
     allowed = resumable_changes(current)
     return sorted(k for k in set(before) | set(after)
                   if before.get(k) != after.get(k) and not is_result_neutral(k)

@@ -220,7 +220,7 @@ class PolicySolver(ABC):
     comes from torch's global generator, which the trainer seeds and checkpoints.
     """
 
-    def __init__(self, policy: nn.Module, *, seed: int = 0):
+    def __init__(self, policy: nn.Module, *, seed: int):
         self.policy = policy
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.seed = seed
@@ -278,10 +278,9 @@ class NaturalPolicyGradient(PolicySolver):
             (:func:`double_backprop_fisher_vector_product`).
     """
 
-    def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
-                 cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
-                 step_size: float | None = None, max_kl_final: float | None = None,
-                 fvp: FisherProduct | str = FisherProduct.analytic, *, seed: int = 0):
+    def __init__(self, policy: nn.Module, *, max_kl: float, max_kl_final: float | None,
+                 cg_iters: int, cg_damping: float, cg_residual_tol: float, fvp_subsample: int,
+                 fvp: FisherProduct | str, step_size: float | None, seed: int):
         super().__init__(policy, seed=seed)
         self.max_kl, self.max_kl_final = max_kl, max_kl_final
         self.cg_iters, self.cg_damping = cg_iters, cg_damping
@@ -328,6 +327,11 @@ class NaturalPolicyGradient(PolicySolver):
         objective = surrogate(self.policy, batch)
         gradient = flat_grad(objective, self.params)
         gradient_s = time.perf_counter() - tick
+        if not torch.any(gradient):  # a batch that says nothing (all advantages 0): no step
+            return {"trust_region": max_kl if self.step_size is None else math.nan,
+                    "cg_iterations": 0.0, "cg_residual": 0.0, "expected_improvement": 0.0,
+                    "time_gradient_s": gradient_s, "time_cg_s": 0.0, "zero_gradient": 1.0,
+                    **self._reject(old_params, nonfinite=False), "time_linesearch_s": 0.0}
 
         tick = time.perf_counter()
         fvp = self.fisher_vector_product(self.policy, self.fvp_states(batch), self.params,
@@ -343,7 +347,8 @@ class NaturalPolicyGradient(PolicySolver):
         metrics = {"trust_region": max_kl if self.step_size is None else math.nan,
                    "cg_iterations": float(cg_iterations), "cg_residual": cg_residual,
                    "expected_improvement": float(gradient @ full_step),
-                   "time_gradient_s": gradient_s, "time_cg_s": time.perf_counter() - tick}
+                   "time_gradient_s": gradient_s, "time_cg_s": time.perf_counter() - tick,
+                   "zero_gradient": 0.0}
 
         tick = time.perf_counter()
         if not torch.isfinite(full_step).all():
@@ -383,13 +388,10 @@ class TRPO(NaturalPolicyGradient):
     taken. If none is, the parameters are set back to θ_old bit for bit.
     """
 
-    def __init__(self, policy: nn.Module, max_kl: float = 0.01, cg_iters: int = 25,
-                 cg_damping: float = 0.1, cg_residual_tol: float = 1e-10, fvp_subsample: int = 1,
-                 backtrack_factor: float = 0.5, max_backtracks: int = 10,
-                 max_kl_final: float | None = None,
-                 fvp: FisherProduct | str = FisherProduct.analytic, *, seed: int = 0):
-        super().__init__(policy, max_kl, cg_iters, cg_damping, cg_residual_tol, fvp_subsample,
-                         max_kl_final=max_kl_final, fvp=fvp, seed=seed)
+    def __init__(self, policy: nn.Module, *, backtrack_factor: float, max_backtracks: int,
+                 **natural_gradient):
+        # The step is always scaled to the trust region; the line search then enforces it.
+        super().__init__(policy, step_size=None, **natural_gradient)
         self.backtrack_factor, self.max_backtracks = backtrack_factor, max_backtracks
 
     def apply_step(self, batch: PolicyBatch, old_params: torch.Tensor, full_step: torch.Tensor,
@@ -418,8 +420,8 @@ class FirstOrderSolver(PolicySolver):
     gradient's global norm before each Adam step (None: no clipping).
     """
 
-    def __init__(self, policy: nn.Module, lr: float, epochs: int, minibatch_size: int | None,
-                 max_grad_norm: float | None = None, *, seed: int = 0):
+    def __init__(self, policy: nn.Module, *, lr: float, epochs: int,
+                 minibatch_size: int | None, max_grad_norm: float | None, seed: int):
         super().__init__(policy, seed=seed)
         self.epochs, self.minibatch_size, self.max_grad_norm = epochs, minibatch_size, max_grad_norm
         self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=True)
@@ -471,11 +473,9 @@ class KLPenalty(FirstOrderSolver):
     d < target/1.5; with ``adaptive=False`` β stays fixed.
     """
 
-    def __init__(self, policy: nn.Module, target_kl: float = 0.01, beta: float = 1.0,
-                 adaptive: bool = True, lr: float = 3e-4, epochs: int = 10,
-                 minibatch_size: int | None = 64, max_grad_norm: float | None = None, *,
-                 seed: int = 0):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
+    def __init__(self, policy: nn.Module, *, target_kl: float, beta: float, adaptive: bool,
+                 **first_order):
+        super().__init__(policy, **first_order)
         self.target_kl, self.beta, self.adaptive = target_kl, beta, adaptive
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
@@ -508,10 +508,8 @@ class PPOClip(FirstOrderSolver):
     The clip removes the incentive to move r beyond [1 − ε, 1 + ε]; nothing bounds the KL itself.
     """
 
-    def __init__(self, policy: nn.Module, clip_range: float = 0.2, lr: float = 3e-4,
-                 epochs: int = 10, minibatch_size: int | None = 64,
-                 max_grad_norm: float | None = 0.5, *, seed: int = 0):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
+    def __init__(self, policy: nn.Module, *, clip_range: float, **first_order):
+        super().__init__(policy, **first_order)
         self.clip_range = clip_range
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
@@ -534,11 +532,6 @@ class VanillaPolicyGradient(FirstOrderSolver):
     With the defaults, one full-batch step per update (OpenAI Spinning Up's VPG), so the step
     follows the plain policy gradient at θ_old: no trust region, no clipping, no KL term.
     """
-
-    def __init__(self, policy: nn.Module, lr: float = 3e-4, epochs: int = 1,
-                 minibatch_size: int | None = None, max_grad_norm: float | None = None, *,
-                 seed: int = 0):
-        super().__init__(policy, lr, epochs, minibatch_size, max_grad_norm, seed=seed)
 
     def loss(self, minibatch: PolicyBatch) -> torch.Tensor:
         log_prob = self.policy(minibatch.obs).log_prob(minibatch.actions)

@@ -84,7 +84,8 @@ class Trainer:
         self.estimator = instantiate(cfg.advantage)
         self.reward_scaler = RewardScaler(cfg.num_envs, self.estimator.gamma,
                                           enabled=cfg.normalize_reward)
-        self.solver = instantiate(cfg.solver, policy=self.policy)
+        self.solver = instantiate(cfg.solver, policy=self.policy,
+                                  seed=stream_seed(cfg.seed, "solver"))
         self.critic = ValueFitter(self.value, cfg.critic.lr, cfg.critic.epochs,
                                   cfg.critic.minibatch_size, seed=stream_seed(cfg.seed, "critic"),
                                   background=cfg.critic.background)
