@@ -154,3 +154,64 @@ def test_policy_sampling_is_seeded():
     torch.manual_seed(1)
     _, b = collect("Counter-v0")
     np.testing.assert_array_equal(a.actions, b.actions)
+
+
+# ------------------------------------------------------------------------ worker processes
+
+
+@pytest.mark.parametrize("env_id, workers", [("Hopper-v5", 2),
+                                             ("tests.toy_envs:CounterTerminating-v0", 3)])
+def test_worker_processes_step_the_same_transitions_as_one_sync_vector_env(env_id, workers):
+    from trpo.envs import WorkerVectorEnv
+
+    cfg = EnvConfig(id=env_id)
+    sync, split = make_vector_env(cfg, 5), make_vector_env(cfg, 5, workers=workers)
+    assert isinstance(split, WorkerVectorEnv) and len(split.processes) == workers
+    try:
+        seeds = [11, 12, 13, 14, 15]
+        np.testing.assert_array_equal(sync.reset(seed=seeds)[0], split.reset(seed=seeds)[0])
+        sync.action_space.seed(3)
+        ended = 0
+        for _ in range(60):
+            actions = sync.action_space.sample()
+            expected, got = sync.step(actions), split.step(actions)
+            for a, b in zip(expected[:4], got[:4]):
+                np.testing.assert_array_equal(a, b)
+            for i in np.flatnonzero(expected[2] | expected[3]):
+                np.testing.assert_array_equal(expected[4]["final_obs"][i], got[4]["final_obs"][i])
+                ended += 1
+        assert ended > 0 or env_id == "Hopper-v5"  # Hopper's random episodes may outlast 60 steps
+    finally:
+        sync.close()
+        split.close()
+
+
+def test_environment_states_move_between_worker_processes_and_one_process():
+    from trpo.checkpoint import set_vector_env_state, vector_env_state
+
+    cfg = EnvConfig(id="Hopper-v5")
+    split, sync = make_vector_env(cfg, 4, workers=2), make_vector_env(cfg, 4)
+    try:
+        split.reset(seed=[1, 2, 3, 4])
+        actions = np.random.default_rng(0).uniform(-1, 1, (30, 4, 3)).astype(np.float32)
+        for a in actions[:10]:
+            split.step(a)
+        state = vector_env_state(split)
+        set_vector_env_state(sync, state)
+        for a in actions[10:]:
+            np.testing.assert_array_equal(split.step(a)[0], sync.step(a)[0])
+    finally:
+        split.close()
+        sync.close()
+
+
+def test_a_worker_that_cannot_make_its_environment_says_why():
+    from gymnasium.error import NameNotFound
+
+    # Registered in this process only (by importing tests.toy_envs), so unknown in the worker.
+    envs = make_vector_env(EnvConfig(id="CounterTerminating-v0"), 2, workers=2)
+    try:
+        with pytest.raises(NameNotFound, match="CounterTerminating"):
+            envs.reset(seed=[1, 2])
+    finally:
+        envs.close()

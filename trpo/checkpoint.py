@@ -118,17 +118,26 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
 
 
 def vector_env_state(envs: gym.vector.VectorEnv) -> Optional[dict[str, Any]]:
-    """The state of every sub-environment of a synchronous vector env; ``None`` for others
-    (their environments live in other processes)."""
-    if not isinstance(envs, gym.vector.SyncVectorEnv):
+    """The state of every sub-environment of a vector env whose environments can be read (a
+    SyncVectorEnv, or one with ``env_states()``, :class:`trpo.envs.WorkerVectorEnv`), in
+    order, so that either kind restores the other's; ``None`` for others (AsyncVectorEnv)."""
+    if isinstance(envs, gym.vector.SyncVectorEnv):
+        states = [env_state(env) for env in envs.envs]
+    elif hasattr(envs, "env_states"):
+        states = envs.env_states()
+    else:
         return None
-    return {"envs": [env_state(env) for env in envs.envs],
-            "action_space": envs.action_space.np_random.bit_generator.state}
+    return {"envs": states, "action_space": envs.action_space.np_random.bit_generator.state}
 
 
 def set_vector_env_state(envs: gym.vector.VectorEnv, state: dict[str, Any]) -> None:
-    for env, env_saved in zip(envs.envs, state["envs"]):
-        set_env_state(env, env_saved)
+    if isinstance(envs, gym.vector.SyncVectorEnv):
+        for env, env_saved in zip(envs.envs, state["envs"], strict=True):
+            set_env_state(env, env_saved)
+    else:
+        if len(state["envs"]) != envs.num_envs:
+            raise ValueError(f"{len(state['envs'])} saved environments for {envs.num_envs}")
+        envs.set_env_states(state["envs"])
     envs.action_space.np_random.bit_generator.state = state["action_space"]
 
 

@@ -47,7 +47,8 @@ HYDRA = ".hydra"
 # changed, studies leave them out of run folder names, and the analysis never draws a line
 # per value. A key ending in "." stands for every key below it.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
-                       "torch_threads", "max_rejected_updates", "critic.background")
+                       "torch_threads", "max_rejected_updates", "critic.background",
+                       "env_workers")
 
 # Statuses a run records; ``interrupted`` is also what a ``running`` record becomes once no
 # process holds the folder's lock (the process was killed before it could say so).
