@@ -2,19 +2,23 @@
 figures and robustness, on run folders written here with known numbers."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-
 from analysis import stats
 from analysis.__main__ import main
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity,
                               swept_numeric_keys)
 from analysis.load import Run, detect_group_keys, load_runs
 from analysis.report import final_score, final_table, make_groups, max_of_mean_curve
+from tests.run_folders import sweep, trust_region_sweep, write_run
+from trpo.run_folder import RunFolder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------- statistics
 
@@ -115,49 +119,6 @@ def test_normalize():
 # ---------------------------------------------------------------------------- run folders
 
 
-def write_run(root, name, env="hopper", solver="trpo", seed=0, returns=(1.0, 2.0, 3.0),
-              total_steps=None, status="completed", extra=None, every=1):
-    """A run folder as run.py writes it, with ``returns`` as eval_return_mean every ``every``
-    iterations of 100 steps."""
-    run = root / name
-    (run / ".hydra").mkdir(parents=True)
-    steps = len(returns) * 100
-    config = {"env": {"id": {"hopper": "Hopper-v5", "walker": "Walker2d-v5"}[env],
-                      "default_steps": steps, "random_return": 0.0,
-                      "reference_return": 100.0},
-              "solver": {"_target_": f"trpo.solvers.{solver.upper()}", "max_kl": 0.01},
-              "advantage": {"_target_": "trpo.advantages.GAE", "lam": 0.97},
-              "seed": seed, "name": "test", "total_steps": "${env.default_steps}"
-              if total_steps is None else total_steps, "steps_per_iteration": 100,
-              "logger": {"mode": "disabled"}}
-    for key, value in (extra or {}).items():
-        section, field = key.split(".")
-        config[section][field] = value
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
-        {"hydra": {"runtime": {"choices": {"env": env, "solver": solver, "advantage": "gae",
-                                           "network": "mlp64"}}}}))
-    rows = [{"iteration": i + 1, "env_steps": (i + 1) * 100, "wall_s": i,
-             "return_mean": r / 2, "eval_return_mean": r if (i + 1) % every == 0 else None,
-             "kl": 0.01} for i, r in enumerate(returns)]
-    pd.DataFrame(rows).to_csv(run / "progress.csv", index=False)
-    (run / "status.json").write_text(json.dumps({"status": status}))
-    return run
-
-
-def sweep(root, envs=("hopper", "walker"), solvers=("trpo", "npg"), seeds=(0, 1, 2)):
-    """Returns rising to 10·(solver index + 1) + seed, flat over the last two evaluations."""
-    n = 0
-    for env in envs:
-        for s, solver in enumerate(solvers):
-            for seed in seeds:
-                top = 10.0 * (s + 1) + seed
-                returns = np.linspace(0, top, 10)
-                returns[-2:] = top
-                write_run(root, f"multi/{n}", env, solver, seed, returns=returns.tolist())
-                n += 1
-
-
 def test_final_score_window_and_fallback():
     progress = pd.DataFrame({"env_steps": np.arange(100, 1100, 100),
                              "eval_return_mean": [np.nan, 1, np.nan, 2, np.nan, 3, np.nan, 4,
@@ -212,14 +173,8 @@ def test_an_ablation_choice_names_the_lines_not_the_settings_it_changes(tmp_path
     settings = {"none": {}, "no_reward_norm": {"normalize_reward": False},
                 "previous_defaults": {"normalize_reward": False, "advantage.lam": 0.97}}
     for n, (option, values) in enumerate(settings.items()):
-        run = write_run(tmp_path, str(n), extra={k: v for k, v in values.items() if "." in k})
-        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-        config.update({k: v for k, v in values.items() if "." not in k})
-        config.setdefault("normalize_reward", True)
-        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-        hydra = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())
-        hydra["hydra"]["runtime"]["choices"]["ablation"] = option
-        (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+        write_run(tmp_path, str(n), extra={"normalize_reward": True, **values},
+                  choices={"ablation": option})
     runs = load_runs([tmp_path]).runs
     assert detect_group_keys(runs) == ["ablation"]
     assert sorted(g.label for g in make_groups(runs, ["ablation"])) == sorted(settings)
@@ -365,6 +320,36 @@ def test_failed_incomplete_truncated_and_empty_runs_are_reported_by_path(tmp_pat
     assert any(p.name == "short" for p, _ in with_incomplete.incomplete_used)
 
 
+def test_progress_is_read_as_trpo_run_folder_reads_it(tmp_path, caplog):
+    """One reader of progress.csv: a garbled line in the middle is left out and named, where
+    analysis.load's own reader read it as a row of NaN (a second iteration 2)."""
+    run = write_run(tmp_path, "a", returns=[1.0, 2.0, 3.0, 4.0])
+    lines = (run / "progress.csv").read_text().splitlines()
+    lines.insert(3, "2,200,oops,1.0,2.0,0.01")
+    (run / "progress.csv").write_text("\n".join(lines) + "\n")
+    (loaded,) = load_runs([tmp_path]).runs
+    assert loaded.progress["iteration"].tolist() == RunFolder(run).progress.read().iterations()
+    assert loaded.progress["iteration"].tolist() == [1, 2, 3, 4]
+    assert "malformed line(s) (line 4)" in caplog.text and str(run) in caplog.text
+
+
+def test_an_interrupted_run_is_incomplete_not_failed_and_the_flag_uses_it(tmp_path, caplog):
+    """A run killed while running (its record says running, no process holds its lock) and
+    one stopped by a signal are both interrupted: skipped as incomplete, used with the flag."""
+    sweep(tmp_path, envs=("hopper",), solvers=("trpo",), seeds=(0, 1))
+    write_run(tmp_path, "killed", seed=2, total_steps=1000, status="running")
+    write_run(tmp_path, "stopped", seed=3, total_steps=1000, status="interrupted")
+    skipped = {path.name: why for path, why in load_runs([tmp_path]).skipped}
+    assert skipped == {name: "interrupted: logged 300 of 1,000 steps (--include-incomplete "
+                             "uses it)" for name in ("killed", "stopped")}
+    report = load_runs([tmp_path], include_incomplete=True)
+    assert sorted(r.status for r in report.runs if not r.complete) == ["interrupted"] * 2
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "50",
+                 "--include-incomplete"]) == 0
+    assert "using incomplete run" in caplog.text and "(n=4)" in (tmp_path / "out" / "final.md"
+                                                                 ).read_text()
+
+
 def test_an_empty_folder_exits_with_one_clear_line(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -385,19 +370,6 @@ def test_different_seed_counts_are_warned_about(tmp_path, caplog):
     sweep(tmp_path / "b", envs=("hopper",), solvers=("npg",), seeds=(0, 1))
     assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "50"]) == 0
     assert "different seed counts" in caplog.text
-
-
-def trust_region_sweep(root, max_kls=(0.001, 0.01, 0.1), solvers=("trpo", "npg")):
-    """Each solver at each max_kl, 3 seeds; final return 1000·(index of max_kl) + 100·(npg)
-    + seed, so each point's IQM (3 seeds: their mean) is known."""
-    n = 0
-    for s, solver in enumerate(solvers):
-        for k, max_kl in enumerate(max_kls):
-            for seed in range(3):
-                write_run(root, str(n), solver=solver, seed=seed,
-                          returns=[0.0, 1000.0 * k + 100 * s + seed],
-                          extra={"solver.max_kl": max_kl})
-                n += 1
 
 
 def test_a_swept_number_gets_a_final_score_figure_with_a_point_per_value(tmp_path):
@@ -484,21 +456,47 @@ def test_results_page_shows_each_study_as_its_committed_outputs_say():
 
 
 def test_study_status_names_each_planned_run_and_estimates_the_time_left(tmp_path):
+    """Each state RunFolder.state() tells apart; before, a failed run was listed as not
+    started and a killed one as part-way like a live one."""
     from experiments.status import format_status, remaining_hours, study_status
 
     sweep = tmp_path / "sweep"
     write_run(sweep, "seed=0", returns=[1.0] * 10)  # finished: 10 iterations, wall_s 9
     write_run(sweep, "seed=1", returns=[1.0] * 10)
-    (sweep / "seed=1" / "status.json").write_text(json.dumps(
-        {"status": "completed", "reused_from": "elsewhere"}))
+    RunFolder(sweep / "seed=1").write_status("completed", reused_from="elsewhere")
     write_run(sweep, "seed=2", returns=[1.0] * 3, total_steps=1000, status="running")
-    states = study_status(sweep, ["seed=0", "seed=1", "seed=2", "seed=3"])
+    write_run(sweep, "seed=3", returns=[1.0] * 4, total_steps=1000, status="running")
+    write_run(sweep, "seed=4", returns=[1.0] * 2, total_steps=1000, status=None)
+    RunFolder(sweep / "seed=4").write_status("failed", error="TrainingError: non-finite loss")
+    live = RunFolder(sweep / "seed=2")
+    live.lock.acquire()  # a process is training it now
+    try:
+        states = study_status(sweep, [f"seed={n}" for n in range(6)])
+    finally:
+        live.lock.release()
     assert [(s.name, s.state, s.done) for s in states] == [
-        ("seed=0", "completed", 1.0), ("seed=1", "copied", 1.0), ("seed=2", "part-way", 0.3),
-        ("seed=3", "not started", 0.0)]
-    # 9 s per finished run: 70% of one run and one whole run are left
-    assert remaining_hours(states) * 3600 == pytest.approx(9 * 0.7 + 9)
+        ("seed=0", "completed", 1.0), ("seed=1", "copied", 1.0), ("seed=2", "running", 0.3),
+        ("seed=3", "interrupted", 0.4), ("seed=4", "failed", 0.2),
+        ("seed=5", "not started", 0.0)]
+    # 9 s per finished run: 70%, 60% and 80% of one run and one whole run are left
+    assert remaining_hours(states) * 3600 == pytest.approx(9 * (0.7 + 0.6 + 0.8 + 1))
     text = format_status("study", sweep, states)
-    assert text.splitlines()[0].endswith("1 completed, 1 copied, 1 part-way, 1 not started")
-    assert "seed=2  part-way      30%" in text
+    assert text.splitlines()[0].endswith(
+        "1 completed, 1 copied, 2 part-way (1 running, 1 interrupted), 1 failed, 1 not started")
+    assert "seed=2  running       30%" in text
+    assert "seed=3  interrupted   40%" in text
+    assert "seed=4  failed        20%  TrainingError: non-finite loss" in text
     assert study_status(tmp_path / "nothing", ["seed=0"])[0].state == "not started"
+
+
+def test_study_status_imports_neither_torch_nor_the_trainer(tmp_path):
+    """``--status`` reads run folders through trpo.run_folder alone: it starts at once."""
+    write_run(tmp_path / "sweep", "env=hopper,seed=0,solver=trpo")
+    code = ("import sys; from experiments.__main__ import main; "
+            f"main(['quickstart', '--status', '--sweep-dir', {str(tmp_path / 'sweep')!r}]); "
+            "bad = [m for m in ('torch', 'trpo.trainer', 'trpo.train') if m in sys.modules]; "
+            "assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 completed" in done.stdout
