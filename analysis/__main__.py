@@ -9,7 +9,7 @@ from pathlib import Path
 
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity, save_figure,
                               swept_numeric_keys)
-from analysis.load import detect_group_keys, load_runs
+from analysis.load import detect_group_keys, load_runs, task_references
 from analysis.report import final_table, make_groups, write_tables
 
 log = logging.getLogger("analysis")
@@ -82,8 +82,7 @@ def main(argv=None) -> int:
     for key in swept_numeric_keys(table, keys):
         save_figure(plot_sensitivity(table, key, keys, args.metric), args.out,
                     f"sensitivity_{key}")
-    references = {run.env: (run.config.get("env.random_return"),
-                            run.config.get("env.reference_return")) for run in runs}
+    references = task_references(runs)
     save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps), args.out,
                 "aggregate")
     print((args.out / "final.md").read_text())

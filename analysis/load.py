@@ -4,10 +4,16 @@ A run is a folder that :mod:`trpo.run_folder` owns: ``.hydra/config.yaml`` (the 
 ``progress.csv`` (one row per iteration) and ``status.json``. Every file is read through
 :class:`trpo.run_folder.RunFolder`, the one reader of each format. Groups are detected from the
 config values that differ between runs.
+
+A run's task is the environment it trained on, its ``env.id`` (``Hopper-v5``), whatever the env
+option it was composed from is called: ``env=hopper env.id=InvertedPendulum-v5`` is an
+InvertedPendulum-v5 run. Its reference returns (``env.random_return``, ``env.reference_return``)
+are those of the option, so they count only where the run's id is the option's own id.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from trpo.run_folder import RunFolder, find_run_folders, is_result_neutral
 
@@ -26,6 +33,10 @@ CHOICE_GROUPS = ("ablation", "solver", "advantage", "network")
 # Group choices that never name a line: the env is the task (its panel), the logger changes no
 # result, and an experiment's choice is the values it sets, which are keys of their own.
 OTHER_CHOICES = ("env", "logger", "experiment")
+# The env options, one YAML each, whose ``id`` says which environment an option stands for.
+ENV_OPTIONS = Path(__file__).resolve().parents[1] / "conf" / "env"
+
+References = tuple[Optional[float], Optional[float]]  # (random return, reference return)
 
 
 class NoRunsError(RuntimeError):
@@ -41,10 +52,14 @@ class Run:
     progress: pd.DataFrame
     status: str  # RunFolder.state(): completed, running, interrupted or unknown
     complete: bool  # it logged up to its total_steps
+    # Its env option's (random, reference) returns; (None, None) if it has none or they are
+    # another env's (its env.id is not its option's id).
+    references: References = (None, None)
 
     @property
     def env(self) -> str:
-        return str(self.config["env"])
+        """The task: the environment id it trained on (``Hopper-v5``), not the option name."""
+        return str(self.config["env.id"])
 
     @property
     def seed(self) -> int:
@@ -70,6 +85,7 @@ def load_runs(roots: Iterable[Path], include_incomplete: bool = False) -> LoadRe
     ``progress.csv`` it could read (a line cut by a crash) is logged as a warning.
     """
     report = LoadReport()
+    foreign: dict[tuple[str, str], list[Path]] = {}  # (env.id, why) -> runs
     for folder in find_run_folders(roots):
         run_dir = folder.path
         state = folder.state()
@@ -84,6 +100,12 @@ def load_runs(roots: Iterable[Path], include_incomplete: bool = False) -> LoadRe
             continue
         progress = pd.DataFrame(read.rows, columns=read.header).astype(float)
         config = folder.read_config()
+        if config.get("env.id") is None:
+            report.skipped.append((run_dir, "its config has no env.id"))
+            continue
+        references, foreign_why = run_references(config)
+        if foreign_why:
+            foreign.setdefault((str(config["env.id"]), foreign_why), []).append(run_dir)
         total = run_budget(config)
         reached = int(progress["env_steps"].iloc[-1])
         complete = total is not None and reached >= total
@@ -96,8 +118,54 @@ def load_runs(roots: Iterable[Path], include_incomplete: bool = False) -> LoadRe
                 report.skipped.append((run_dir, why + " (--include-incomplete uses it)"))
                 continue
             report.incomplete_used.append((run_dir, why))
-        report.runs.append(Run(run_dir, config, progress, state, complete))
+        report.runs.append(Run(run_dir, config, progress, state, complete, references))
+    for (env_id, why), paths in sorted(foreign.items()):
+        log.warning("%d run(s) of %s %s: the reference returns in their config (env."
+                    "random_return, env.reference_return) are that env's and are not used for "
+                    "them (%s%s)", len(paths), env_id, why, paths[0],
+                    f" and {len(paths) - 1} more" if len(paths) > 1 else "")
     return report
+
+
+@functools.cache
+def option_env_id(option: str) -> Optional[str]:
+    """The ``id`` of env option ``option`` (``conf/env/<option>.yaml``); ``None`` if there is no
+    such option here."""
+    try:
+        env_id = OmegaConf.load(ENV_OPTIONS / f"{option}.yaml").get("id")
+    except (OSError, ValueError):
+        return None
+    return None if env_id is None else str(env_id)
+
+
+def run_references(config: dict[str, Any]) -> tuple[References, Optional[str]]:
+    """The run's (random, reference) returns, and why they were dropped (``None`` if they were
+    not): they are its env option's, so they hold only where its ``env.id`` is the option's id."""
+    references = (config.get("env.random_return"), config.get("env.reference_return"))
+    if references == (None, None):
+        return references, None
+    option = config.get("env")
+    expected = option_env_id(str(option)) if option is not None else None
+    if expected is not None and expected == str(config["env.id"]):
+        return references, None
+    if option is None:
+        why = "name no env option (no .hydra/hydra.yaml), so whose returns they carry is unknown"
+    elif expected is None:
+        why = (f"were composed from env option {option!r}, which is not in {ENV_OPTIONS}, so "
+               "whose returns they carry is unknown")
+    else:
+        why = f"were composed from env option {option!r} ({expected})"
+    return (None, None), why
+
+
+def task_references(runs: list[Run]) -> dict[str, References]:
+    """Per task, the (random, reference) returns its runs agree on; ``(None, None)`` where some
+    run has none (or other values)."""
+    found: dict[str, set] = {}
+    for run in runs:
+        found.setdefault(run.env, set()).add(run.references)
+    return {env: next(iter(refs)) if len(refs) == 1 else (None, None)
+            for env, refs in found.items()}
 
 
 def run_budget(config: dict[str, Any]) -> Optional[int]:
@@ -116,7 +184,8 @@ def detect_group_keys(runs: list[Run]) -> list[str]:
     Group choices come first (``ablation``, ``solver``, ``advantage``, ``network``), then the
     other keys in order. A key qualifies if it is not the seed, the env or a result-neutral
     setting (:func:`trpo.run_folder.is_result_neutral`: logging, the run's name, ...) and it
-    takes different values among runs that share the env and every key chosen before it: so
+    takes different values among runs that share the task (``env.id``) and every key chosen
+    before it: so
     env-specific values (``env.id``, an env-derived ``total_steps``) never qualify, nor do
     values that follow from a choice (a solver's ``_target_``, the settings an ablation
     option sets), while a sub-key swept within one choice (``solver.max_kl``) does.
@@ -128,7 +197,7 @@ def detect_group_keys(runs: list[Run]) -> list[str]:
         if (key in ("seed", *OTHER_CHOICES) or key.startswith("env.")
                 or is_result_neutral(key)):
             continue
-        if _varies_within(runs, key, ["env", *chosen]):
+        if _varies_within(runs, key, ["env.id", *chosen]):
             chosen.append(key)
     return chosen
 

@@ -201,16 +201,18 @@ def run_name(path: Path, roots: list[Path]) -> str:
 
 def tidy_runs(runs: list[Run], roots: list[Path] = ()) -> pd.DataFrame:
     """Every logged row of every run, with the run's name (its path from the analysed folder,
-    :func:`run_name`) and, as columns, the env, the seed, the group choices and every config
-    value that differs between the runs (the others are in each run's ``.hydra/config.yaml``)."""
+    :func:`run_name`) and, as columns, the env (its id), the seed, the group choices and every
+    config value that differs between the runs (the others are in each run's
+    ``.hydra/config.yaml``)."""
     all_keys = sorted({k for run in runs for k in run.config})
     varying = [k for k in all_keys if len({str(run.config.get(k)) for run in runs}) > 1]
-    keys = [k for k in ("env", "seed", *CHOICE_GROUPS) if k in all_keys]
-    keys += [k for k in varying if k not in keys]
+    keys = [k for k in ("seed", *CHOICE_GROUPS) if k in all_keys]
+    keys += [k for k in varying if k not in keys and k != "env"]
     frames = []
     for run in runs:
         frame = run.progress.copy()
         frame.insert(0, "run", run_name(run.path, list(roots)))
+        frame.insert(1, "env", run.env)
         for key in keys:
             if key not in frame:
                 value = run.config.get(key)

@@ -13,7 +13,7 @@ from analysis import stats
 from analysis.__main__ import main
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity,
                               swept_numeric_keys)
-from analysis.load import Run, detect_group_keys, load_runs
+from analysis.load import Run, detect_group_keys, load_runs, task_references
 from analysis.report import final_score, final_table, make_groups, max_of_mean_curve
 from tests.run_folders import sweep, trust_region_sweep, write_run
 from trpo.run_folder import RunFolder
@@ -134,7 +134,34 @@ def test_loading_resolves_interpolations_and_reads_choices(tmp_path):
     write_run(tmp_path, "a")
     (run,) = load_runs([tmp_path]).runs
     assert run.config["total_steps"] == 300 and run.complete
-    assert (run.env, run.config["solver"], run.seed) == ("hopper", "trpo", 0)
+    assert (run.env, run.config["env"], run.config["solver"], run.seed) == (
+        "Hopper-v5", "hopper", "trpo", 0)
+    assert run.references == (0.0, 100.0)
+
+
+def test_a_run_is_filed_under_its_env_id_not_its_option_name(tmp_path, caplog):
+    """``env=hopper env.id=InvertedPendulum-v5`` trains InvertedPendulum: before, such runs were
+    pooled with the Hopper runs as hopper, and normalised by Hopper's reference returns."""
+    sweep(tmp_path / "hopper", envs=("hopper",), solvers=("trpo",))
+    for seed in (0, 1, 2):
+        write_run(tmp_path / "pendulum", str(seed), env="hopper", env_id="InvertedPendulum-v5",
+                  seed=seed, returns=[500.0, 900.0 + seed])
+    runs = load_runs([tmp_path]).runs
+    groups = make_groups(runs, detect_group_keys(runs))
+    assert [(g.env, g.label, g.seeds) for g in groups] == [("Hopper-v5", "trpo", 3),
+                                                           ("InvertedPendulum-v5", "trpo", 3)]
+    references = task_references(runs)
+    assert references == {"Hopper-v5": (0.0, 100.0), "InvertedPendulum-v5": (None, None)}
+    assert ("3 run(s) of InvertedPendulum-v5 were composed from env option 'hopper' "
+            "(Hopper-v5)") in caplog.text
+    fig = plot_aggregate(groups, "eval_return_mean", references, reps=20)
+    assert "min-max normalised" in " ".join(t.get_text() for t in fig.texts)
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    final = pd.read_csv(tmp_path / "out" / "final.csv")
+    assert final[["env", "seeds", "iqm"]].values.tolist() == [["Hopper-v5", 3, 11.0],
+                                                               ["InvertedPendulum-v5", 3, 901.0]]
+    assert set(pd.read_csv(tmp_path / "out" / "runs.csv")["env"]) == {"Hopper-v5",
+                                                                      "InvertedPendulum-v5"}
 
 
 @pytest.mark.parametrize("variants, expected", [
@@ -223,13 +250,14 @@ def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
     final = pd.read_csv(out / "final.csv")
     assert list(final.columns) == ["env", "solver", "seeds", "iqm", "iqm_lo", "iqm_hi", "mean",
                                    "std", "max_mean_curve"]
-    assert final.set_index(["env", "solver"]).loc[("walker", "npg"), "iqm"] == pytest.approx(21)
+    assert final.set_index(["env", "solver"]).loc[("Walker2d-v5", "npg"), "iqm"] == pytest.approx(21)
     markdown = (out / "final.md").read_text()
     assert "| npg | **21.00 [20.00, 22.00] (n=3)** | **21.00 [20.00, 22.00] (n=3)** |" in markdown
     assert "| trpo | 11.00 [10.00, 12.00] (n=3) | 11.00 [10.00, 12.00] (n=3) |" in markdown
     assert markdown.count("**") == 4  # one bold cell per env
     # seeds 0, 1, 2 end at 20, 21, 22: mean 21, std 1; the mean curve peaks at its end
-    assert "| walker | npg | 21.00 [20.00, 22.00] | 21.00 ± 1.00 | 21.00 | 3 |" in markdown
+    assert "| Hopper-v5 | Walker2d-v5 |" in markdown  # tasks by id, not option name
+    assert "| Walker2d-v5 | npg | 21.00 [20.00, 22.00] | 21.00 ± 1.00 | 21.00 | 3 |" in markdown
     assert r"\textbf{" in (out / "final.tex").read_text()
     tidy = pd.read_csv(out / "runs.csv")
     assert len(tidy) == 12 * 10 and {"run", "env", "solver", "seed", "solver._target_"} <= set(
@@ -243,7 +271,7 @@ def test_curve_figure_has_a_panel_per_env_a_line_per_group_and_labels(tmp_path):
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
     fig = plot_curves(groups, "eval_return_mean", reps=100)
     panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == ["hopper", "walker"]
+    assert [ax.get_title() for ax in panels] == ["Hopper-v5", "Walker2d-v5"]
     for ax in panels:
         assert len(ax.get_lines()) == 2
         assert ax.get_xlabel() == "Environment steps"
@@ -259,7 +287,7 @@ def test_curve_figure_with_a_panel_key_has_a_panel_per_value_and_lines_styled_al
     groups = make_groups(load_runs([tmp_path]).runs, ["solver", "solver.max_kl"])
     fig = plot_curves(groups, "eval_return_mean", reps=50, panel_key="solver")
     panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == ["hopper, npg", "hopper, trpo"]
+    assert [ax.get_title() for ax in panels] == ["Hopper-v5, npg", "Hopper-v5, trpo"]
     assert all(len(ax.get_lines()) == 3 for ax in panels)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == [f"solver.max_kl={k} (n=3)" for k in (0.001, 0.01, 0.1)]
@@ -279,7 +307,7 @@ def test_long_group_names_move_the_pairwise_panel_below_the_others(tmp_path, sol
     sweep(tmp_path, solvers=solvers)
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
     fig = plot_aggregate(groups, "eval_return_mean",
-                         {"hopper": (0.0, 100.0), "walker": (0.0, 100.0)}, reps=50)
+                         {"Hopper-v5": (0.0, 100.0), "Walker2d-v5": (0.0, 100.0)}, reps=50)
     iqm, *_ = (ax for ax in fig.axes if ax.get_title().startswith("IQM"))
     pairwise, = (ax for ax in fig.axes if ax.get_title() == "Pairwise comparison")
     below = pairwise.get_position().y1 < iqm.get_position().y0
@@ -290,7 +318,7 @@ def test_aggregate_figure_uses_reference_scores_and_has_three_panels(tmp_path):
     sweep(tmp_path)
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
     fig = plot_aggregate(groups, "eval_return_mean",
-                         {"hopper": (0.0, 100.0), "walker": (0.0, 100.0)}, reps=100)
+                         {"Hopper-v5": (0.0, 100.0), "Walker2d-v5": (0.0, 100.0)}, reps=100)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["IQM across 2 envs", "Pairwise comparison", "Performance profile"]
     assert "D4RL" in " ".join(t.get_text() for t in fig.texts)
