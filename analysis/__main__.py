@@ -65,6 +65,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     groups = make_groups(runs, keys)
+    runs = [run for group in groups for run in group.runs]  # each seed once
     seed_counts = {(g.env, g.label): g.seeds for g in groups}
     if len(set(seed_counts.values())) > 1:
         log.warning("groups have different seed counts: %s", ", ".join(

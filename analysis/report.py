@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.load import CHOICE_GROUPS, Run, group_label
+from analysis.load import CHOICE_GROUPS, OTHER_CHOICES, Run, group_label
+from trpo.run_folder import is_result_neutral
 
 log = logging.getLogger("analysis")
 
@@ -66,14 +67,41 @@ class Group:
 
 
 def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
-    """Runs split by env and by the values of ``keys``, in a stable order."""
+    """Runs split by env and by the values of ``keys``, in a stable order; a seed counts once.
+
+    Of two or more runs with the same task, group and seed, the first by path is used and each
+    other one is left out with a warning naming both paths. Rather than an error, because a
+    run reached twice is one measurement, not two seeds: a copy another study made of it
+    (``reuse_from``), a sweep launched again into a second folder, or two analysed folders that
+    hold the same runs. Pooling it would narrow the intervals falsely, and stopping would make a
+    parent folder of several studies impossible to analyse. The rule does not depend on the
+    order in which folders are given. Where the two differ in a config value that changes
+    results, the warning names it: a ``--group-by`` that includes it draws them apart.
+    """
     groups: dict[tuple, Group] = {}
-    for run in runs:
+    first: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: str(r.path)):
         label = group_label(run, keys)
+        seed = (run.env, label, run.seed)
+        if seed in first:
+            warn_duplicate(first[seed], run)
+            continue
+        first[seed] = run
         group = groups.setdefault((run.env, label), Group(
             run.env, label, {k: run.config.get(k) for k in keys}, []))
         group.runs.append(run)
     return sorted(groups.values(), key=lambda g: (g.env, g.label))
+
+
+def warn_duplicate(kept: Run, dropped: Run) -> None:
+    differ = [k for k in sorted(set(kept.config) | set(dropped.config))
+              if kept.config.get(k) != dropped.config.get(k) and k not in OTHER_CHOICES
+              and not is_result_neutral(k)]
+    log.warning("duplicate run left out: %s has the task, group and seed of %s (%s, seed %s); "
+                "a seed counts once per group, so the first by path is used%s", dropped.path,
+                kept.path, kept.env, kept.seed,
+                f"; they differ in {', '.join(differ)} (--group-by with it draws them apart)"
+                if differ else "")
 
 
 def max_of_mean_curve(runs: list[Run], metric: str) -> float:

@@ -2,6 +2,7 @@
 figures and robustness, on run folders written here with known numbers."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -223,6 +224,31 @@ def test_final_table_matches_a_recomputation_from_progress_files(tmp_path):
         assert row.std == pytest.approx(np.std(finals, ddof=1))
         assert row.iqm == pytest.approx(np.mean(finals))  # 3 seeds: nothing is trimmed
         assert row.iqm_lo <= row.iqm <= row.iqm_hi
+
+
+def test_a_run_reached_twice_counts_once_and_the_warning_names_both(tmp_path, caplog):
+    """Before, a copy of a run (another study's reuse_from, a second folder) pooled with it as
+    an extra seed: n=4 from three seeds, and a narrower interval."""
+    sweep(tmp_path / "a", envs=("hopper",), solvers=("trpo",))
+    shutil.copytree(tmp_path / "a" / "multi" / "0", tmp_path / "b" / "copy")
+    assert main([str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "out"),
+                 "--reps", "20"]) == 0
+    assert "(n=3)" in (tmp_path / "out" / "final.md").read_text()
+    kept, dropped = tmp_path / "a" / "multi" / "0", tmp_path / "b" / "copy"
+    assert (f"duplicate run left out: {dropped} has the task, group and seed of {kept} "
+            "(Hopper-v5, seed 0); a seed counts once per group, so the first by path is used"
+            ) in caplog.text
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv").groupby("run")) == 3
+
+
+def test_a_duplicate_that_differs_in_a_key_left_out_of_the_grouping_names_it(tmp_path, caplog):
+    for n, max_kl in enumerate((0.01, 0.05)):
+        write_run(tmp_path, str(n), extra={"solver.max_kl": max_kl})
+    groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
+    assert [g.seeds for g in groups] == [1]
+    assert "they differ in solver.max_kl (--group-by with it draws them apart)" in caplog.text
+    assert [g.seeds for g in make_groups(load_runs([tmp_path]).runs,
+                                         ["solver", "solver.max_kl"])] == [1, 1]
 
 
 def test_max_of_mean_curve_uses_common_steps_only():
