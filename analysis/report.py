@@ -37,19 +37,33 @@ def final_score(progress: pd.DataFrame, metric: str = "eval_return_mean",
     return float((in_window if not in_window.empty else logged.iloc[-1:])[metric].mean())
 
 
-def step_grid(runs: list[Run], points: int = GRID_POINTS) -> np.ndarray:
-    """Steps from the first logged step to the last step every run reached."""
-    first = min(run.progress["env_steps"].iloc[0] for run in runs)
-    last = min(run.progress["env_steps"].iloc[-1] for run in runs)
-    return np.linspace(first, last, points)
+def evaluations(progress: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The steps at which ``metric`` was measured (a number logged) and its values there."""
+    logged = progress.dropna(subset=[metric])
+    return logged["env_steps"].to_numpy(float), logged[metric].to_numpy(float)
+
+
+def step_grid(runs: list[Run], metric: str, points: int = GRID_POINTS) -> np.ndarray:
+    """Steps from the first step at which any of ``runs`` measured ``metric`` to the last one:
+    ``points`` evenly spaced, and every step at which one of them was measured; empty if none
+    ever was."""
+    measured = [evaluations(run.progress, metric)[0] for run in runs]
+    steps = np.unique(np.concatenate(measured)) if measured else np.array([])
+    if steps.size == 0:
+        return steps
+    return np.union1d(np.linspace(steps[0], steps[-1], points), steps)
 
 
 def curve_on_grid(progress: pd.DataFrame, metric: str, grid: np.ndarray) -> np.ndarray:
-    """``metric`` linearly interpolated at ``grid`` from the rows where it was logged."""
-    logged = progress.dropna(subset=[metric])
-    if logged.empty:
+    """``metric`` linearly interpolated at ``grid`` between the steps where it was measured;
+    NaN before the first of them and after the last (a curve is never carried backward or
+    forward beyond what was measured)."""
+    steps, values = evaluations(progress, metric)
+    if steps.size == 0:
         return np.full(grid.shape, np.nan)
-    return np.interp(grid, logged["env_steps"].to_numpy(float), logged[metric].to_numpy(float))
+    curve = np.interp(grid, steps, values)
+    curve[(grid < steps[0]) | (grid > steps[-1])] = np.nan
+    return curve
 
 
 @dataclass

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PolyCollection
 from analysis import stats
 from analysis.__main__ import main
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity,
                               swept_numeric_keys)
 from analysis.load import Run, detect_group_keys, load_runs, task_references
-from analysis.report import final_score, final_table, make_groups, max_of_mean_curve
+from analysis.report import (curve_on_grid, final_score, final_table, make_groups,
+                             max_of_mean_curve, step_grid)
 from tests.run_folders import sweep, trust_region_sweep, write_run
 from trpo.run_folder import RunFolder
 
@@ -323,6 +325,68 @@ def test_curve_figure_with_a_panel_key_has_a_panel_per_value_and_lines_styled_al
     # The final point of each line is its group's IQM: 1000·(index of δ) + 100·(npg) + 1.
     np.testing.assert_allclose([line.get_ydata()[-1] for line in panels[0].get_lines()],
                                [101, 1101, 2101])
+
+
+def test_a_curve_starts_at_its_first_evaluation_not_at_the_first_training_row(tmp_path):
+    """Evaluated every third iteration: before, the line and its band began at step 100 with
+    the first evaluation (step 300) carried back to it."""
+    for seed in range(3):
+        write_run(tmp_path, str(seed), seed=seed, returns=[10.0 * (k + seed) for k in range(9)],
+                  every=3)
+    (group,) = make_groups(load_runs([tmp_path]).runs, [])
+    (line,) = plot_curves([group], "eval_return_mean", reps=50).axes[0].get_lines()
+    assert line.get_xdata()[0] == 300 and line.get_xdata()[-1] == 900
+    assert line.get_ydata()[0] == pytest.approx(30.0)  # seeds 0-2 at 300: 20, 30, 40
+
+
+def test_each_step_of_a_curve_uses_only_the_runs_measured_around_it(tmp_path):
+    """Runs that start and stop evaluating at different steps: a run counts from its first
+    evaluation to its last and nowhere else."""
+    write_run(tmp_path, "early", seed=0, returns=[1.0, 2.0, 3.0, 4.0, None, None])
+    write_run(tmp_path, "late", seed=1, returns=[None, None, 30.0, 40.0, 50.0, 60.0])
+    runs = load_runs([tmp_path]).runs
+    grid = step_grid(runs, "eval_return_mean", points=6)
+    assert grid.tolist() == [100, 200, 300, 400, 500, 600]
+    curves = np.array([curve_on_grid(r.progress, "eval_return_mean", grid) for r in runs])
+    np.testing.assert_array_equal(curves, [[1, 2, 3, 4, np.nan, np.nan],
+                                           [np.nan, np.nan, 30, 40, 50, 60]])
+    iqm, low, high = stats.curve_iqm_ci(curves, reps=200)
+    np.testing.assert_allclose(iqm, [1, 2, 16.5, 22, 50, 60])  # two runs: their mean
+    assert (low[[0, 1, 4, 5]] == iqm[[0, 1, 4, 5]]).all()  # one run measured: no spread
+    assert low[2] == 3 and high[2] == 30  # both measured: the band spans them
+
+
+def test_curve_iqm_with_gaps_matches_a_per_point_computation():
+    rng = np.random.default_rng(4)
+    curves = rng.normal(size=(7, 12))
+    curves[:3, :4] = np.nan  # three runs start late
+    curves[5:, 9:] = np.nan  # two stop early
+    curves[:, 6] = np.nan  # a step no run was measured at
+    iqm, low, high = stats.curve_iqm_ci(curves, reps=100)
+    for j in range(12):
+        measured = curves[~np.isnan(curves[:, j]), j]
+        if measured.size == 0:
+            assert np.isnan([iqm[j], low[j], high[j]]).all()
+        else:
+            assert iqm[j] == pytest.approx(naive_iqm(measured))
+            assert low[j] <= iqm[j] <= high[j]
+    full = rng.normal(size=(5, 4))  # no gaps: the same as one bootstrap of whole curves
+    rows = np.random.default_rng(0).integers(0, 5, size=(100, 5))
+    expected = np.percentile(stats.iqm_along_runs(full[rows]), [2.5, 97.5], axis=0)
+    np.testing.assert_allclose(stats.curve_iqm_ci(full, reps=100)[1:], expected)
+
+
+def test_a_group_measured_once_per_run_is_drawn_as_points_with_a_warning(tmp_path, caplog):
+    """One evaluation per run (at the end): before, a flat line with a band from the first
+    training row to the end."""
+    for seed in range(3):
+        write_run(tmp_path, str(seed), seed=seed, returns=[0.0] * 9 + [float(seed)], every=100)
+    (group,) = make_groups(load_runs([tmp_path]).runs, [])
+    ax = plot_curves([group], "eval_return_mean", reps=50).axes[0]
+    assert not any(isinstance(c, PolyCollection) for c in ax.collections)  # no band
+    (point, *_) = ax.get_lines()
+    assert point.get_xdata().tolist() == [1000] and point.get_ydata().tolist() == [1.0]
+    assert "each run measured eval_return_mean at one step only" in caplog.text
 
 
 @pytest.mark.parametrize("solvers, full_width", [(("trpo", "npg"), False),
