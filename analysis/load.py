@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pandas as pd
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from trpo.run_folder import RunFolder, find_run_folders, is_result_neutral
 
@@ -75,56 +77,99 @@ class LoadReport:
     incomplete_used: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def load_runs(roots: Iterable[Path], include_incomplete: bool = False) -> LoadReport:
-    """Load every run below ``roots``.
+class Skip(Exception):
+    """Why a run is not used: one line."""
 
-    Skipped, with the reason: runs that failed, runs with no well-formed ``progress.csv`` row,
-    and, unless ``include_incomplete``, runs that have not logged their whole budget (running,
-    or interrupted and waiting to be resumed). With ``include_incomplete`` those are used with
-    their actual length. What :meth:`trpo.run_folder.ProgressFile.read` found wrong with a
-    ``progress.csv`` it could read (a line cut by a crash) is logged as a warning.
+
+# What reading a config that is not well-formed YAML, or not a config, can raise.
+CONFIG_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError,
+                 OmegaConfBaseException)
+
+
+def load_runs(roots: Iterable[Path], include_incomplete: bool = False) -> LoadReport:
+    """Load every run below ``roots``; one that cannot be read is skipped, never an abort.
+
+    Skipped, with the reason: runs that failed, runs whose config cannot be read (not YAML,
+    no ``env.id``), runs with no well-formed ``progress.csv`` row or whose iterations repeat or
+    go backwards, and, unless ``include_incomplete``, runs that have not logged their whole
+    budget (running, or interrupted and waiting to be resumed). With ``include_incomplete``
+    those are used with their actual length. What :meth:`trpo.run_folder.ProgressFile.read`
+    found wrong with a ``progress.csv`` it could read (a line cut by a crash, a garbled line)
+    is logged as a warning naming the run.
     """
     report = LoadReport()
     foreign: dict[tuple[str, str], list[Path]] = {}  # (env.id, why) -> runs
     for folder in find_run_folders(roots):
-        run_dir = folder.path
-        state = folder.state()
-        if state == "failed":
-            error = folder.read_status().get("error")
-            report.skipped.append((run_dir, "failed" + (f" ({error})" if error else "")))
+        try:
+            run, foreign_why = read_run(folder)
+        except Skip as why:
+            report.skipped.append((folder.path, str(why)))
             continue
-        read = folder.progress.read()
-        if not read.rows or "env_steps" not in read.header:
-            report.skipped.append((run_dir, "; ".join(read.problems) or
-                                   "progress.csv has no env_steps column"))
-            continue
-        progress = pd.DataFrame(read.rows, columns=read.header).astype(float)
-        config = folder.read_config()
-        if config.get("env.id") is None:
-            report.skipped.append((run_dir, "its config has no env.id"))
-            continue
-        references, foreign_why = run_references(config)
         if foreign_why:
-            foreign.setdefault((str(config["env.id"]), foreign_why), []).append(run_dir)
-        total = run_budget(config)
-        reached = int(progress["env_steps"].iloc[-1])
-        complete = total is not None and reached >= total
-        for problem in read.problems:
-            log.warning("%s: %s", run_dir, problem)
-        if not complete:
-            why = (f"{state}: logged {reached:,} of {total:,} steps" if total else
-                   f"{state}: no total_steps in its config")
+            foreign.setdefault((run.env, foreign_why), []).append(run.path)
+        if not run.complete:
+            total, reached = run_budget(run.config), int(run.progress["env_steps"].iloc[-1])
+            why = (f"{run.status}: logged {reached:,} of {total:,} steps" if total else
+                   f"{run.status}: no total_steps in its config")
             if not include_incomplete:
-                report.skipped.append((run_dir, why + " (--include-incomplete uses it)"))
+                report.skipped.append((run.path, why + " (--include-incomplete uses it)"))
                 continue
-            report.incomplete_used.append((run_dir, why))
-        report.runs.append(Run(run_dir, config, progress, state, complete, references))
+            report.incomplete_used.append((run.path, why))
+        report.runs.append(run)
     for (env_id, why), paths in sorted(foreign.items()):
         log.warning("%d run(s) of %s %s: the reference returns in their config (env."
                     "random_return, env.reference_return) are that env's and are not used for "
                     "them (%s%s)", len(paths), env_id, why, paths[0],
                     f" and {len(paths) - 1} more" if len(paths) > 1 else "")
     return report
+
+
+def read_run(folder: RunFolder) -> tuple[Run, Optional[str]]:
+    """The run in ``folder``, and why its reference returns were dropped (see
+    :func:`run_references`); raises :class:`Skip` saying why it cannot be used."""
+    state = folder.state()
+    if state == "failed":
+        error = folder.read_status().get("error")
+        raise Skip("failed" + (f" ({error})" if error else ""))
+    try:
+        config = folder.read_config()
+    except CONFIG_ERRORS as error:
+        raise Skip(f"its .hydra config cannot be read ({type(error).__name__}: "
+                   f"{' '.join(str(error).split())[:200]})") from None
+    for key in ("env.id", "seed"):
+        if config.get(key) is None:
+            raise Skip(f"its config has no {key}")
+    read = folder.progress.read()
+    if not read.rows or "env_steps" not in read.header:
+        raise Skip("; ".join(read.problems) or "progress.csv has no env_steps column")
+    iterations = read.iterations()
+    if any(b <= a for a, b in zip(iterations, iterations[1:])):
+        raise Skip("its progress.csv repeats iterations or goes back (which row holds a "
+                   "step's numbers is unclear)")
+    for problem in read.problems:
+        log.warning("%s: %s (the rows that are whole are used)", folder.path, problem)
+    progress = pd.DataFrame(read.rows, columns=read.header).astype(float)
+    if progress["env_steps"].isna().any():
+        raise Skip("progress.csv has rows without env_steps")
+    total = run_budget(config)
+    complete = total is not None and progress["env_steps"].iloc[-1] >= total
+    references, foreign_why = run_references(config)
+    return Run(folder.path, config, progress, state, complete, references), foreign_why
+
+
+def drop_unmeasured(report: LoadReport, metric: str) -> None:
+    """Move the runs that never logged a number for ``metric`` (every evaluation empty or NaN,
+    or no such column) from ``report.runs`` to ``report.skipped``."""
+    kept = []
+    for run in report.runs:
+        if metric not in run.progress:
+            report.skipped.append((run.path, f"its progress.csv has no {metric} column"))
+        elif not run.progress[metric].notna().any():
+            report.skipped.append((run.path, f"it never logged {metric} as a number (every "
+                                             "value is empty or NaN)"))
+        else:
+            kept.append(run)
+    report.runs = kept
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from analysis.load import run_budget
+from analysis.load import CONFIG_ERRORS, run_budget
 from trpo.run_folder import RunFolder, find_run_folders
 
 # What a planned run can be, in the order the summary counts them. Part-way runs are running
@@ -78,7 +78,7 @@ def run_state(name: str, folder: Optional[RunFolder]) -> RunState:
     last = rows[-1] if rows else {}
     try:
         budget = run_budget(folder.read_config())
-    except Exception:  # an unreadable config: how far it got is unknown, its state is not
+    except CONFIG_ERRORS:  # an unreadable config: how far it got is unknown, its state is not
         budget = None
     reached = last.get("env_steps") or 0.0
     done = min(reached / budget, 1.0) if budget else 0.0

@@ -468,6 +468,69 @@ def test_an_interrupted_run_is_incomplete_not_failed_and_the_flag_uses_it(tmp_pa
                                                                  ).read_text()
 
 
+def test_an_unreadable_run_is_skipped_by_name_and_the_rest_analysed(tmp_path, caplog):
+    """A config that is not YAML, progress.csv of binary garbage (NUL bytes), a garbled tail
+    and repeated iterations: before, the first two aborted the whole analysis."""
+    sweep(tmp_path, envs=("hopper",), solvers=("trpo",))
+    ten = [float(k) for k in range(10)]  # as long as the sweep's runs
+    bad_yaml = write_run(tmp_path, "bad_yaml", seed=3, returns=ten)
+    (bad_yaml / ".hydra" / "config.yaml").write_text("env: {id: Hopper-v5\nseed: [0\n")
+    garbage = write_run(tmp_path, "garbage", seed=4, returns=ten)
+    (garbage / "progress.csv").write_bytes(bytes(range(256)) * 8)
+    tail = write_run(tmp_path, "garbled_tail", seed=5, returns=ten)
+    with open(tail / "progress.csv", "ab") as file:
+        file.write(b"\x00\xff\xfe garbage\n" + bytes(range(1, 256)) + b"\n")
+    repeated = write_run(tmp_path, "repeated", seed=6, returns=ten)
+    text = (repeated / "progress.csv").read_text()
+    (repeated / "progress.csv").write_text(text + text.split("\n", 1)[1])  # rows again
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    assert "(n=4)" in (tmp_path / "out" / "final.md").read_text()  # 3 seeds + the garbled tail
+    assert f"skipped {bad_yaml}: its .hydra config cannot be read (" in caplog.text
+    assert f"skipped {garbage}: progress.csv has no header starting with 'iteration'" in (
+        caplog.text)
+    assert any(m.startswith(f"{tail}: ") and "malformed line(s) (line 12," in m and
+               m.endswith("(the rows that are whole are used)") for m in caplog.messages)
+    assert f"skipped {repeated}: its progress.csv repeats iterations" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["nan", ""])
+def test_a_run_whose_evaluations_are_all_nan_is_skipped(tmp_path, caplog, capsys, value):
+    """Before: KeyError: ['group'] once no run of a group had a number to score."""
+    sweep(tmp_path / "ok", envs=("hopper",), solvers=("trpo",))
+    bad = write_run(tmp_path / "nan", "run", seed=3, returns=[float(k) for k in range(10)])
+    progress = RunFolder(bad).progress
+    progress.rewrite([{**row, "eval_return_mean": None if value == "" else float(value)}
+                      for row in progress.read().rows])
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    assert (f"skipped {bad}: it never logged eval_return_mean as a number (every value is "
+            "empty or NaN)") in caplog.text
+    assert main([str(tmp_path / "nan"), "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no usable runs below")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--reps", "0"], "argument --reps: must be at least 1, got 0"),
+    (["--reps", "-5"], "argument --reps: must be at least 1, got -5"),
+    (["--reps", "2.5"], "argument --reps: must be a whole number, got '2.5'"),
+    (["--reps", "many"], "argument --reps: must be a whole number, got 'many'"),
+    (["--out", "{file}"], "--out {file} is a file, not a folder"),
+    (["--out", "{file}/sub"], "--out {file}/sub cannot be made: Not a directory"),
+    ([], "the following arguments are required: --out"),
+    (["--out", "o", "--colour", "red"], "unrecognized arguments: --colour red"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, arguments, message):
+    write_run(tmp_path, "runs/a")
+    (tmp_path / "a_file").write_text("")
+    file = str(tmp_path / "a_file")
+    arguments = [a.format(file=file) for a in arguments]
+    if "--out" not in arguments and arguments:
+        arguments += ["--out", str(tmp_path / "out")]
+    assert main([str(tmp_path / "runs"), *arguments]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message.format(file=file)}"]
+
+
 def test_an_empty_folder_exits_with_one_clear_line(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
