@@ -227,13 +227,13 @@ def detect_group_keys(runs: list[Run]) -> list[str]:
     """The config keys whose values tell the compared lines apart.
 
     Group choices come first (``ablation``, ``solver``, ``advantage``, ``network``), then the
-    other keys in order. A key qualifies if it is not the seed, the env or a result-neutral
-    setting (:func:`trpo.run_folder.is_result_neutral`: logging, the run's name, ...) and it
-    takes different values among runs that share the task (``env.id``) and every key chosen
-    before it: so
-    env-specific values (``env.id``, an env-derived ``total_steps``) never qualify, nor do
-    values that follow from a choice (a solver's ``_target_``, the settings an ablation
-    option sets), while a sub-key swept within one choice (``solver.max_kl``) does.
+    other keys in order. A key qualifies if it is not the seed, the env, the logger or
+    experiment choice or a result-neutral setting (:func:`trpo.run_folder.is_result_neutral`:
+    logging, the run's name, ``reuse_from``, ...) and it takes different values among runs that
+    share the task (``env.id``) and every key chosen before it: so env-specific values (an
+    env-derived ``total_steps``) never qualify, nor do values that follow from a choice (a
+    solver's ``_target_``, the settings an ablation option sets), while a sub-key swept within
+    one choice (``solver.max_kl``) does.
     """
     keys = sorted({k for run in runs for k in run.config})
     ordered = [k for k in CHOICE_GROUPS if k in keys] + [k for k in keys if k not in CHOICE_GROUPS]

@@ -108,6 +108,7 @@ def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
 
 
 def warn_duplicate(kept: Run, dropped: Run) -> None:
+    """Say that ``dropped`` is left out as a duplicate of ``kept``, and what differs."""
     differ = [k for k in sorted(set(kept.config) | set(dropped.config))
               if kept.config.get(k) != dropped.config.get(k) and k not in OTHER_CHOICES
               and not is_result_neutral(k)]

@@ -4,7 +4,8 @@ Statistical Precipice"), as pure functions on arrays of scores.
 Scores are ``[runs, tasks]`` arrays: one row per seed, one column per environment. The
 definitions follow rliable 1.2.0 (``rliable.metrics`` and ``rliable.library``), which is not a
 dependency here because its ``arch`` dependency fails to import next to pandas 3; the tests check
-these functions against values computed with rliable.
+these functions against values computed once with rliable (``tests/rliable_reference.json``,
+written by ``tests/rliable_reference.py``) and against naive second implementations.
 """
 
 from __future__ import annotations

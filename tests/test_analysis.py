@@ -740,6 +740,17 @@ def test_study_status_names_each_planned_run_and_estimates_the_time_left(tmp_pat
     assert study_status(tmp_path / "nothing", ["seed=0"])[0].state == "not started"
 
 
+def test_study_status_lists_an_unreadable_run_instead_of_stopping(tmp_path):
+    """Before, --status went through load_runs, which a config that is not YAML stopped."""
+    from experiments.status import study_status
+
+    bad = write_run(tmp_path, "seed=0", returns=[1.0] * 3, total_steps=1000, status="running")
+    (bad / ".hydra" / "config.yaml").write_text("seed: [0\n")
+    (bad / "progress.csv").write_bytes(bytes(range(256)))
+    (state,) = study_status(tmp_path, ["seed=0"])
+    assert (state.state, state.done, state.wall_s) == ("interrupted", 0.0, None)
+
+
 def test_study_status_imports_neither_torch_nor_the_trainer(tmp_path):
     """``--status`` reads run folders through trpo.run_folder alone: it starts at once."""
     write_run(tmp_path / "sweep", "env=hopper,seed=0,solver=trpo")
