@@ -9,14 +9,35 @@ from pathlib import Path
 
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity, save_figure,
                               swept_numeric_keys)
-from analysis.load import detect_group_keys, load_runs
+from analysis.load import detect_group_keys, drop_unmeasured, load_runs, task_references
 from analysis.report import final_table, make_groups, write_tables
 
 log = logging.getLogger("analysis")
 
 
+class UsageError(Exception):
+    """A bad command-line argument: one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print its usage too: one line is enough
+        raise UsageError(message)
+
+
+def whole_number(text: str) -> int:
+    """``text`` as a whole number of at least 1 (``--reps``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    """The arguments; raises :class:`UsageError` for bad ones."""
+    parser = Parser(
         prog="python -m analysis",
         description="Learning curves, IQM tables with bootstrap CIs and aggregate statistics "
                     "from Hydra run and multirun folders.")
@@ -29,21 +50,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--metric", default="eval_return_mean",
                         help="progress.csv column to plot and score (default: %(default)s)")
     parser.add_argument("--include-incomplete", action="store_true",
-                        help="use runs that have not logged their whole budget, with their "
-                             "actual length (default: skip them, with a warning)")
-    parser.add_argument("--reps", type=int, default=2000,
-                        help="bootstrap resamples (default: %(default)s)")
-    return parser.parse_args(argv)
+                        help="use runs that have not logged their whole budget (running, or "
+                             "interrupted), with their actual length (default: skip them, "
+                             "with a warning)")
+    parser.add_argument("--reps", type=whole_number, default=2000,
+                        help="bootstrap resamples, at least 1 (default: %(default)s)")
+    args = parser.parse_args(argv)
+    missing = [str(d) for d in args.dirs if not d.is_dir()]
+    if missing:
+        raise UsageError(f"not a folder: {', '.join(missing)}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    return args
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    missing = [str(d) for d in args.dirs if not d.is_dir()]
-    if missing:
-        print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
+    try:
+        args = parse_args(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     report = load_runs(args.dirs, include_incomplete=args.include_incomplete)
+    columns = sorted({c for run in report.runs for c in run.progress.columns})
+    if report.runs and args.metric not in columns:
+        print(f"error: --metric {args.metric} is not a progress.csv column; columns: "
+              f"{', '.join(columns)}", file=sys.stderr)
+        return 2
+    drop_unmeasured(report, args.metric)
     for path, why in report.skipped:
         log.warning("skipped %s: %s", path, why)
     for path, why in report.incomplete_used:
@@ -54,10 +88,6 @@ def main(argv=None) -> int:
               f"and progress.csv; {len(report.skipped)} skipped)", file=sys.stderr)
         return 1
     runs = report.runs
-    if args.metric not in runs[0].progress.columns:
-        print(f"error: --metric {args.metric} is not a progress.csv column; columns: "
-              f"{', '.join(runs[0].progress.columns)}", file=sys.stderr)
-        return 2
     keys = args.group_by.split(",") if args.group_by else detect_group_keys(runs)
     unknown = [k for k in keys if not any(k in run.config for run in runs)]
     if unknown:
@@ -65,6 +95,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     groups = make_groups(runs, keys)
+    runs = [run for group in groups for run in group.runs]  # each seed once
     seed_counts = {(g.env, g.label): g.seeds for g in groups}
     if len(set(seed_counts.values())) > 1:
         log.warning("groups have different seed counts: %s", ", ".join(
@@ -72,7 +103,12 @@ def main(argv=None) -> int:
     log.info("%d runs in %d envs; lines by %s", len(runs), len({r.env for r in runs}),
              ", ".join(keys) or "(nothing differs: one line per env)")
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"error: --out {args.out} cannot be made: {error.strerror or error}",
+              file=sys.stderr)
+        return 2
     table = final_table(groups, args.metric, reps=args.reps)
     write_tables(table, runs, args.metric, args.out, args.dirs)
     # Two or more line keys: a panel per value of the first, so no panel holds every line.
@@ -82,8 +118,7 @@ def main(argv=None) -> int:
     for key in swept_numeric_keys(table, keys):
         save_figure(plot_sensitivity(table, key, keys, args.metric), args.out,
                     f"sensitivity_{key}")
-    references = {run.env: (run.config.get("env.random_return"),
-                            run.config.get("env.reference_return")) for run in runs}
+    references = task_references(runs)
     save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps), args.out,
                 "aggregate")
     print((args.out / "final.md").read_text())

@@ -7,6 +7,7 @@ panel and figure; legends outside the data.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +22,9 @@ import pandas as pd  # noqa: E402
 
 from analysis import stats  # noqa: E402
 from analysis.load import CHOICE_GROUPS, values_label  # noqa: E402
-from analysis.report import Group, curve_on_grid, final_score, step_grid  # noqa: E402
+from analysis.report import Group, curve_on_grid, evaluations, final_score, step_grid  # noqa: E402
+
+log = logging.getLogger("analysis")
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every colour-vision type.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
@@ -86,6 +89,11 @@ def plot_curves(groups: list[Group], metric: str, reps: int = 2000,
                 panel_key: Optional[str] = None) -> plt.Figure:
     """One panel per env, one IQM line with its 95% bootstrap band per group.
 
+    A line runs from the group's first evaluation to its last; at each step it uses the runs
+    measured around it (:func:`analysis.report.curve_on_grid`), never a run's first evaluation
+    carried back or its last carried forward. A group none of whose runs was measured twice is
+    drawn as points, with a warning.
+
     With ``panel_key`` (one of the group keys) there is a panel per env and value of that key,
     and the lines are the values of the other keys, styled alike in every panel: eight lines
     of solver × δ become two panels of four.
@@ -110,14 +118,23 @@ def plot_curves(groups: list[Group], metric: str, reps: int = 2000,
                                  figsize=(FULL_WIDTH_IN, 2.1 * rows + 0.5))
         for ax, panel in zip(axes.flat, panels):
             for group in (g for g in groups if panel_of(g) == panel):
-                grid = step_grid(group.runs)
+                grid = step_grid(group.runs, metric)
+                if grid.size == 0:
+                    continue
                 curves = np.array([curve_on_grid(run.progress, metric, grid)
                                    for run in group.runs])
-                curves = curves[~np.isnan(curves).any(axis=1)]
-                if curves.size == 0:
-                    continue
                 iqm, low, high = stats.curve_iqm_ci(curves, reps=reps)
                 colour, linestyle = style[line_of(group)]
+                if max(len(evaluations(run.progress, metric)[0]) for run in group.runs) < 2:
+                    # No run was measured twice: points with their intervals, no line.
+                    log.warning("%s / %s: each run measured %s at one step only, so its curve "
+                                "is a point per step (evaluate more often: eval_every)",
+                                group.env, group.label, metric)
+                    at = ~np.isnan(iqm)
+                    ax.errorbar(grid[at], iqm[at], yerr=[iqm[at] - low[at], high[at] - iqm[at]],
+                                color=colour, linestyle="none", marker="o", markersize=3,
+                                capsize=2, elinewidth=0.8)
+                    continue
                 ax.plot(grid, iqm, color=colour, linestyle=linestyle)
                 ax.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
             ax.set_title(panel[1])

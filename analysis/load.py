@@ -1,14 +1,19 @@
 """Reading runs from Hydra run and multirun folders, with no network.
 
-A run is a folder with ``.hydra/config.yaml`` (the resolved config) and, once it has started,
-``progress.csv`` (one row per iteration) and ``status.json`` (``running``, ``completed`` or
-``failed``). Groups are detected from the config values that differ between runs.
+A run is a folder that :mod:`trpo.run_folder` owns: ``.hydra/config.yaml`` (the config),
+``progress.csv`` (one row per iteration) and ``status.json``. Every file is read through
+:class:`trpo.run_folder.RunFolder`, the one reader of each format. Groups are detected from the
+config values that differ between runs.
+
+A run's task is the environment it trained on, its ``env.id`` (``Hopper-v5``), whatever the env
+option it was composed from is called: ``env=hopper env.id=InvertedPendulum-v5`` is an
+InvertedPendulum-v5 run. Its reference returns (``env.random_return``, ``env.reference_return``)
+are those of the option, so they count only where the run's id is the option's own id.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -16,17 +21,24 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pandas as pd
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from trpo.config import flatten
+from trpo.run_folder import RunFolder, find_run_folders, is_result_neutral
 
 log = logging.getLogger("analysis")
 
 # Hydra's group choices worth naming a line by, in order of priority when two keys split the
 # runs the same way.
 CHOICE_GROUPS = ("ablation", "solver", "advantage", "network")
-# Keys that never define a group: the seed varies within a group, logging changes no result.
-IGNORED_KEYS = ("seed", "logger.", "name")
+# Group choices that never name a line: the env is the task (its panel), the logger changes no
+# result, and an experiment's choice is the values it sets, which are keys of their own.
+OTHER_CHOICES = ("env", "logger", "experiment")
+# The env options, one YAML each, whose ``id`` says which environment an option stands for.
+ENV_OPTIONS = Path(__file__).resolve().parents[1] / "conf" / "env"
+
+References = tuple[Optional[float], Optional[float]]  # (random return, reference return)
 
 
 class NoRunsError(RuntimeError):
@@ -40,12 +52,16 @@ class Run:
     path: Path
     config: dict[str, Any]  # flattened resolved config, plus the group choices
     progress: pd.DataFrame
-    status: str  # completed, running, failed, or unknown (no status.json)
+    status: str  # RunFolder.state(): completed, running, interrupted or unknown
     complete: bool  # it logged up to its total_steps
+    # Its env option's (random, reference) returns; (None, None) if it has none or they are
+    # another env's (its env.id is not its option's id).
+    references: References = (None, None)
 
     @property
     def env(self) -> str:
-        return str(self.config["env"])
+        """The task: the environment id it trained on (``Hopper-v5``), not the option name."""
+        return str(self.config["env.id"])
 
     @property
     def seed(self) -> int:
@@ -61,96 +77,144 @@ class LoadReport:
     incomplete_used: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
-    """Every folder below ``roots`` (or a root itself) holding ``.hydra/config.yaml``."""
-    found = set()
-    for root in roots:
-        root = Path(root)
-        if (root / ".hydra" / "config.yaml").exists():
-            found.add(root.resolve())
-        found.update(p.parent.parent.resolve() for p in root.rglob(".hydra/config.yaml"))
-    return sorted(found)
+class Skip(Exception):
+    """Why a run is not used: one line."""
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's flattened resolved config; ``env``, ``solver``... are the Hydra group choices."""
-    # Hydra saves the config with its interpolations (total_steps: ${env.default_steps}).
-    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    config = flatten(OmegaConf.to_container(saved, resolve=True))
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    choices = {}
-    if hydra_file.exists():
-        runtime = OmegaConf.load(hydra_file).hydra.get("runtime", {})
-        choices = OmegaConf.to_container(runtime.get("choices", {}), resolve=False)
-    for group in ("env", *CHOICE_GROUPS):
-        choice = choices.get(group) or config.get(f"{group}.id") or config.get(f"{group}._target_")
-        if choice is not None:  # a group left unchosen (ablation: null) is not a key
-            config[group] = choice
-    return config
-
-
-def read_progress(path: Path) -> tuple[pd.DataFrame, Optional[str]]:
-    """``progress.csv`` as a frame, dropping a last line cut short by a crash (with a note)."""
-    with open(path, newline="") as file:
-        rows = list(csv.reader(file))
-    if not rows:
-        return pd.DataFrame(), "progress.csv is empty"
-    header, body = rows[0], rows[1:]
-    note = None
-    if body and len(body[-1]) != len(header):
-        body, note = body[:-1], "its last progress.csv line was cut short and is ignored"
-    frame = pd.DataFrame(body, columns=header).replace("", math.nan)
-    return frame.apply(pd.to_numeric, errors="coerce"), note
-
-
-def run_status(run_dir: Path) -> str:
-    """``status.json``'s status (running, completed, failed); ``unknown`` if it cannot be read.
-    (:func:`trpo.train.read_status` returns the whole record.)"""
-    try:
-        return str(json.loads((run_dir / "status.json").read_text())["status"])
-    except (OSError, ValueError, KeyError):
-        return "unknown"
+# What reading a config that is not well-formed YAML, or not a config, can raise.
+CONFIG_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError,
+                 OmegaConfBaseException)
 
 
 def load_runs(roots: Iterable[Path], include_incomplete: bool = False) -> LoadReport:
-    """Load every run below ``roots``.
+    """Load every run below ``roots``; one that cannot be read is skipped, never an abort.
 
-    Skipped, with the reason: runs marked failed, runs with no or an empty ``progress.csv``,
-    and, unless ``include_incomplete``, runs that have not logged their whole budget (still
-    going, or stopped). With ``include_incomplete`` those are used with their actual length.
+    Skipped, with the reason: runs that failed, runs whose config cannot be read (not YAML,
+    no ``env.id``), runs with no well-formed ``progress.csv`` row or whose iterations repeat or
+    go backwards, and, unless ``include_incomplete``, runs that have not logged their whole
+    budget (running, or interrupted and waiting to be resumed). With ``include_incomplete``
+    those are used with their actual length. What :meth:`trpo.run_folder.ProgressFile.read`
+    found wrong with a ``progress.csv`` it could read (a line cut by a crash, a garbled line)
+    is logged as a warning naming the run.
     """
     report = LoadReport()
-    for run_dir in find_run_dirs(roots):
-        status = run_status(run_dir)
-        if status == "failed":
-            report.skipped.append((run_dir, "marked failed in status.json"))
+    foreign: dict[tuple[str, str], list[Path]] = {}  # (env.id, why) -> runs
+    for folder in find_run_folders(roots):
+        try:
+            run, foreign_why = read_run(folder)
+        except Skip as why:
+            report.skipped.append((folder.path, str(why)))
             continue
-        if not (run_dir / "progress.csv").exists():
-            report.skipped.append((run_dir, "no progress.csv"))
-            continue
-        progress, note = read_progress(run_dir / "progress.csv")
-        if progress.empty or "env_steps" not in progress:
-            report.skipped.append((run_dir, note or "progress.csv has no rows"))
-            continue
-        config = read_config(run_dir)
-        total = _budget(config)
-        reached = int(progress["env_steps"].iloc[-1])
-        complete = total is not None and reached >= total
-        if note:
-            log.warning("%s: %s", run_dir, note)
-        if not complete:
-            why = (f"{status}: logged {reached:,} of {total:,} steps" if total else
-                   f"{status}: no total_steps in its config")
+        if foreign_why:
+            foreign.setdefault((run.env, foreign_why), []).append(run.path)
+        if not run.complete:
+            total, reached = run_budget(run.config), int(run.progress["env_steps"].iloc[-1])
+            why = (f"{run.status}: logged {reached:,} of {total:,} steps" if total else
+                   f"{run.status}: no total_steps in its config")
             if not include_incomplete:
-                report.skipped.append((run_dir, why + " (--include-incomplete uses it)"))
+                report.skipped.append((run.path, why + " (--include-incomplete uses it)"))
                 continue
-            report.incomplete_used.append((run_dir, why))
-        report.runs.append(Run(run_dir, config, progress, status, complete))
+            report.incomplete_used.append((run.path, why))
+        report.runs.append(run)
+    for (env_id, why), paths in sorted(foreign.items()):
+        log.warning("%d run(s) of %s %s: the reference returns in their config (env."
+                    "random_return, env.reference_return) are that env's and are not used for "
+                    "them (%s%s)", len(paths), env_id, why, paths[0],
+                    f" and {len(paths) - 1} more" if len(paths) > 1 else "")
     return report
 
 
-def _budget(config: dict[str, Any]) -> Optional[int]:
-    """Steps the run would log if it finished: total_steps rounded up to whole iterations."""
+def read_run(folder: RunFolder) -> tuple[Run, Optional[str]]:
+    """The run in ``folder``, and why its reference returns were dropped (see
+    :func:`run_references`); raises :class:`Skip` saying why it cannot be used."""
+    state = folder.state()
+    if state == "failed":
+        error = folder.read_status().get("error")
+        raise Skip("failed" + (f" ({error})" if error else ""))
+    try:
+        config = folder.read_config()
+    except CONFIG_ERRORS as error:
+        raise Skip(f"its .hydra config cannot be read ({type(error).__name__}: "
+                   f"{' '.join(str(error).split())[:200]})") from None
+    for key in ("env.id", "seed"):
+        if config.get(key) is None:
+            raise Skip(f"its config has no {key}")
+    read = folder.progress.read()
+    if not read.rows or "env_steps" not in read.header:
+        raise Skip("; ".join(read.problems) or "progress.csv has no env_steps column")
+    iterations = read.iterations()
+    if any(b <= a for a, b in zip(iterations, iterations[1:])):
+        raise Skip("its progress.csv repeats iterations or goes back (which row holds a "
+                   "step's numbers is unclear)")
+    for problem in read.problems:
+        log.warning("%s: %s (the rows that are whole are used)", folder.path, problem)
+    progress = pd.DataFrame(read.rows, columns=read.header).astype(float)
+    if progress["env_steps"].isna().any():
+        raise Skip("progress.csv has rows without env_steps")
+    total = run_budget(config)
+    complete = total is not None and progress["env_steps"].iloc[-1] >= total
+    references, foreign_why = run_references(config)
+    return Run(folder.path, config, progress, state, complete, references), foreign_why
+
+
+def drop_unmeasured(report: LoadReport, metric: str) -> None:
+    """Move the runs that never logged a number for ``metric`` (every evaluation empty or NaN,
+    or no such column) from ``report.runs`` to ``report.skipped``."""
+    kept = []
+    for run in report.runs:
+        if metric not in run.progress:
+            report.skipped.append((run.path, f"its progress.csv has no {metric} column"))
+        elif not run.progress[metric].notna().any():
+            report.skipped.append((run.path, f"it never logged {metric} as a number (every "
+                                             "value is empty or NaN)"))
+        else:
+            kept.append(run)
+    report.runs = kept
+
+
+@functools.cache
+def option_env_id(option: str) -> Optional[str]:
+    """The ``id`` of env option ``option`` (``conf/env/<option>.yaml``); ``None`` if there is no
+    such option here."""
+    try:
+        env_id = OmegaConf.load(ENV_OPTIONS / f"{option}.yaml").get("id")
+    except (OSError, ValueError):
+        return None
+    return None if env_id is None else str(env_id)
+
+
+def run_references(config: dict[str, Any]) -> tuple[References, Optional[str]]:
+    """The run's (random, reference) returns, and why they were dropped (``None`` if they were
+    not): they are its env option's, so they hold only where its ``env.id`` is the option's id."""
+    references = (config.get("env.random_return"), config.get("env.reference_return"))
+    if references == (None, None):
+        return references, None
+    option = config.get("env")
+    expected = option_env_id(str(option)) if option is not None else None
+    if expected is not None and expected == str(config["env.id"]):
+        return references, None
+    if option is None:
+        why = "name no env option (no .hydra/hydra.yaml), so whose returns they carry is unknown"
+    elif expected is None:
+        why = (f"were composed from env option {option!r}, which is not in {ENV_OPTIONS}, so "
+               "whose returns they carry is unknown")
+    else:
+        why = f"were composed from env option {option!r} ({expected})"
+    return (None, None), why
+
+
+def task_references(runs: list[Run]) -> dict[str, References]:
+    """Per task, the (random, reference) returns its runs agree on; ``(None, None)`` where some
+    run has none (or other values)."""
+    found: dict[str, set] = {}
+    for run in runs:
+        found.setdefault(run.env, set()).add(run.references)
+    return {env: next(iter(refs)) if len(refs) == 1 else (None, None)
+            for env, refs in found.items()}
+
+
+def run_budget(config: dict[str, Any]) -> Optional[int]:
+    """Steps a run would log if it finished: total_steps rounded up to whole iterations."""
     total, per_iteration = config.get("total_steps"), config.get("steps_per_iteration")
     if total is None:
         return None
@@ -163,19 +227,22 @@ def detect_group_keys(runs: list[Run]) -> list[str]:
     """The config keys whose values tell the compared lines apart.
 
     Group choices come first (``ablation``, ``solver``, ``advantage``, ``network``), then the
-    other keys in order. A key qualifies if it is not the seed or a logging setting and it takes
-    different values among runs that share the env and every key chosen before it: so
-    env-specific values (``env.id``, an env-derived ``total_steps``) never qualify, nor do
-    values that follow from a choice (a solver's ``_target_``, the settings an ablation
-    option sets), while a sub-key swept within one choice (``solver.max_kl``) does.
+    other keys in order. A key qualifies if it is not the seed, the env, the logger or
+    experiment choice or a result-neutral setting (:func:`trpo.run_folder.is_result_neutral`:
+    logging, the run's name, ``reuse_from``, ...) and it takes different values among runs that
+    share the task (``env.id``) and every key chosen before it: so env-specific values (an
+    env-derived ``total_steps``) never qualify, nor do values that follow from a choice (a
+    solver's ``_target_``, the settings an ablation option sets), while a sub-key swept within
+    one choice (``solver.max_kl``) does.
     """
     keys = sorted({k for run in runs for k in run.config})
     ordered = [k for k in CHOICE_GROUPS if k in keys] + [k for k in keys if k not in CHOICE_GROUPS]
     chosen: list[str] = []
     for key in ordered:
-        if key == "env" or key.startswith(IGNORED_KEYS) or key.startswith("env."):
+        if (key in ("seed", *OTHER_CHOICES) or key.startswith("env.")
+                or is_result_neutral(key)):
             continue
-        if _varies_within(runs, key, ["env", *chosen]):
+        if _varies_within(runs, key, ["env.id", *chosen]):
             chosen.append(key)
     return chosen
 

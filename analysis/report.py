@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.load import CHOICE_GROUPS, Run, group_label
+from analysis.load import CHOICE_GROUPS, OTHER_CHOICES, Run, group_label
+from trpo.run_folder import is_result_neutral
 
 log = logging.getLogger("analysis")
 
@@ -36,19 +37,33 @@ def final_score(progress: pd.DataFrame, metric: str = "eval_return_mean",
     return float((in_window if not in_window.empty else logged.iloc[-1:])[metric].mean())
 
 
-def step_grid(runs: list[Run], points: int = GRID_POINTS) -> np.ndarray:
-    """Steps from the first logged step to the last step every run reached."""
-    first = min(run.progress["env_steps"].iloc[0] for run in runs)
-    last = min(run.progress["env_steps"].iloc[-1] for run in runs)
-    return np.linspace(first, last, points)
+def evaluations(progress: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The steps at which ``metric`` was measured (a number logged) and its values there."""
+    logged = progress.dropna(subset=[metric])
+    return logged["env_steps"].to_numpy(float), logged[metric].to_numpy(float)
+
+
+def step_grid(runs: list[Run], metric: str, points: int = GRID_POINTS) -> np.ndarray:
+    """Steps from the first step at which any of ``runs`` measured ``metric`` to the last one:
+    ``points`` evenly spaced, and every step at which one of them was measured; empty if none
+    ever was."""
+    measured = [evaluations(run.progress, metric)[0] for run in runs]
+    steps = np.unique(np.concatenate(measured)) if measured else np.array([])
+    if steps.size == 0:
+        return steps
+    return np.union1d(np.linspace(steps[0], steps[-1], points), steps)
 
 
 def curve_on_grid(progress: pd.DataFrame, metric: str, grid: np.ndarray) -> np.ndarray:
-    """``metric`` linearly interpolated at ``grid`` from the rows where it was logged."""
-    logged = progress.dropna(subset=[metric])
-    if logged.empty:
+    """``metric`` linearly interpolated at ``grid`` between the steps where it was measured;
+    NaN before the first of them and after the last (a curve is never carried backward or
+    forward beyond what was measured)."""
+    steps, values = evaluations(progress, metric)
+    if steps.size == 0:
         return np.full(grid.shape, np.nan)
-    return np.interp(grid, logged["env_steps"].to_numpy(float), logged[metric].to_numpy(float))
+    curve = np.interp(grid, steps, values)
+    curve[(grid < steps[0]) | (grid > steps[-1])] = np.nan
+    return curve
 
 
 @dataclass
@@ -66,14 +81,42 @@ class Group:
 
 
 def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
-    """Runs split by env and by the values of ``keys``, in a stable order."""
+    """Runs split by env and by the values of ``keys``, in a stable order; a seed counts once.
+
+    Of two or more runs with the same task, group and seed, the first by path is used and each
+    other one is left out with a warning naming both paths. Rather than an error, because a
+    run reached twice is one measurement, not two seeds: a copy another study made of it
+    (``reuse_from``), a sweep launched again into a second folder, or two analysed folders that
+    hold the same runs. Pooling it would narrow the intervals falsely, and stopping would make a
+    parent folder of several studies impossible to analyse. The rule does not depend on the
+    order in which folders are given. Where the two differ in a config value that changes
+    results, the warning names it: a ``--group-by`` that includes it draws them apart.
+    """
     groups: dict[tuple, Group] = {}
-    for run in runs:
+    first: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: str(r.path)):
         label = group_label(run, keys)
+        seed = (run.env, label, run.seed)
+        if seed in first:
+            warn_duplicate(first[seed], run)
+            continue
+        first[seed] = run
         group = groups.setdefault((run.env, label), Group(
             run.env, label, {k: run.config.get(k) for k in keys}, []))
         group.runs.append(run)
     return sorted(groups.values(), key=lambda g: (g.env, g.label))
+
+
+def warn_duplicate(kept: Run, dropped: Run) -> None:
+    """Say that ``dropped`` is left out as a duplicate of ``kept``, and what differs."""
+    differ = [k for k in sorted(set(kept.config) | set(dropped.config))
+              if kept.config.get(k) != dropped.config.get(k) and k not in OTHER_CHOICES
+              and not is_result_neutral(k)]
+    log.warning("duplicate run left out: %s has the task, group and seed of %s (%s, seed %s); "
+                "a seed counts once per group, so the first by path is used%s", dropped.path,
+                kept.path, kept.env, kept.seed,
+                f"; they differ in {', '.join(differ)} (--group-by with it draws them apart)"
+                if differ else "")
 
 
 def max_of_mean_curve(runs: list[Run], metric: str) -> float:
@@ -201,16 +244,18 @@ def run_name(path: Path, roots: list[Path]) -> str:
 
 def tidy_runs(runs: list[Run], roots: list[Path] = ()) -> pd.DataFrame:
     """Every logged row of every run, with the run's name (its path from the analysed folder,
-    :func:`run_name`) and, as columns, the env, the seed, the group choices and every config
-    value that differs between the runs (the others are in each run's ``.hydra/config.yaml``)."""
+    :func:`run_name`) and, as columns, the env (its id), the seed, the group choices and every
+    config value that differs between the runs (the others are in each run's
+    ``.hydra/config.yaml``)."""
     all_keys = sorted({k for run in runs for k in run.config})
     varying = [k for k in all_keys if len({str(run.config.get(k)) for run in runs}) > 1]
-    keys = [k for k in ("env", "seed", *CHOICE_GROUPS) if k in all_keys]
-    keys += [k for k in varying if k not in keys]
+    keys = [k for k in ("seed", *CHOICE_GROUPS) if k in all_keys]
+    keys += [k for k in varying if k not in keys and k != "env"]
     frames = []
     for run in runs:
         frame = run.progress.copy()
         frame.insert(0, "run", run_name(run.path, list(roots)))
+        frame.insert(1, "env", run.env)
         for key in keys:
             if key not in frame:
                 value = run.config.get(key)

@@ -4,7 +4,8 @@ Statistical Precipice"), as pure functions on arrays of scores.
 Scores are ``[runs, tasks]`` arrays: one row per seed, one column per environment. The
 definitions follow rliable 1.2.0 (``rliable.metrics`` and ``rliable.library``), which is not a
 dependency here because its ``arch`` dependency fails to import next to pandas 3; the tests check
-these functions against values computed with rliable.
+these functions against values computed once with rliable (``tests/rliable_reference.json``,
+written by ``tests/rliable_reference.py``) and against naive second implementations.
 """
 
 from __future__ import annotations
@@ -109,13 +110,26 @@ def curve_iqm_ci(curves: np.ndarray, reps: int = 2000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IQM across runs at each point of ``[runs, points]`` curves, with bootstrap percentile bands.
 
-    One task, so the stratified bootstrap resamples runs; the same resampled runs are used at
-    every point, so a band is the band of whole curves.
+    NaN marks a point where a run was not measured (before its first evaluation, after its
+    last); each point's IQM and band use only the runs measured there, and are NaN where none
+    was. One task, so the stratified bootstrap resamples runs; points measured by the same runs
+    share their resampled runs, so a band is the band of whole curves.
     """
     curves = np.asarray(curves, dtype=float)
     rng = np.random.default_rng(seed)
-    rows = rng.integers(0, curves.shape[0], size=(reps, curves.shape[0]))
-    estimates = iqm_along_runs(curves[rows])
+    iqm, low, high = (np.full(curves.shape[1], np.nan) for _ in range(3))
+    measured = ~np.isnan(curves)
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(estimates, [tail, 100 - tail], axis=0)
-    return iqm_along_runs(curves), low, high
+    # One bootstrap per set of measured runs; with complete curves that is one for every point.
+    patterns, which = np.unique(measured, axis=1, return_inverse=True)
+    which = which.ravel()
+    for p in np.argsort([np.flatnonzero(which == p)[0] for p in range(patterns.shape[1])]):
+        rows, points = np.flatnonzero(patterns[:, p]), np.flatnonzero(which == p)
+        if rows.size == 0:
+            continue
+        sub = curves[np.ix_(rows, points)]
+        resampled = rng.integers(0, rows.size, size=(reps, rows.size))
+        estimates = iqm_along_runs(sub[resampled])
+        iqm[points] = iqm_along_runs(sub)
+        low[points], high[points] = np.percentile(estimates, [tail, 100 - tail], axis=0)
+    return iqm, low, high

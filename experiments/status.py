@@ -1,8 +1,10 @@
 """How far a study has got: ``python -m experiments STUDY --status``.
 
 Lists every run the study's sweep makes, by the folder it gets, as completed, copied from
-another study (``reuse_from``), part-way (with its iterations) or not started, and estimates the
-training time left from the study's own finished runs. Nothing is started or changed.
+another study (``reuse_from``), part-way (running, or interrupted and waiting to be resumed, with
+the share of its steps done), failed (with its error) or not started, and estimates the training
+time left from the study's own finished runs. Nothing is started or changed. Run folders are read
+through :mod:`trpo.run_folder` alone (no torch, no trainer).
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from analysis.load import load_runs
-from trpo.run_folder import RunFolder
+from analysis.load import CONFIG_ERRORS, run_budget
+from trpo.run_folder import RunFolder, find_run_folders
+
+# What a planned run can be, in the order the summary counts them. Part-way runs are running
+# or interrupted (the study's command resumes them from their last checkpoint).
+STATES = ("completed", "copied", "running", "interrupted", "failed", "unknown", "not started")
+PART_WAY = ("running", "interrupted")
 
 
 @dataclass
@@ -27,9 +34,10 @@ class RunState:
     """One planned run: its folder name, what state it is in and how much of it is done."""
 
     name: str
-    state: str  # completed, copied, part-way, not started
+    state: str  # one of STATES
     done: float  # fraction of its steps logged, 0 to 1
     wall_s: Optional[float]  # training time so far (progress.csv); None if not started
+    detail: str = ""  # a failed run's error
 
 
 def planned_run_names(conf_dir: Path, study: str, overrides: list[str],
@@ -55,24 +63,30 @@ def planned_run_names(conf_dir: Path, study: str, overrides: list[str],
 
 
 def study_status(sweep_dir: Path, names: list[str]) -> list[RunState]:
-    """The state of each planned run below ``sweep_dir``."""
-    loaded = {run.path.name: run for run in load_runs([sweep_dir], include_incomplete=True).runs
-              } if sweep_dir.is_dir() else {}
-    states = []
-    for name in names:
-        run = loaded.get(name)
-        if run is None:
-            states.append(RunState(name, "not started", 0.0, None))
-            continue
-        budget = run.config.get("total_steps")
-        reached = float(run.progress["env_steps"].iloc[-1])
-        done = min(reached / float(budget), 1.0) if budget else 0.0
-        if run.complete and run.status == "completed":
-            state = "copied" if "reused_from" in RunFolder(run.path).read_status() else "completed"
-        else:
-            state = "part-way"
-        states.append(RunState(name, state, done, float(run.progress["wall_s"].iloc[-1])))
-    return states
+    """The state of each planned run below ``sweep_dir``, as :meth:`RunFolder.state` says
+    (``unknown``: it has a folder but no readable ``status.json``)."""
+    folders = ({folder.path.name: folder for folder in find_run_folders([sweep_dir])}
+               if sweep_dir.is_dir() else {})
+    return [run_state(name, folders.get(name)) for name in names]
+
+
+def run_state(name: str, folder: Optional[RunFolder]) -> RunState:
+    """How far the run in ``folder`` (``None``: no folder yet) has got."""
+    if folder is None:
+        return RunState(name, "not started", 0.0, None)
+    rows = folder.progress.read().rows
+    last = rows[-1] if rows else {}
+    try:
+        budget = run_budget(folder.read_config())
+    except CONFIG_ERRORS:  # an unreadable config: how far it got is unknown, its state is not
+        budget = None
+    reached = last.get("env_steps") or 0.0
+    done = min(reached / budget, 1.0) if budget else 0.0
+    state, record = folder.state(), folder.read_status()
+    if state == "completed" and "reused_from" in record:
+        state = "copied"
+    detail = str(record.get("error", "")) if state == "failed" else ""
+    return RunState(name, state, done, last.get("wall_s"), detail)
 
 
 def remaining_hours(states: list[RunState]) -> Optional[float]:
@@ -82,21 +96,29 @@ def remaining_hours(states: list[RunState]) -> Optional[float]:
     if not trained:
         return None
     per_run = statistics.median(trained)
-    return sum((1 - s.done) * per_run for s in states if s.state in ("part-way", "not started")
+    return sum((1 - s.done) * per_run for s in states if s.state not in ("completed", "copied")
                ) / 3600
 
 
 def format_status(study: str, sweep_dir: Path, states: list[RunState]) -> str:
-    counts = {state: sum(s.state == state for s in states)
-              for state in ("completed", "copied", "part-way", "not started")}
-    lines = [f"{study}: {len(states)} runs in {sweep_dir}: "
-             + ", ".join(f"{n} {state}" for state, n in counts.items())]
+    """A summary line, a line per run (part-way and failed ones with the share of steps done,
+    failed ones with their error) and the time left."""
+    counts = {state: sum(s.state == state for s in states) for state in STATES}
+    part_way = sum(counts[state] for state in PART_WAY)
+    summary = [f"{counts['completed']} completed", f"{counts['copied']} copied",
+               f"{part_way} part-way" + (f" ({', '.join(f'{counts[s]} {s}' for s in PART_WAY)})"
+                                         if part_way else "")]
+    summary += [f"{counts[state]} {state}" for state in ("failed", "unknown") if counts[state]]
+    summary.append(f"{counts['not started']} not started")
+    lines = [f"{study}: {len(states)} runs in {sweep_dir}: " + ", ".join(summary)]
     width = max(len(s.name) for s in states)
     for s in states:
-        detail = f"{s.done:5.0%}" if s.state == "part-way" else ""
+        detail = f"{s.done:5.0%}" if s.state in (*PART_WAY, "failed", "unknown") else ""
+        if s.detail:
+            detail += f"  {s.detail[:100]}"
         lines.append(f"  {s.name:<{width}}  {s.state:<11} {detail}".rstrip())
     hours = remaining_hours(states)
-    if counts["part-way"] + counts["not started"] == 0:
+    if all(s.state in ("completed", "copied") for s in states):
         lines.append("every run has finished")
     elif hours is None:
         lines.append("time left: no estimate until one of its runs has finished here")

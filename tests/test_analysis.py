@@ -2,34 +2,45 @@
 figures and robustness, on run folders written here with known numbers."""
 
 import json
+import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-
+from matplotlib.collections import PolyCollection
 from analysis import stats
 from analysis.__main__ import main
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity,
                               swept_numeric_keys)
-from analysis.load import Run, detect_group_keys, load_runs
-from analysis.report import final_score, final_table, make_groups, max_of_mean_curve
+from analysis.load import Run, detect_group_keys, load_runs, task_references
+from analysis.report import (curve_on_grid, final_score, final_table, make_groups,
+                             max_of_mean_curve, step_grid)
+from tests.run_folders import sweep, trust_region_sweep, write_run
+from trpo.run_folder import RunFolder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------- statistics
 
-# Scores and the values rliable 1.2.0 computes for them (metrics.aggregate_iqm,
-# aggregate_mean, probability_of_improvement; library.create_performance_profile at
-# τ = 0, 0.5, …, 2; library.get_interval_estimates with 20000 resamples).
-X = np.array([[1.152, 0.48, 1.375], [1.47, 0.024, 0.349], [1.064, 0.842, 0.992],
-              [0.573, 1.44, 1.389], [1.033, 1.564, 1.234], [0.57, 1.184, 0.521],
-              [1.439, 0.975, 0.908]])
-Y = np.array([[0.46, 1.411, 0.723], [0.586, 0.624, 1.066], [0.983, 1.006, 1.015],
-              [1.871, 0.597, 0.544], [0.393, 1.108, 1.364]])
-RLIABLE = {"iqm_x": 1.030181818181818, "iqm_y": 0.8564444444444445, "mean_x": 0.979904761904762,
-           "poi": 0.5714285714285714,
-           "profile": [1.0, 0.8571428571428571, 0.5238095238095238, 0.047619047619047616, 0.0],
-           "iqm_ci_x": (0.7879090909090909, 1.2358204545454545)}
+# rliable 1.2.0's numbers for small fixed score matrices, with their provenance (versions,
+# resamples, seed): written by tests/rliable_reference.py, run once in a throwaway venv where
+# rliable imports (pandas < 3); rliable is not installed with this project.
+RLIABLE = json.loads((Path(__file__).with_name("rliable_reference.json")).read_text())
+X, Y, Z = (np.array(RLIABLE["inputs"][k]) for k in ("X", "Y", "Z"))
+TAUS, CURVES = RLIABLE["inputs"]["taus"], np.array(RLIABLE["inputs"]["curves"])
+# Bootstrap intervals differ from rliable's by Monte-Carlo error and because the resampling
+# differs (rliable draws with numpy's global RandomState, analysis.stats with a seeded
+# Generator), so they are compared at 20,000 resamples within these tolerances, about twice
+# the largest gap measured over five seeds (0.005, 0.017, 0, 0.025): the IQM's on scores of
+# about 1; the probability of improvement's, whose values step by 1/105 (X, Y) and 1/60
+# (Y, Z), so two steps; the profile's, one run of X's 21; the curve band's, whose IQM of 6
+# runs takes values about 0.025 apart, on bands 0.6 to 2.5 wide.
+REPS = 20_000
+TOLERANCE = {"iqm": 0.01, "poi": 0.03, "profile": 1 / 21 + 1e-9, "curve": 0.05}
 
 
 def naive_iqm(scores):
@@ -59,24 +70,90 @@ def test_iqm_along_runs_matches_the_pooled_version_per_point():
                                [stats.interquartile_mean(curves[:, j]) for j in range(5)])
 
 
-def test_statistics_match_rliable():
-    assert stats.interquartile_mean(X) == pytest.approx(RLIABLE["iqm_x"])
-    assert stats.interquartile_mean(Y) == pytest.approx(RLIABLE["iqm_y"])
-    assert stats.mean(X) == pytest.approx(RLIABLE["mean_x"])
-    assert stats.probability_of_improvement(X, Y) == pytest.approx(RLIABLE["poi"])
-    np.testing.assert_allclose(stats.performance_profile(X, np.linspace(0, 2, 5)),
-                               RLIABLE["profile"])
-    low, high = stats.stratified_bootstrap_ci(stats.interquartile_mean, X, reps=20000)
-    assert low == pytest.approx(RLIABLE["iqm_ci_x"][0], abs=0.02)
-    assert high == pytest.approx(RLIABLE["iqm_ci_x"][1], abs=0.02)
+def test_rliable_reference_was_made_by_rliable_as_it_says():
+    provenance = RLIABLE["provenance"]
+    assert provenance["rliable"] == "1.2.0" and provenance["reps"] == REPS
+    assert (Path(__file__).parent / Path(provenance["script"]).name).exists()
 
 
-def test_statistics_match_rliable_live():
-    """Where rliable imports (it needs pandas < 3), compare with it directly."""
-    metrics = pytest.importorskip("rliable.metrics")
-    assert stats.interquartile_mean(Y) == pytest.approx(metrics.aggregate_iqm(Y))
-    assert stats.probability_of_improvement(Y, X) == pytest.approx(
-        metrics.probability_of_improvement(Y, X))
+def test_point_estimates_match_rliable_exactly():
+    reference = RLIABLE
+    for name, scores in (("x", X), ("y", Y)):
+        assert stats.interquartile_mean(scores) == pytest.approx(
+            reference["aggregate_iqm"][name], rel=1e-12)
+        assert stats.mean(scores) == pytest.approx(reference["aggregate_mean"][name], rel=1e-12)
+    for pair, (a, b) in {"x_y": (X, Y), "y_x": (Y, X), "y_z": (Y, Z), "x_x": (X, X)}.items():
+        assert stats.probability_of_improvement(a, b) == pytest.approx(
+            reference["probability_of_improvement"][pair], rel=1e-12)
+    np.testing.assert_allclose(stats.performance_profile(X, TAUS),
+                               reference["performance_profile"]["x"], rtol=1e-12)
+    iqm, _, _ = stats.curve_iqm_ci(CURVES, reps=10)
+    np.testing.assert_allclose(iqm, reference["curve_iqm"], rtol=1e-12)
+
+
+def test_bootstrap_intervals_match_rliable_within_the_stated_tolerance():
+    for name, scores in (("x", X), ("y", Y)):
+        np.testing.assert_allclose(
+            stats.stratified_bootstrap_ci(stats.interquartile_mean, scores, reps=REPS),
+            RLIABLE["iqm_ci"][name], atol=TOLERANCE["iqm"])
+    for pair, (a, b) in {"x_y": (X, Y), "y_z": (Y, Z)}.items():
+        np.testing.assert_allclose(
+            stats.stratified_bootstrap_ci(stats.probability_of_improvement, a, b, reps=REPS),
+            RLIABLE["probability_of_improvement_ci"][pair], atol=TOLERANCE["poi"])
+    np.testing.assert_allclose(stats.performance_profile_ci(X, TAUS, reps=REPS),
+                               RLIABLE["performance_profile_ci"]["x"],
+                               atol=TOLERANCE["profile"])
+    _, low, high = stats.curve_iqm_ci(CURVES, reps=REPS)
+    np.testing.assert_allclose([low, high], RLIABLE["curve_iqm_ci"], atol=TOLERANCE["curve"])
+
+
+def naive_probability_of_improvement(x, y):
+    """Every pair of runs, task by task: a win counts 1, a tie ½."""
+    x, y = np.asarray(x).tolist(), np.asarray(y).tolist()
+    per_task = []
+    for task in range(len(x[0])):
+        wins = sum(1.0 if a[task] > b[task] else 0.5 if a[task] == b[task] else 0.0
+                   for a in x for b in y)
+        per_task.append(wins / (len(x) * len(y)))
+    return sum(per_task) / len(per_task)
+
+
+def naive_performance_profile(scores, taus):
+    """For each τ, the share of each task's runs above it, averaged over tasks."""
+    scores = np.asarray(scores).tolist()
+    tasks = range(len(scores[0]))
+    return [sum(sum(run[t] > tau for run in scores) / len(scores) for t in tasks) / len(tasks)
+            for tau in taus]
+
+
+def naive_stratified_bootstrap_ci(statistic, *score_sets, reps, seed=0):
+    """Python's random module, one draw at a time: per array and task, as many runs as it has."""
+    rng = random.Random(seed)
+    estimates = []
+    for _ in range(reps):
+        resampled = []
+        for scores in score_sets:
+            runs, tasks = np.shape(scores)
+            columns = [[scores[rng.randrange(runs)][t] for _ in range(runs)] for t in range(tasks)]
+            resampled.append(np.array(columns).T)
+        estimates.append(statistic(*resampled))
+    return tuple(np.percentile(estimates, [2.5, 97.5]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_statistics_match_a_naive_second_implementation(seed):
+    rng = np.random.default_rng(seed)
+    # Whole numbers, so that ties occur between runs and with the thresholds.
+    x, y = rng.integers(0, 6, size=(5, 3)), rng.integers(0, 6, size=(4, 3))
+    assert stats.probability_of_improvement(x, y) == pytest.approx(
+        naive_probability_of_improvement(x, y))
+    taus = np.arange(-1, 7)
+    np.testing.assert_allclose(stats.performance_profile(x, taus),
+                               naive_performance_profile(x, taus))
+    np.testing.assert_allclose(
+        stats.stratified_bootstrap_ci(stats.interquartile_mean, X, reps=4000, seed=seed),
+        naive_stratified_bootstrap_ci(stats.interquartile_mean, X, reps=4000, seed=seed),
+        atol=0.02)  # Monte-Carlo error at 4,000 resamples: about 0.005 here
 
 
 def test_probability_of_improvement_by_hand():
@@ -115,49 +192,6 @@ def test_normalize():
 # ---------------------------------------------------------------------------- run folders
 
 
-def write_run(root, name, env="hopper", solver="trpo", seed=0, returns=(1.0, 2.0, 3.0),
-              total_steps=None, status="completed", extra=None, every=1):
-    """A run folder as run.py writes it, with ``returns`` as eval_return_mean every ``every``
-    iterations of 100 steps."""
-    run = root / name
-    (run / ".hydra").mkdir(parents=True)
-    steps = len(returns) * 100
-    config = {"env": {"id": {"hopper": "Hopper-v5", "walker": "Walker2d-v5"}[env],
-                      "default_steps": steps, "random_return": 0.0,
-                      "reference_return": 100.0},
-              "solver": {"_target_": f"trpo.solvers.{solver.upper()}", "max_kl": 0.01},
-              "advantage": {"_target_": "trpo.advantages.GAE", "lam": 0.97},
-              "seed": seed, "name": "test", "total_steps": "${env.default_steps}"
-              if total_steps is None else total_steps, "steps_per_iteration": 100,
-              "logger": {"mode": "disabled"}}
-    for key, value in (extra or {}).items():
-        section, field = key.split(".")
-        config[section][field] = value
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
-        {"hydra": {"runtime": {"choices": {"env": env, "solver": solver, "advantage": "gae",
-                                           "network": "mlp64"}}}}))
-    rows = [{"iteration": i + 1, "env_steps": (i + 1) * 100, "wall_s": i,
-             "return_mean": r / 2, "eval_return_mean": r if (i + 1) % every == 0 else None,
-             "kl": 0.01} for i, r in enumerate(returns)]
-    pd.DataFrame(rows).to_csv(run / "progress.csv", index=False)
-    (run / "status.json").write_text(json.dumps({"status": status}))
-    return run
-
-
-def sweep(root, envs=("hopper", "walker"), solvers=("trpo", "npg"), seeds=(0, 1, 2)):
-    """Returns rising to 10·(solver index + 1) + seed, flat over the last two evaluations."""
-    n = 0
-    for env in envs:
-        for s, solver in enumerate(solvers):
-            for seed in seeds:
-                top = 10.0 * (s + 1) + seed
-                returns = np.linspace(0, top, 10)
-                returns[-2:] = top
-                write_run(root, f"multi/{n}", env, solver, seed, returns=returns.tolist())
-                n += 1
-
-
 def test_final_score_window_and_fallback():
     progress = pd.DataFrame({"env_steps": np.arange(100, 1100, 100),
                              "eval_return_mean": [np.nan, 1, np.nan, 2, np.nan, 3, np.nan, 4,
@@ -173,7 +207,34 @@ def test_loading_resolves_interpolations_and_reads_choices(tmp_path):
     write_run(tmp_path, "a")
     (run,) = load_runs([tmp_path]).runs
     assert run.config["total_steps"] == 300 and run.complete
-    assert (run.env, run.config["solver"], run.seed) == ("hopper", "trpo", 0)
+    assert (run.env, run.config["env"], run.config["solver"], run.seed) == (
+        "Hopper-v5", "hopper", "trpo", 0)
+    assert run.references == (0.0, 100.0)
+
+
+def test_a_run_is_filed_under_its_env_id_not_its_option_name(tmp_path, caplog):
+    """``env=hopper env.id=InvertedPendulum-v5`` trains InvertedPendulum: before, such runs were
+    pooled with the Hopper runs as hopper, and normalised by Hopper's reference returns."""
+    sweep(tmp_path / "hopper", envs=("hopper",), solvers=("trpo",))
+    for seed in (0, 1, 2):
+        write_run(tmp_path / "pendulum", str(seed), env="hopper", env_id="InvertedPendulum-v5",
+                  seed=seed, returns=[500.0, 900.0 + seed])
+    runs = load_runs([tmp_path]).runs
+    groups = make_groups(runs, detect_group_keys(runs))
+    assert [(g.env, g.label, g.seeds) for g in groups] == [("Hopper-v5", "trpo", 3),
+                                                           ("InvertedPendulum-v5", "trpo", 3)]
+    references = task_references(runs)
+    assert references == {"Hopper-v5": (0.0, 100.0), "InvertedPendulum-v5": (None, None)}
+    assert ("3 run(s) of InvertedPendulum-v5 were composed from env option 'hopper' "
+            "(Hopper-v5)") in caplog.text
+    fig = plot_aggregate(groups, "eval_return_mean", references, reps=20)
+    assert "min-max normalised" in " ".join(t.get_text() for t in fig.texts)
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    final = pd.read_csv(tmp_path / "out" / "final.csv")
+    assert final[["env", "seeds", "iqm"]].values.tolist() == [["Hopper-v5", 3, 11.0],
+                                                               ["InvertedPendulum-v5", 3, 901.0]]
+    assert set(pd.read_csv(tmp_path / "out" / "runs.csv")["env"]) == {"Hopper-v5",
+                                                                      "InvertedPendulum-v5"}
 
 
 @pytest.mark.parametrize("variants, expected", [
@@ -212,14 +273,8 @@ def test_an_ablation_choice_names_the_lines_not_the_settings_it_changes(tmp_path
     settings = {"none": {}, "no_reward_norm": {"normalize_reward": False},
                 "previous_defaults": {"normalize_reward": False, "advantage.lam": 0.97}}
     for n, (option, values) in enumerate(settings.items()):
-        run = write_run(tmp_path, str(n), extra={k: v for k, v in values.items() if "." in k})
-        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-        config.update({k: v for k, v in values.items() if "." not in k})
-        config.setdefault("normalize_reward", True)
-        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-        hydra = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())
-        hydra["hydra"]["runtime"]["choices"]["ablation"] = option
-        (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+        write_run(tmp_path, str(n), extra={"normalize_reward": True, **values},
+                  choices={"ablation": option})
     runs = load_runs([tmp_path]).runs
     assert detect_group_keys(runs) == ["ablation"]
     assert sorted(g.label for g in make_groups(runs, ["ablation"])) == sorted(settings)
@@ -241,6 +296,31 @@ def test_final_table_matches_a_recomputation_from_progress_files(tmp_path):
         assert row.std == pytest.approx(np.std(finals, ddof=1))
         assert row.iqm == pytest.approx(np.mean(finals))  # 3 seeds: nothing is trimmed
         assert row.iqm_lo <= row.iqm <= row.iqm_hi
+
+
+def test_a_run_reached_twice_counts_once_and_the_warning_names_both(tmp_path, caplog):
+    """Before, a copy of a run (another study's reuse_from, a second folder) pooled with it as
+    an extra seed: n=4 from three seeds, and a narrower interval."""
+    sweep(tmp_path / "a", envs=("hopper",), solvers=("trpo",))
+    shutil.copytree(tmp_path / "a" / "multi" / "0", tmp_path / "b" / "copy")
+    assert main([str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "out"),
+                 "--reps", "20"]) == 0
+    assert "(n=3)" in (tmp_path / "out" / "final.md").read_text()
+    kept, dropped = tmp_path / "a" / "multi" / "0", tmp_path / "b" / "copy"
+    assert (f"duplicate run left out: {dropped} has the task, group and seed of {kept} "
+            "(Hopper-v5, seed 0); a seed counts once per group, so the first by path is used"
+            ) in caplog.text
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv").groupby("run")) == 3
+
+
+def test_a_duplicate_that_differs_in_a_key_left_out_of_the_grouping_names_it(tmp_path, caplog):
+    for n, max_kl in enumerate((0.01, 0.05)):
+        write_run(tmp_path, str(n), extra={"solver.max_kl": max_kl})
+    groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
+    assert [g.seeds for g in groups] == [1]
+    assert "they differ in solver.max_kl (--group-by with it draws them apart)" in caplog.text
+    assert [g.seeds for g in make_groups(load_runs([tmp_path]).runs,
+                                         ["solver", "solver.max_kl"])] == [1, 1]
 
 
 def test_max_of_mean_curve_uses_common_steps_only():
@@ -268,13 +348,14 @@ def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
     final = pd.read_csv(out / "final.csv")
     assert list(final.columns) == ["env", "solver", "seeds", "iqm", "iqm_lo", "iqm_hi", "mean",
                                    "std", "max_mean_curve"]
-    assert final.set_index(["env", "solver"]).loc[("walker", "npg"), "iqm"] == pytest.approx(21)
+    assert final.set_index(["env", "solver"]).loc[("Walker2d-v5", "npg"), "iqm"] == pytest.approx(21)
     markdown = (out / "final.md").read_text()
     assert "| npg | **21.00 [20.00, 22.00] (n=3)** | **21.00 [20.00, 22.00] (n=3)** |" in markdown
     assert "| trpo | 11.00 [10.00, 12.00] (n=3) | 11.00 [10.00, 12.00] (n=3) |" in markdown
     assert markdown.count("**") == 4  # one bold cell per env
     # seeds 0, 1, 2 end at 20, 21, 22: mean 21, std 1; the mean curve peaks at its end
-    assert "| walker | npg | 21.00 [20.00, 22.00] | 21.00 ± 1.00 | 21.00 | 3 |" in markdown
+    assert "| Hopper-v5 | Walker2d-v5 |" in markdown  # tasks by id, not option name
+    assert "| Walker2d-v5 | npg | 21.00 [20.00, 22.00] | 21.00 ± 1.00 | 21.00 | 3 |" in markdown
     assert r"\textbf{" in (out / "final.tex").read_text()
     tidy = pd.read_csv(out / "runs.csv")
     assert len(tidy) == 12 * 10 and {"run", "env", "solver", "seed", "solver._target_"} <= set(
@@ -288,7 +369,7 @@ def test_curve_figure_has_a_panel_per_env_a_line_per_group_and_labels(tmp_path):
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
     fig = plot_curves(groups, "eval_return_mean", reps=100)
     panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == ["hopper", "walker"]
+    assert [ax.get_title() for ax in panels] == ["Hopper-v5", "Walker2d-v5"]
     for ax in panels:
         assert len(ax.get_lines()) == 2
         assert ax.get_xlabel() == "Environment steps"
@@ -304,7 +385,7 @@ def test_curve_figure_with_a_panel_key_has_a_panel_per_value_and_lines_styled_al
     groups = make_groups(load_runs([tmp_path]).runs, ["solver", "solver.max_kl"])
     fig = plot_curves(groups, "eval_return_mean", reps=50, panel_key="solver")
     panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == ["hopper, npg", "hopper, trpo"]
+    assert [ax.get_title() for ax in panels] == ["Hopper-v5, npg", "Hopper-v5, trpo"]
     assert all(len(ax.get_lines()) == 3 for ax in panels)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == [f"solver.max_kl={k} (n=3)" for k in (0.001, 0.01, 0.1)]
@@ -316,6 +397,68 @@ def test_curve_figure_with_a_panel_key_has_a_panel_per_value_and_lines_styled_al
                                [101, 1101, 2101])
 
 
+def test_a_curve_starts_at_its_first_evaluation_not_at_the_first_training_row(tmp_path):
+    """Evaluated every third iteration: before, the line and its band began at step 100 with
+    the first evaluation (step 300) carried back to it."""
+    for seed in range(3):
+        write_run(tmp_path, str(seed), seed=seed, returns=[10.0 * (k + seed) for k in range(9)],
+                  every=3)
+    (group,) = make_groups(load_runs([tmp_path]).runs, [])
+    (line,) = plot_curves([group], "eval_return_mean", reps=50).axes[0].get_lines()
+    assert line.get_xdata()[0] == 300 and line.get_xdata()[-1] == 900
+    assert line.get_ydata()[0] == pytest.approx(30.0)  # seeds 0-2 at 300: 20, 30, 40
+
+
+def test_each_step_of_a_curve_uses_only_the_runs_measured_around_it(tmp_path):
+    """Runs that start and stop evaluating at different steps: a run counts from its first
+    evaluation to its last and nowhere else."""
+    write_run(tmp_path, "early", seed=0, returns=[1.0, 2.0, 3.0, 4.0, None, None])
+    write_run(tmp_path, "late", seed=1, returns=[None, None, 30.0, 40.0, 50.0, 60.0])
+    runs = load_runs([tmp_path]).runs
+    grid = step_grid(runs, "eval_return_mean", points=6)
+    assert grid.tolist() == [100, 200, 300, 400, 500, 600]
+    curves = np.array([curve_on_grid(r.progress, "eval_return_mean", grid) for r in runs])
+    np.testing.assert_array_equal(curves, [[1, 2, 3, 4, np.nan, np.nan],
+                                           [np.nan, np.nan, 30, 40, 50, 60]])
+    iqm, low, high = stats.curve_iqm_ci(curves, reps=200)
+    np.testing.assert_allclose(iqm, [1, 2, 16.5, 22, 50, 60])  # two runs: their mean
+    assert (low[[0, 1, 4, 5]] == iqm[[0, 1, 4, 5]]).all()  # one run measured: no spread
+    assert low[2] == 3 and high[2] == 30  # both measured: the band spans them
+
+
+def test_curve_iqm_with_gaps_matches_a_per_point_computation():
+    rng = np.random.default_rng(4)
+    curves = rng.normal(size=(7, 12))
+    curves[:3, :4] = np.nan  # three runs start late
+    curves[5:, 9:] = np.nan  # two stop early
+    curves[:, 6] = np.nan  # a step no run was measured at
+    iqm, low, high = stats.curve_iqm_ci(curves, reps=100)
+    for j in range(12):
+        measured = curves[~np.isnan(curves[:, j]), j]
+        if measured.size == 0:
+            assert np.isnan([iqm[j], low[j], high[j]]).all()
+        else:
+            assert iqm[j] == pytest.approx(naive_iqm(measured))
+            assert low[j] <= iqm[j] <= high[j]
+    full = rng.normal(size=(5, 4))  # no gaps: the same as one bootstrap of whole curves
+    rows = np.random.default_rng(0).integers(0, 5, size=(100, 5))
+    expected = np.percentile(stats.iqm_along_runs(full[rows]), [2.5, 97.5], axis=0)
+    np.testing.assert_allclose(stats.curve_iqm_ci(full, reps=100)[1:], expected)
+
+
+def test_a_group_measured_once_per_run_is_drawn_as_points_with_a_warning(tmp_path, caplog):
+    """One evaluation per run (at the end): before, a flat line with a band from the first
+    training row to the end."""
+    for seed in range(3):
+        write_run(tmp_path, str(seed), seed=seed, returns=[0.0] * 9 + [float(seed)], every=100)
+    (group,) = make_groups(load_runs([tmp_path]).runs, [])
+    ax = plot_curves([group], "eval_return_mean", reps=50).axes[0]
+    assert not any(isinstance(c, PolyCollection) for c in ax.collections)  # no band
+    (point, *_) = ax.get_lines()
+    assert point.get_xdata().tolist() == [1000] and point.get_ydata().tolist() == [1.0]
+    assert "each run measured eval_return_mean at one step only" in caplog.text
+
+
 @pytest.mark.parametrize("solvers, full_width", [(("trpo", "npg"), False),
                                                  (("shrinking_trust_region", "small_trust_region"),
                                                   True)])
@@ -324,7 +467,7 @@ def test_long_group_names_move_the_pairwise_panel_below_the_others(tmp_path, sol
     sweep(tmp_path, solvers=solvers)
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
     fig = plot_aggregate(groups, "eval_return_mean",
-                         {"hopper": (0.0, 100.0), "walker": (0.0, 100.0)}, reps=50)
+                         {"Hopper-v5": (0.0, 100.0), "Walker2d-v5": (0.0, 100.0)}, reps=50)
     iqm, *_ = (ax for ax in fig.axes if ax.get_title().startswith("IQM"))
     pairwise, = (ax for ax in fig.axes if ax.get_title() == "Pairwise comparison")
     below = pairwise.get_position().y1 < iqm.get_position().y0
@@ -335,7 +478,7 @@ def test_aggregate_figure_uses_reference_scores_and_has_three_panels(tmp_path):
     sweep(tmp_path)
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
     fig = plot_aggregate(groups, "eval_return_mean",
-                         {"hopper": (0.0, 100.0), "walker": (0.0, 100.0)}, reps=100)
+                         {"Hopper-v5": (0.0, 100.0), "Walker2d-v5": (0.0, 100.0)}, reps=100)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["IQM across 2 envs", "Pairwise comparison", "Performance profile"]
     assert "D4RL" in " ".join(t.get_text() for t in fig.texts)
@@ -365,6 +508,99 @@ def test_failed_incomplete_truncated_and_empty_runs_are_reported_by_path(tmp_pat
     assert any(p.name == "short" for p, _ in with_incomplete.incomplete_used)
 
 
+def test_progress_is_read_as_trpo_run_folder_reads_it(tmp_path, caplog):
+    """One reader of progress.csv: a garbled line in the middle is left out and named, where
+    analysis.load's own reader read it as a row of NaN (a second iteration 2)."""
+    run = write_run(tmp_path, "a", returns=[1.0, 2.0, 3.0, 4.0])
+    lines = (run / "progress.csv").read_text().splitlines()
+    lines.insert(3, "2,200,oops,1.0,2.0,0.01")
+    (run / "progress.csv").write_text("\n".join(lines) + "\n")
+    (loaded,) = load_runs([tmp_path]).runs
+    assert loaded.progress["iteration"].tolist() == RunFolder(run).progress.read().iterations()
+    assert loaded.progress["iteration"].tolist() == [1, 2, 3, 4]
+    assert "malformed line(s) (line 4)" in caplog.text and str(run) in caplog.text
+
+
+def test_an_interrupted_run_is_incomplete_not_failed_and_the_flag_uses_it(tmp_path, caplog):
+    """A run killed while running (its record says running, no process holds its lock) and
+    one stopped by a signal are both interrupted: skipped as incomplete, used with the flag."""
+    sweep(tmp_path, envs=("hopper",), solvers=("trpo",), seeds=(0, 1))
+    write_run(tmp_path, "killed", seed=2, total_steps=1000, status="running")
+    write_run(tmp_path, "stopped", seed=3, total_steps=1000, status="interrupted")
+    skipped = {path.name: why for path, why in load_runs([tmp_path]).skipped}
+    assert skipped == {name: "interrupted: logged 300 of 1,000 steps (--include-incomplete "
+                             "uses it)" for name in ("killed", "stopped")}
+    report = load_runs([tmp_path], include_incomplete=True)
+    assert sorted(r.status for r in report.runs if not r.complete) == ["interrupted"] * 2
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "50",
+                 "--include-incomplete"]) == 0
+    assert "using incomplete run" in caplog.text and "(n=4)" in (tmp_path / "out" / "final.md"
+                                                                 ).read_text()
+
+
+def test_an_unreadable_run_is_skipped_by_name_and_the_rest_analysed(tmp_path, caplog):
+    """A config that is not YAML, progress.csv of binary garbage (NUL bytes), a garbled tail
+    and repeated iterations: before, the first two aborted the whole analysis."""
+    sweep(tmp_path, envs=("hopper",), solvers=("trpo",))
+    ten = [float(k) for k in range(10)]  # as long as the sweep's runs
+    bad_yaml = write_run(tmp_path, "bad_yaml", seed=3, returns=ten)
+    (bad_yaml / ".hydra" / "config.yaml").write_text("env: {id: Hopper-v5\nseed: [0\n")
+    garbage = write_run(tmp_path, "garbage", seed=4, returns=ten)
+    (garbage / "progress.csv").write_bytes(bytes(range(256)) * 8)
+    tail = write_run(tmp_path, "garbled_tail", seed=5, returns=ten)
+    with open(tail / "progress.csv", "ab") as file:
+        file.write(b"\x00\xff\xfe garbage\n" + bytes(range(1, 256)) + b"\n")
+    repeated = write_run(tmp_path, "repeated", seed=6, returns=ten)
+    text = (repeated / "progress.csv").read_text()
+    (repeated / "progress.csv").write_text(text + text.split("\n", 1)[1])  # rows again
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    assert "(n=4)" in (tmp_path / "out" / "final.md").read_text()  # 3 seeds + the garbled tail
+    assert f"skipped {bad_yaml}: its .hydra config cannot be read (" in caplog.text
+    assert f"skipped {garbage}: progress.csv has no header starting with 'iteration'" in (
+        caplog.text)
+    assert any(m.startswith(f"{tail}: ") and "malformed line(s) (line 12," in m and
+               m.endswith("(the rows that are whole are used)") for m in caplog.messages)
+    assert f"skipped {repeated}: its progress.csv repeats iterations" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["nan", ""])
+def test_a_run_whose_evaluations_are_all_nan_is_skipped(tmp_path, caplog, capsys, value):
+    """Before: KeyError: ['group'] once no run of a group had a number to score."""
+    sweep(tmp_path / "ok", envs=("hopper",), solvers=("trpo",))
+    bad = write_run(tmp_path / "nan", "run", seed=3, returns=[float(k) for k in range(10)])
+    progress = RunFolder(bad).progress
+    progress.rewrite([{**row, "eval_return_mean": None if value == "" else float(value)}
+                      for row in progress.read().rows])
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    assert (f"skipped {bad}: it never logged eval_return_mean as a number (every value is "
+            "empty or NaN)") in caplog.text
+    assert main([str(tmp_path / "nan"), "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no usable runs below")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--reps", "0"], "argument --reps: must be at least 1, got 0"),
+    (["--reps", "-5"], "argument --reps: must be at least 1, got -5"),
+    (["--reps", "2.5"], "argument --reps: must be a whole number, got '2.5'"),
+    (["--reps", "many"], "argument --reps: must be a whole number, got 'many'"),
+    (["--out", "{file}"], "--out {file} is a file, not a folder"),
+    (["--out", "{file}/sub"], "--out {file}/sub cannot be made: Not a directory"),
+    ([], "the following arguments are required: --out"),
+    (["--out", "o", "--colour", "red"], "unrecognized arguments: --colour red"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, arguments, message):
+    write_run(tmp_path, "runs/a")
+    (tmp_path / "a_file").write_text("")
+    file = str(tmp_path / "a_file")
+    arguments = [a.format(file=file) for a in arguments]
+    if "--out" not in arguments and arguments:
+        arguments += ["--out", str(tmp_path / "out")]
+    assert main([str(tmp_path / "runs"), *arguments]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message.format(file=file)}"]
+
+
 def test_an_empty_folder_exits_with_one_clear_line(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -385,19 +621,6 @@ def test_different_seed_counts_are_warned_about(tmp_path, caplog):
     sweep(tmp_path / "b", envs=("hopper",), solvers=("npg",), seeds=(0, 1))
     assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "50"]) == 0
     assert "different seed counts" in caplog.text
-
-
-def trust_region_sweep(root, max_kls=(0.001, 0.01, 0.1), solvers=("trpo", "npg")):
-    """Each solver at each max_kl, 3 seeds; final return 1000·(index of max_kl) + 100·(npg)
-    + seed, so each point's IQM (3 seeds: their mean) is known."""
-    n = 0
-    for s, solver in enumerate(solvers):
-        for k, max_kl in enumerate(max_kls):
-            for seed in range(3):
-                write_run(root, str(n), solver=solver, seed=seed,
-                          returns=[0.0, 1000.0 * k + 100 * s + seed],
-                          extra={"solver.max_kl": max_kl})
-                n += 1
 
 
 def test_a_swept_number_gets_a_final_score_figure_with_a_point_per_value(tmp_path):
@@ -484,21 +707,58 @@ def test_results_page_shows_each_study_as_its_committed_outputs_say():
 
 
 def test_study_status_names_each_planned_run_and_estimates_the_time_left(tmp_path):
+    """Each state RunFolder.state() tells apart; before, a failed run was listed as not
+    started and a killed one as part-way like a live one."""
     from experiments.status import format_status, remaining_hours, study_status
 
     sweep = tmp_path / "sweep"
     write_run(sweep, "seed=0", returns=[1.0] * 10)  # finished: 10 iterations, wall_s 9
     write_run(sweep, "seed=1", returns=[1.0] * 10)
-    (sweep / "seed=1" / "status.json").write_text(json.dumps(
-        {"status": "completed", "reused_from": "elsewhere"}))
+    RunFolder(sweep / "seed=1").write_status("completed", reused_from="elsewhere")
     write_run(sweep, "seed=2", returns=[1.0] * 3, total_steps=1000, status="running")
-    states = study_status(sweep, ["seed=0", "seed=1", "seed=2", "seed=3"])
+    write_run(sweep, "seed=3", returns=[1.0] * 4, total_steps=1000, status="running")
+    write_run(sweep, "seed=4", returns=[1.0] * 2, total_steps=1000, status=None)
+    RunFolder(sweep / "seed=4").write_status("failed", error="TrainingError: non-finite loss")
+    live = RunFolder(sweep / "seed=2")
+    live.lock.acquire()  # a process is training it now
+    try:
+        states = study_status(sweep, [f"seed={n}" for n in range(6)])
+    finally:
+        live.lock.release()
     assert [(s.name, s.state, s.done) for s in states] == [
-        ("seed=0", "completed", 1.0), ("seed=1", "copied", 1.0), ("seed=2", "part-way", 0.3),
-        ("seed=3", "not started", 0.0)]
-    # 9 s per finished run: 70% of one run and one whole run are left
-    assert remaining_hours(states) * 3600 == pytest.approx(9 * 0.7 + 9)
+        ("seed=0", "completed", 1.0), ("seed=1", "copied", 1.0), ("seed=2", "running", 0.3),
+        ("seed=3", "interrupted", 0.4), ("seed=4", "failed", 0.2),
+        ("seed=5", "not started", 0.0)]
+    # 9 s per finished run: 70%, 60% and 80% of one run and one whole run are left
+    assert remaining_hours(states) * 3600 == pytest.approx(9 * (0.7 + 0.6 + 0.8 + 1))
     text = format_status("study", sweep, states)
-    assert text.splitlines()[0].endswith("1 completed, 1 copied, 1 part-way, 1 not started")
-    assert "seed=2  part-way      30%" in text
+    assert text.splitlines()[0].endswith(
+        "1 completed, 1 copied, 2 part-way (1 running, 1 interrupted), 1 failed, 1 not started")
+    assert "seed=2  running       30%" in text
+    assert "seed=3  interrupted   40%" in text
+    assert "seed=4  failed        20%  TrainingError: non-finite loss" in text
     assert study_status(tmp_path / "nothing", ["seed=0"])[0].state == "not started"
+
+
+def test_study_status_lists_an_unreadable_run_instead_of_stopping(tmp_path):
+    """Before, --status went through load_runs, which a config that is not YAML stopped."""
+    from experiments.status import study_status
+
+    bad = write_run(tmp_path, "seed=0", returns=[1.0] * 3, total_steps=1000, status="running")
+    (bad / ".hydra" / "config.yaml").write_text("seed: [0\n")
+    (bad / "progress.csv").write_bytes(bytes(range(256)))
+    (state,) = study_status(tmp_path, ["seed=0"])
+    assert (state.state, state.done, state.wall_s) == ("interrupted", 0.0, None)
+
+
+def test_study_status_imports_neither_torch_nor_the_trainer(tmp_path):
+    """``--status`` reads run folders through trpo.run_folder alone: it starts at once."""
+    write_run(tmp_path / "sweep", "env=hopper,seed=0,solver=trpo")
+    code = ("import sys; from experiments.__main__ import main; "
+            f"main(['quickstart', '--status', '--sweep-dir', {str(tmp_path / 'sweep')!r}]); "
+            "bad = [m for m in ('torch', 'trpo.trainer', 'trpo.train') if m in sys.modules]; "
+            "assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 completed" in done.stdout
