@@ -1,25 +1,31 @@
 """Training speed, measured side by side in one run: ``python -m experiments.benchmark``.
 
-For each env it measures, each in a fresh subprocess (so memory and imports do not mix):
+Three figures, each against sb3-contrib's TRPO (the optional ``bench`` extra) on the same
+machine, interleaved (A B A B ...) and repeated, medians quoted:
 
-* ``raw env``: the vectorised environment alone, stepped with uniform random actions, with the
-  training default's vectorisation (``num_envs`` sync envs, SAME_STEP autoreset);
-* this project's training with the default config and logging on (``progress.csv`` and W&B
-  offline), for each solver; speed is environment steps per second of iteration time, the first
-  iteration (start-up) and evaluation left out;
-* sb3-contrib's TRPO with matched settings (the same envs × steps per update, network, CG
-  iterations and damping, line search, critic epochs, minibatch and learning rate, observation
-  normalisation), when the optional ``bench`` extra is installed.
+1. **one run** (``--envs``, ``--solvers``): this project's training with the default config,
+   evaluation and logging on (``progress.csv`` and W&B offline), against sb3-contrib's TRPO with
+   matched settings (the same envs × steps per update, network, CG iterations and damping, line
+   search, critic epochs, minibatch and learning rate, observation and reward normalisation),
+   and the raw vectorised environment (8 sync envs in one process, random actions) for scale.
+   Steps per second of training after the first iteration (start-up), evaluation included;
+   each in a fresh process.
+2. **a sweep** (``--sweep``): ``python run.py -m env=hopper,walker seed=0,1,2
+   total_steps=200000`` against the same six sb3-contrib runs (matched settings), two at a
+   time: wall time, the ratio ours / theirs.
+3. **the whole process** (``--whole``): ``python run.py env=hopper total_steps=204800`` against
+   sb3-contrib with rl-baselines3-zoo's TRPO settings for the same steps, each timed from start
+   to exit as a user times it: the speed-up theirs / ours.
 
-It prints a table of steps/s, ratios and peak memory, and the per-iteration time breakdown of
-this project's runs, and writes both as CSV. ``--sweep`` also times ``-m seed=0,1`` with the
-default joblib launcher against the same two runs in sequence.
+Speed figures need a quiet machine: the load average is printed at the start and the end, with
+a warning when other work was running. Tables go to ``experiments/results/benchmark/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -31,8 +37,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ENVS = {"hopper": "Hopper-v5", "walker": "Walker2d-v5"}
+ENVS = {"hopper": "Hopper-v5", "walker": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
 SOLVERS = ("trpo", "npg", "kl_penalty")
+# A 1-minute load average above this at the start means other work shares the cores.
+QUIET_LOAD = 0.5
 
 
 def peak_memory_mb() -> float:
@@ -53,17 +61,17 @@ def compose(overrides: list[str]):
 
 
 def worker_raw(env: str, steps: int) -> dict:
-    """Random actions through the training default's vector env."""
+    """Random actions through 8 sync envs in one process (the simulator's rate on one core)."""
     import torch
 
     from trpo.envs import make_vector_env
 
     torch.set_num_threads(1)
     cfg = compose([f"env={env}"])
-    envs = make_vector_env(cfg.env, cfg.num_envs, cfg.vector_mode)
+    envs = make_vector_env(cfg.env, cfg.num_envs)
     space = envs.action_space
     rng = np.random.default_rng(0)
-    envs.reset(seed=0)
+    envs.reset(seed=list(range(envs.num_envs)))
     actions = rng.uniform(space.low, space.high, size=(steps // envs.num_envs + 50, *space.shape))
     for a in actions[:50]:  # warm-up
         envs.step(a)
@@ -77,34 +85,34 @@ def worker_raw(env: str, steps: int) -> dict:
 
 
 def worker_ours(env: str, solver: str, iterations: int, out: Path) -> dict:
-    """The default config for ``iterations`` updates; speed from progress.csv's timings."""
+    """The default config for ``iterations`` updates, evaluation and logging on; speed over
+    every iteration after the first (start-up), from progress.csv's wall clock."""
     import pandas as pd
 
     from trpo.train import train
 
-    cfg = compose([f"env={env}", f"solver={solver}",
-                   f"total_steps={iterations * 2048}", "steps_per_iteration=2048",
-                   f"eval_every={10 * iterations}", "logger.mode=offline",
-                   "logger.console_every=1000000"])
+    cfg = compose([f"env={env}", f"solver={solver}", f"total_steps={iterations * 2048}",
+                   "logger.mode=offline", "logger.console_every=1000000"])
     train(cfg, out)
     full = pd.read_csv(out / "progress.csv")
     progress = full.iloc[1:]  # the first iteration is start-up
     parts = [c for c in progress.columns if c.startswith("time_") and c != "time_eval_s"]
-    top_parts = ["time_rollout_s", "time_advantage_s", "time_policy_s"]
+    top_parts = ["time_rollout_s", "time_advantage_s", "time_policy_s", "time_eval_s"]
     if not cfg.critic.background:  # in the background it overlaps the rollout
         top_parts.append("time_value_s")
-    iteration_s = full["wall_s"].diff().iloc[1:] - progress["time_eval_s"]
+    iteration_s = full["wall_s"].diff().iloc[1:]
     other = iteration_s - progress[top_parts].sum(axis=1)
     breakdown = {c.removeprefix("time_").removesuffix("_s"): float(progress[c].median())
                  for c in parts}
+    breakdown["eval"] = float(progress["time_eval_s"].mean())  # spread over the iterations
     breakdown["logging_other"] = float(other.median())
     steps = full["env_steps"].iloc[-1] - full["env_steps"].iloc[0]
     return {"steps_per_s": float(steps / iteration_s.sum()), "peak_mb": peak_memory_mb(),
             "iteration_s": float(iteration_s.median()), "breakdown": breakdown}
 
 
-def worker_sb3(env: str, iterations: int) -> dict:
-    """sb3-contrib TRPO with the settings of this project's default config."""
+def sb3_matched(env: str, seed: int = 0):
+    """sb3-contrib TRPO with the settings of this project's default config, on ``env``."""
     import torch
     from sb3_contrib import TRPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -112,10 +120,10 @@ def worker_sb3(env: str, iterations: int) -> dict:
 
     torch.set_num_threads(1)
     cfg = compose([f"env={env}"])
-    envs = VecNormalize(make_vec_env(cfg.env.id, n_envs=cfg.num_envs, seed=0),
+    envs = VecNormalize(make_vec_env(cfg.env.id, n_envs=cfg.num_envs, seed=seed),
                         norm_obs=cfg.normalize_obs, norm_reward=cfg.normalize_reward,
                         clip_obs=cfg.obs_clip, gamma=cfg.advantage.gamma)
-    model = TRPO(
+    return TRPO(
         "MlpPolicy", envs, n_steps=cfg.steps_per_iteration // cfg.num_envs,
         batch_size=cfg.critic.minibatch_size, n_critic_updates=cfg.critic.epochs,
         learning_rate=cfg.critic.lr, gamma=cfg.advantage.gamma, gae_lambda=cfg.advantage.lam,
@@ -125,12 +133,49 @@ def worker_sb3(env: str, iterations: int) -> dict:
         policy_kwargs={"net_arch": {"pi": list(cfg.network.policy_hidden),
                                     "vf": list(cfg.network.value_hidden)},
                        "activation_fn": torch.nn.Tanh, "log_std_init": cfg.network.log_std_init},
-        seed=0, device="cpu", verbose=0)
-    model.learn(cfg.steps_per_iteration)  # start-up, as the first iteration of ours
+        seed=seed, device="cpu", verbose=0)
+
+
+def worker_sb3(env: str, iterations: int) -> dict:
+    """sb3-contrib TRPO, matched settings: steps per second after one start-up update."""
+    model = sb3_matched(env)
+    steps = model.n_steps * model.n_envs
+    model.learn(steps)  # start-up, as the first iteration of ours
     start = time.perf_counter()
-    model.learn(iterations * cfg.steps_per_iteration, reset_num_timesteps=False)
-    return {"steps_per_s": iterations * cfg.steps_per_iteration / (time.perf_counter() - start),
+    model.learn(iterations * steps, reset_num_timesteps=False)
+    return {"steps_per_s": iterations * steps / (time.perf_counter() - start),
             "peak_mb": peak_memory_mb()}
+
+
+def worker_sb3_run(env: str, steps: int, seed: int) -> dict:
+    """One sb3-contrib run of ``steps`` with matched settings (a job of goal 2's sweep)."""
+    sb3_matched(env, seed).learn(steps)
+    return {"peak_mb": peak_memory_mb()}
+
+
+def worker_sb3_zoo(env: str, steps: int) -> dict:
+    """sb3-contrib TRPO with rl-baselines3-zoo's MuJoCo settings (hyperparams/trpo.yml: 2 envs
+    × 1,024 steps, batch 128, 20 critic updates at 1e-3, 25 CG steps, damping 0.1, γ 0.99,
+    λ 0.95, VecNormalize), as a zoo user runs it (goal 3)."""
+    import torch
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    envs = VecNormalize(make_vec_env(ENVS[env], n_envs=2, seed=0), gamma=0.99)
+    model = TRPO("MlpPolicy", envs, n_steps=1024, batch_size=128, n_critic_updates=20,
+                 learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, cg_max_steps=25,
+                 cg_damping=0.1, target_kl=0.01, seed=0, device="cpu", verbose=0)
+    model.learn(steps)
+    return {"peak_mb": peak_memory_mb()}
+
+
+WORKERS = {"raw": lambda env, steps: worker_raw(env, int(steps)),
+           "ours": lambda env, solver, its, out: worker_ours(env, solver, int(its), Path(out)),
+           "sb3": lambda env, its: worker_sb3(env, int(its)),
+           "sb3_run": lambda env, steps, seed: worker_sb3_run(env, int(steps), int(seed)),
+           "sb3_zoo": lambda env, steps: worker_sb3_zoo(env, int(steps))}
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -149,27 +194,18 @@ def sb3_available() -> bool:
                           capture_output=True).returncode == 0
 
 
-def time_sweep(env: str, steps: int) -> dict:
-    """Seconds for ``-m seed=0,1`` with the default launcher and with the basic one."""
-    timings = {}
-    for launcher in ("parallel", "basic"):
-        # A fresh folder, else the runs would resume instead of training.
-        with tempfile.TemporaryDirectory(prefix="trpo-benchmark-sweep-") as sweep_dir:
-            start = time.perf_counter()
-            result = subprocess.run([sys.executable, "run.py", "-m", f"env={env}", "seed=0,1",
-                                     f"total_steps={steps}", "logger.mode=disabled",
-                                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}"],
-                                    cwd=ROOT, capture_output=True, text=True)
-            timings[launcher] = time.perf_counter() - start
-        if result.returncode != 0:
-            raise RuntimeError(f"the {launcher} sweep failed:\n{result.stderr[-3000:]}")
-    return {"parallel_s": timings["parallel"], "sequential_s": timings["basic"],
-            "ratio": timings["parallel"] / timings["basic"]}
+def timed(command: list[str]) -> float:
+    """Wall seconds of ``command`` run to its end in the checkout (raises if it fails)."""
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start
 
 
 def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
             ) -> tuple[list[dict], list[dict]]:
-    """Speed rows (medians over repeats) and time breakdowns of every env × contender."""
+    """Goal 1: speed rows (medians over repeats) and time breakdowns, every env × contender."""
     import pandas as pd
 
     rows, breakdowns = [], []
@@ -201,6 +237,69 @@ def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
     return rows, breakdowns
 
 
+def sb3_sweep(steps: int, jobs: int = 2) -> None:
+    """Goal 2's six runs with sb3-contrib, ``jobs`` at a time, each in a process of its own."""
+    commands = [[sys.executable, "-m", "experiments.benchmark", "--worker", "sb3_run", env,
+                 str(steps), str(seed)] for env in ("hopper", "walker") for seed in range(3)]
+    running: list[subprocess.Popen] = []
+    for command in commands:
+        while len(running) >= jobs:
+            time.sleep(0.05)
+            for process in [p for p in running if p.poll() is not None]:
+                if process.returncode:
+                    raise RuntimeError(f"an sb3-contrib run of the sweep failed: {command}")
+                running.remove(process)
+        running.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL))
+    if any(process.wait() for process in running):
+        raise RuntimeError("an sb3-contrib run of the sweep failed")
+
+
+def measure_sweep(repeats: int, steps: int) -> dict:
+    """Goal 2: the six-run sweep, ours against sb3-contrib two at a time, interleaved."""
+    ours, theirs = [], []
+    for repeat in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="trpo-benchmark-sweep-") as sweep_dir:
+            print(f"[sweep {repeat + 1}/{repeats}] ours ...", file=sys.stderr, flush=True)
+            ours.append(timed([sys.executable, "run.py", "-m", "env=hopper,walker",
+                               "seed=0,1,2", f"total_steps={steps}",
+                               f"hydra.sweep.dir={sweep_dir}"]))
+        print(f"[sweep {repeat + 1}/{repeats}] sb3-contrib ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        sb3_sweep(steps)
+        theirs.append(time.perf_counter() - start)
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    return {"runs": 6, "steps_per_run": steps, "ours_s": float(np.median(ours)),
+            "sb3_s": float(np.median(theirs)), "ratio": float(np.median(ratios)),
+            "ratios": " ".join(f"{r:.3f}" for r in ratios), "repeats": repeats}
+
+
+def measure_whole(repeats: int, steps: int) -> dict:
+    """Goal 3: ``python run.py env=hopper total_steps=...`` against the zoo's sb3-contrib run,
+    whole processes, start-up included, interleaved."""
+    ours, theirs = [], []
+    for repeat in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="trpo-benchmark-whole-") as run_dir:
+            print(f"[whole {repeat + 1}/{repeats}] ours ...", file=sys.stderr, flush=True)
+            ours.append(timed([sys.executable, "run.py", "env=hopper",
+                               f"total_steps={steps}", f"hydra.run.dir={run_dir}/run"]))
+        print(f"[whole {repeat + 1}/{repeats}] sb3-contrib (zoo settings) ...", file=sys.stderr,
+              flush=True)
+        theirs.append(timed([sys.executable, "-m", "experiments.benchmark", "--worker",
+                             "sb3_zoo", "hopper", str(steps)]))
+    speedups = [b / a for a, b in zip(ours, theirs)]
+    return {"steps": steps, "ours_s": float(np.median(ours)),
+            "sb3_zoo_s": float(np.median(theirs)), "speedup": float(np.median(speedups)),
+            "speedups": " ".join(f"{r:.3f}" for r in speedups), "repeats": repeats}
+
+
+def load_average() -> str:
+    """``/proc/loadavg``'s three averages (1, 5 and 15 minutes)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.benchmark",
                                      description=__doc__.split("\n\n")[0])
@@ -209,73 +308,76 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=15,
                         help="policy updates timed per run, after one start-up update")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="repeats of every measurement; the table shows medians")
+                        help="repeats of every measurement; the tables show medians")
     parser.add_argument("--sweep", action="store_true",
-                        help="also time -m seed=0,1 in parallel against in sequence")
-    parser.add_argument("--sweep-only", action="store_true",
-                        help="time only the sweep (writes sweep.csv)")
+                        help="also goal 2: the six-run sweep against sb3-contrib, two at a time")
     parser.add_argument("--sweep-steps", type=int, default=200_000,
-                        help="environment steps of each sweep run; short runs are dominated by "
-                             "the start-up of the parallel workers (default: %(default)s)")
+                        help="environment steps of each sweep run (default: %(default)s)")
+    parser.add_argument("--whole", action="store_true",
+                        help="also goal 3: python run.py env=hopper as a whole process against "
+                             "the zoo's sb3-contrib run")
+    parser.add_argument("--whole-steps", type=int, default=204_800,
+                        help="environment steps of goal 3's runs (default: %(default)s)")
+    parser.add_argument("--no-runs", action="store_true",
+                        help="leave out goal 1 (with --sweep or --whole)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "benchmark")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        kind, env, *rest = args.worker
-        if kind == "raw":
-            result = worker_raw(env, int(rest[0]))
-        elif kind == "ours":
-            result = worker_ours(env, rest[0], int(rest[1]), Path(rest[2]))
-        else:
-            result = worker_sb3(env, int(rest[0]))
-        print(json.dumps(result))
+        kind, *worker_args = args.worker
+        print(json.dumps(WORKERS[kind](*worker_args)))
         return 0
 
     import pandas as pd
 
-    if args.sweep_only:
-        return report_sweep(args)
+    start_load = load_average()
+    print(f"load average at the start: {start_load}", file=sys.stderr, flush=True)
+    if start_load != "unknown" and float(start_load.split()[0]) > QUIET_LOAD:
+        print(f"warning: the machine is not quiet (1-minute load {start_load.split()[0]} > "
+              f"{QUIET_LOAD}): the figures will be skewed", file=sys.stderr, flush=True)
     with_sb3 = sb3_available()
     if not with_sb3:
         print("sb3-contrib is not installed (pip install -c constraints.txt -e '.[bench]'); "
               "measuring without it", file=sys.stderr)
-    # Each run trains afresh in a folder of this invocation (a folder kept from an earlier
-    # benchmark would make the run resume, or refuse a changed config, instead of training).
-    with tempfile.TemporaryDirectory(prefix="trpo-benchmark-") as scratch:
-        rows, breakdowns = measure(args, Path(scratch), with_sb3)
-    table = pd.DataFrame(rows)
-    breakdown = pd.DataFrame(breakdowns)
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "speed.csv", index=False)
-    breakdown.to_csv(args.out / "breakdown_ms.csv", index=False)
-    machine = f"{platform.processor() or platform.machine()}, {_cores()} cores, Python " \
-              f"{platform.python_version()}"
-    print(f"\nSteps per second (median of {args.repeats}; {machine}):")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
-    print("\nPer-iteration time breakdown of this project's runs (median ms per 2048 steps):")
-    print(breakdown.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
-    if args.sweep:
-        report_sweep(args)
-    return 0
-
-
-def report_sweep(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    sweep = time_sweep(args.envs[0], args.sweep_steps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([{"env": ENVS[args.envs[0]], "steps_per_run": args.sweep_steps, **sweep}]
-                 ).to_csv(args.out / "sweep.csv", index=False)
-    print(f"\n-m env={args.envs[0]} seed=0,1, {args.sweep_steps:,} steps each: "
-          f"{sweep['parallel_s']:.1f} s in parallel (joblib, {_cores()} cores), "
-          f"{sweep['sequential_s']:.1f} s in sequence: ratio {sweep['ratio']:.2f}")
+    machine = (f"{platform.processor() or platform.machine()}, {_cores()} cores, Python "
+               f"{platform.python_version()}")
+    if not args.no_runs:
+        # Each run trains afresh in a folder of this invocation (a folder kept from an earlier
+        # benchmark would make the run resume, or refuse a changed config, instead of training).
+        with tempfile.TemporaryDirectory(prefix="trpo-benchmark-") as scratch:
+            rows, breakdowns = measure(args, Path(scratch), with_sb3)
+        table, breakdown = pd.DataFrame(rows), pd.DataFrame(breakdowns)
+        table.to_csv(args.out / "speed.csv", index=False)
+        breakdown.to_csv(args.out / "breakdown_ms.csv", index=False)
+        print(f"\n1. One run: steps per second (median of {args.repeats}; {machine}):")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
+        print("\nPer-iteration time of this project's runs (median ms per 2048 steps; eval is "
+              "the mean per iteration):")
+        print(breakdown.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    if args.sweep and with_sb3:
+        sweep = measure_sweep(args.repeats, args.sweep_steps)
+        pd.DataFrame([sweep]).to_csv(args.out / "sweep.csv", index=False)
+        print(f"\n2. Sweep: -m env=hopper,walker seed=0,1,2 total_steps={args.sweep_steps:,}: "
+              f"{sweep['ours_s']:.0f} s; sb3-contrib's six runs, two at a time: "
+              f"{sweep['sb3_s']:.0f} s; ratio {sweep['ratio']:.2f} (each pair: "
+              f"{sweep['ratios']})")
+    if args.whole and with_sb3:
+        whole = measure_whole(args.repeats, args.whole_steps)
+        pd.DataFrame([whole]).to_csv(args.out / "whole_process.csv", index=False)
+        print(f"\n3. Whole process, {args.whole_steps:,} steps: python run.py env=hopper "
+              f"{whole['ours_s']:.0f} s; sb3-contrib with the zoo's settings "
+              f"{whole['sb3_zoo_s']:.0f} s; speed-up {whole['speedup']:.2f} (each pair: "
+              f"{whole['speedups']})")
+    end_load = load_average()
+    with open(args.out / "load_average.txt", "w") as file:
+        file.write(f"start {start_load}\nend {end_load}\n")
+    print(f"\nload average at the start: {start_load}; at the end: {end_load}")
     return 0
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 
