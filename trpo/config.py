@@ -367,7 +367,8 @@ class VPGConfig(FirstOrderConfig):
 class LoggerConfig:
     """Where metrics go: always ``progress.csv`` in the run directory, and W&B unless disabled."""
 
-    # offline: works with no account or network; ``wandb sync <run dir>/wandb/offline-run-*``.
+    # offline: works with no account or network; ``wandb sync <run dir>/wandb`` uploads the run
+    # (one W&B run, however often it was resumed).
     mode: WandbMode = WandbMode.offline
     project: str = "trpo"
     entity: Optional[str] = None

@@ -55,8 +55,10 @@ class CSVWriter(MetricWriter):
 class WandbWriter(MetricWriter):
     """A W&B run whose x-axis is ``env_steps``; finished on close, also after an error.
 
-    ``resume_id`` continues that run (online only: W&B cannot append to an offline run, so an
-    offline resumption starts a new offline run with the same name and group).
+    ``resume_id`` continues that run. Online, W&B appends to it. Offline, each process writes
+    its own ``wandb/offline-run-<time>-<id>`` folder, all under the run's one id and marked as
+    resuming it (wandb >= 0.30), so that ``wandb sync <run dir>/wandb`` uploads them, in order
+    of start time, as one W&B run.
     """
 
     # Seconds to wait for W&B to start before training goes on without it.
@@ -66,11 +68,10 @@ class WandbWriter(MetricWriter):
                  config: dict[str, Any], resume_id: Optional[str] = None):
         import wandb
 
-        online = cfg.mode is WandbMode.online
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, group=cfg.group, name=run_name,
             tags=list(cfg.tags), config=config, dir=str(run_dir), mode=cfg.mode.value,
-            id=resume_id if online else None, resume="allow" if online and resume_id else None,
+            id=resume_id, resume="allow" if resume_id else None,
             # A joblib worker runs several jobs in one process: never continue a leftover run.
             reinit="finish_previous",
             settings=wandb.Settings(quiet=True, console="off", init_timeout=self.INIT_TIMEOUT_S))
