@@ -10,6 +10,7 @@ express (``solver.max_kl > 0``, ``advantage.lam`` in [0, 1], ...) are checked by
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -365,7 +366,8 @@ class VPGConfig(FirstOrderConfig):
 
 @dataclass
 class LoggerConfig:
-    """Where metrics go: always ``progress.csv`` in the run directory, and W&B unless disabled."""
+    """Where metrics go: always ``progress.csv`` in the run directory, W&B unless disabled, and
+    TensorBoard if asked for."""
 
     # offline: works with no account or network; ``wandb sync <run dir>/wandb`` uploads the run
     # (one W&B run, however often it was resumed).
@@ -377,9 +379,15 @@ class LoggerConfig:
     tags: List[str] = field(default_factory=list)
     # Console line every this many iterations.
     console_every: int = 1
+    # Also write the metrics as TensorBoard scalars under <run dir>/tensorboard/ (x-axis
+    # env_steps); needs the tensorboard extra, pip install -e '.[tensorboard]'.
+    tensorboard: bool = False
 
     def validate(self) -> None:
         _positive_int(self, "console_every")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard", "needs the tensorboard package: pip install -e "
+                              "'.[tensorboard]'", True)
 
 
 # ------------------------------------------------------------------------------------ top level
