@@ -11,6 +11,19 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from trpo.config import EnvConfig, VectorMode
 
 
+def make_env(cfg: EnvConfig, **make_kwargs) -> gym.Env:
+    """One copy of ``cfg.id`` with its keyword arguments and time limit, as training makes it;
+    ``make_kwargs`` go to ``gymnasium.make`` too (``render_mode="rgb_array"``)."""
+    return gym.make(cfg.id, **_make_kwargs(cfg), **make_kwargs)
+
+
+def _make_kwargs(cfg: EnvConfig) -> dict:
+    kwargs = dict(cfg.kwargs)
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    return kwargs
+
+
 def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode.sync,
                     ) -> gym.vector.VectorEnv:
     """``num_envs`` copies of ``cfg.id``, stepped as one batch.
@@ -20,10 +33,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode
     real transition. ``async`` steps the copies in worker processes started by ``forkserver``,
     which also works inside joblib's loky workers.
     """
-    kwargs = dict(cfg.kwargs)
-    if cfg.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = cfg.max_episode_steps
-    env_fns = [partial(gym.make, cfg.id, **kwargs) for _ in range(num_envs)]
+    env_fns = [partial(gym.make, cfg.id, **_make_kwargs(cfg)) for _ in range(num_envs)]
     if mode is VectorMode["async"]:
         return AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP,
                               context="forkserver")
