@@ -178,16 +178,21 @@ class VideoWriter:
         if self._gif is not None:
             from PIL import Image
 
-            self._gif.append(Image.fromarray(np.ascontiguousarray(frame)).quantize(256))
+            self._gif.append(Image.fromarray(np.ascontiguousarray(frame)).quantize(
+                256, method=Image.Quantize.FASTOCTREE))  # 4x faster than median cut
         else:
             self._mp4.append_data(frame)
         self.frames += 1
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Finish the file; ``keep=False`` (after a failure) removes whatever was written."""
         if self._gif is None:
             self._mp4.close()
-        elif self._gif:
-            first, *rest = self._gif
-            first.save(self.path, save_all=True, append_images=rest, loop=0,
-                       duration=1000.0 / self.fps)
-            self._gif = []
+        else:
+            if self._gif and keep:
+                first, *rest = self._gif
+                first.save(self.path, save_all=True, append_images=rest, loop=0,
+                           duration=1000.0 / self.fps)
+            self._gif.clear()
+        if not keep:
+            self.path.unlink(missing_ok=True)
