@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -378,9 +379,11 @@ class VPGConfig(FirstOrderConfig):
 
 @dataclass
 class LoggerConfig:
-    """Where metrics go: always ``progress.csv`` in the run directory, and W&B unless disabled."""
+    """Where metrics go: always ``progress.csv`` in the run directory, W&B unless disabled, and
+    TensorBoard if asked for."""
 
-    # W&B mode (offline by default: no account or network; ``conf/logger/wandb.yaml``).
+    # W&B mode: offline works with no account or network, and ``wandb sync <run dir>/wandb``
+    # uploads the run (one W&B run, however often it was resumed); ``conf/logger/wandb.yaml``.
     mode: WandbMode = MISSING
     # W&B project and entity (null: the account's default entity).
     project: str = MISSING
@@ -393,9 +396,15 @@ class LoggerConfig:
     # Show W&B's own console messages (where the run is saved, how to sync it); off, the run's
     # lines are the only ones.
     wandb_messages: bool = False
+    # Also write the metrics as TensorBoard scalars under <run dir>/tensorboard/ (x-axis
+    # env_steps); needs the tensorboard extra, pip install -e '.[tensorboard]'.
+    tensorboard: bool = MISSING
 
     def validate(self) -> None:
         _positive_int(self, "console_every")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard", "needs the tensorboard package: pip install -e "
+                              "'.[tensorboard]'", True)
 
 
 # ------------------------------------------------------------------------------------ top level

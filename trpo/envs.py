@@ -14,11 +14,22 @@ from gymnasium.vector.utils import batch_space
 from trpo.config import EnvConfig, VectorMode
 
 
-def env_makers(cfg: EnvConfig, count: int) -> list:
+def make_env(cfg: EnvConfig, **make_kwargs) -> gym.Env:
+    """One copy of ``cfg.id`` with its keyword arguments and time limit, as training makes it;
+    ``make_kwargs`` go to ``gymnasium.make`` too (``render_mode="rgb_array"``)."""
+    return gym.make(cfg.id, **_make_kwargs(cfg), **make_kwargs)
+
+
+def _make_kwargs(cfg: EnvConfig) -> dict:
     kwargs = dict(cfg.kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
-    return [partial(gym.make, cfg.id, **kwargs) for _ in range(count)]
+    return kwargs
+
+
+def env_makers(cfg: EnvConfig, count: int) -> list:
+    """``count`` functions that each make one copy of the task (:func:`make_env`)."""
+    return [partial(make_env, cfg) for _ in range(count)]
 
 
 def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode.sync,
@@ -91,7 +102,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     """
 
     def __init__(self, cfg: EnvConfig, num_envs: int, workers: int):
-        probe = gym.make(cfg.id, **dict(cfg.kwargs))
+        probe = make_env(cfg)
         self.single_observation_space = probe.observation_space
         self.single_action_space = probe.action_space
         self.metadata = {**probe.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}

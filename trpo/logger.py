@@ -1,4 +1,4 @@
-"""Metric logging: one small writer interface, with CSV, W&B and console back ends.
+"""Metric logging: one small writer interface, with CSV, W&B, TensorBoard and console back ends.
 
 A row is a flat mapping from metric name to a number, or ``None`` for "not measured in this
 iteration" (written as an empty CSV cell and left out of the W&B step). ``progress.csv``'s
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -19,6 +21,9 @@ from trpo.run_folder import ProgressFile, RunFolder
 log = logging.getLogger("trpo")
 
 Row = Mapping[str, Optional[float]]
+
+# The TensorBoard event files' folder in a run folder.
+TENSORBOARD = "tensorboard"
 
 
 class MetricWriter(ABC):
@@ -55,8 +60,10 @@ class CSVWriter(MetricWriter):
 class WandbWriter(MetricWriter):
     """A W&B run whose x-axis is ``env_steps``; finished on close, also after an error.
 
-    ``resume_id`` continues that run (online only: W&B cannot append to an offline run, so an
-    offline resumption starts a new offline run with the same name and group).
+    ``resume_id`` continues that run. Online, W&B appends to it. Offline, each process writes
+    its own ``wandb/offline-run-<time>-<id>`` folder, all under the run's one id and marked as
+    resuming it (wandb >= 0.30), so that ``wandb sync <run dir>/wandb`` uploads them, in order
+    of start time, as one W&B run.
     """
 
     # Seconds to wait for W&B to start before training goes on without it.
@@ -66,11 +73,10 @@ class WandbWriter(MetricWriter):
                  config: dict[str, Any], resume_id: Optional[str] = None):
         import wandb
 
-        online = cfg.mode is WandbMode.online
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, group=cfg.group, name=run_name,
             tags=list(cfg.tags), config=config, dir=str(run_dir), mode=cfg.mode.value,
-            id=resume_id if online else None, resume="allow" if online and resume_id else None,
+            id=resume_id, resume="allow" if resume_id else None,
             # A joblib worker runs several jobs in one process: never continue a leftover run.
             reinit="finish_previous",
             settings=wandb.Settings(quiet=True, silent=not cfg.wandb_messages, console="off",
@@ -84,6 +90,51 @@ class WandbWriter(MetricWriter):
     def close(self, status: str = "completed") -> None:
         self.run.summary["run_status"] = status
         self.run.finish(exit_code=1 if status == "failed" else 0)
+
+
+class TensorBoardWriter(MetricWriter):
+    """TensorBoard scalars in ``log_dir``: one per key of each row (``env_steps`` excepted, which
+    is their step), the keys W&B gets.
+
+    ``history`` is the rows the run folder holds (a resumed run's, rewritten from its
+    checkpoint). Events a run wrote past them (before it was killed) are purged from
+    TensorBoard's view (``purge_step``), so a resumed run shows each step once; a folder without
+    events yet (TensorBoard turned on when resuming, a reused run) gets ``history`` first.
+    """
+
+    EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+
+    def __init__(self, log_dir: Path, history: list[Row] = ()):
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = Path(log_dir)
+        started = [int(m.group(1)) for f in (log_dir.glob("events.out.tfevents.*")
+                                             if log_dir.is_dir() else ())
+                   if (m := self.EVENT_FILE.match(f.name))]
+        if started:
+            # TensorBoard reads event files in name order, which starts with the second the
+            # file was made: this process's must sort after the ones before it (a wait only
+            # for a run resumed within a second, as in tests).
+            time.sleep(min(max(0.0, max(started) + 1 - time.time()), 1.0))
+        last_step = int(history[-1]["env_steps"]) if history else 0
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=last_step + 1)
+        if history and not started:
+            for row in history:
+                self._add(row)
+            self.writer.flush()
+
+    def _add(self, row: Row) -> None:
+        step = int(row["env_steps"])
+        for key, value in row.items():
+            if value is not None and key != "env_steps":
+                self.writer.add_scalar(key, value, global_step=step)
+
+    def write(self, row: Row) -> None:
+        self._add(row)
+        self.writer.flush()
+
+    def close(self, status: str = "completed") -> None:
+        self.writer.close()
 
 
 class ConsoleWriter(MetricWriter):
@@ -152,10 +203,12 @@ class MetricLogger(MetricWriter):
 def make_logger(cfg: LoggerConfig, folder: RunFolder, run_name: str, config: dict[str, Any],
                 total_steps: int, resume_id: Optional[str] = None,
                 console_tag: Optional[str] = None) -> MetricLogger:
-    """``progress.csv`` and the console always; W&B unless ``logger.mode=disabled``.
+    """``progress.csv`` and the console always; W&B unless ``logger.mode=disabled``;
+    TensorBoard (``<run dir>/tensorboard/``) with ``logger.tensorboard=true``.
 
     If W&B cannot start (no network, no login), training goes on with the local log and a
-    warning; ``wandb sync`` can upload an offline run later.
+    warning; ``wandb sync`` can upload an offline run later. Called once a resumed run's
+    ``progress.csv`` holds its checkpoint's rows: TensorBoard goes on after them.
     """
     writers: list[MetricWriter] = []
     if cfg.mode is not WandbMode.disabled:
@@ -165,5 +218,8 @@ def make_logger(cfg: LoggerConfig, folder: RunFolder, run_name: str, config: dic
             log.warning("W&B (%s) could not start, training goes on with progress.csv only: "
                         "%s: %s", cfg.mode.value, type(error).__name__,
                         str(error).splitlines()[0] if str(error) else "")
-    writers += [CSVWriter(folder.progress), ConsoleWriter(total_steps, cfg.console_every, console_tag)]
+    if cfg.tensorboard:
+        writers.append(TensorBoardWriter(folder.path / TENSORBOARD, folder.progress.read().rows))
+    writers += [CSVWriter(folder.progress), ConsoleWriter(total_steps, cfg.console_every,
+                                                          console_tag)]
     return MetricLogger(writers)

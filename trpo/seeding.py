@@ -19,6 +19,8 @@ ROLES = {
     "evaluation": 3,     # resets of the evaluation episodes, one key per iteration
     "critic": 4,         # the value fit's minibatch order
     "solver": 5,         # solver randomness (minibatches of a subsampled Fisher product)
+    "watch": 6,          # resets of the episodes ``python -m trpo.evaluate`` plays
+    "agent": 7,          # a loaded agent's stochastic actions (:class:`trpo.agent.Agent`)
 }
 
 
