@@ -419,9 +419,10 @@ class CriticConfig:
     lr: float = 1e-3
     epochs: int = 20
     minibatch_size: int = 128
-    # Fit in a background thread while the next rollout steps the environments (values are only
-    # needed after a rollout): the same result, on the second core. A speed setting.
-    background: bool = True
+    # Fit in a background thread while the next rollout steps the environments (the same
+    # result). Off: the thread competes with the rollout for Python's GIL, which measured slower
+    # (README, Speed).
+    background: bool = False
 
     def validate(self) -> None:
         _positive(self, "lr")
