@@ -319,6 +319,15 @@ def test_a_failing_job_does_not_stop_the_sweep_which_exits_non_zero(tmp_path):
                             "module:Id)"),
     ("reuse_from=/no/such/folder", "error: reuse_from='/no/such/folder' is not allowed: must be "
                                    "an existing folder or null"),
+    ("seed=4294967296", "error: seed=4294967296 is not allowed: must be an integer in "
+                        "[0, 2**32)"),
+    ("+env.kwargs.foo=1", "error: env.kwargs={'foo': 1} is not allowed: Hopper-v5 does not "
+                          "accept them (unexpected keyword argument 'foo')"),
+    ("env.id=FrozenLake-v1", "error: env.id='FrozenLake-v1' is not allowed: must have a Box "
+                             "observation space (a vector of numbers), not Discrete(16)"),
+    ("env.id=Blackjack-v1", "error: env.id='Blackjack-v1' is not allowed: must have a Box "
+                            "observation space (a vector of numbers), not Tuple(Discrete(32), "
+                            "Discrete(11), Discrete(2))"),
 ])
 def test_bad_values_exit_2_with_one_line_and_no_run_directory(tmp_path, override, message):
     run_dir = tmp_path / "run"

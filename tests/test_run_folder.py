@@ -392,24 +392,6 @@ def test_a_stopped_run_finishes_its_wandb_run_as_interrupted(compose_config, tmp
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("override, says", [
-    ("seed=4294967296", "seed=4294967296 is not allowed: must be an integer in [0, 2**32)"),
-    ("+env.kwargs.foo=1", "env.kwargs={'foo': 1} is not allowed: Hopper-v5 does not accept "
-                          "them (unexpected keyword argument 'foo')"),
-    ("env.id=FrozenLake-v1", "env.id='FrozenLake-v1' is not allowed: must have a Box "
-                             "observation space"),
-    ("env.id=Blackjack-v1", "env.id='Blackjack-v1' is not allowed: must have a Box "
-                            "observation space"),
-])
-def test_bad_input_exits_2_in_one_line_leaving_no_folder(tmp_path, override, says):
-    run_dir = tmp_path / "run"
-    result = run_py(override, f"hydra.run.dir={run_dir}", timeout=120)
-    assert result.returncode == 2
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: {says}")
-    assert not run_dir.exists()
-
-
 def test_a_box2d_task_without_box2d_exits_2_in_one_line(tmp_path):
     try:
         import Box2D  # noqa: F401
