@@ -149,17 +149,17 @@ def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume
             final_return = trainer.run(logger, stop.requested)
     except (StopRequested, KeyboardInterrupt, SystemExit) as stop_error:
         signum = stop.received or (signal.SIGINT if isinstance(stop_error, KeyboardInterrupt)
-                                   else signal.SIGTERM)
+                                   else None)  # None: an exit asked for (a cluster's requeue)
         how = (f"stopped after iteration {trainer.iteration}" if isinstance(
             stop_error, StopRequested) else f"stopped during iteration {trainer.iteration}")
         _record_end(logger, folder, "interrupted", iteration=trainer.iteration,
                     checkpoint_iteration=trainer.checkpointed_at,
-                    signal=signal.Signals(signum).name, **provenance)
+                    signal=signal.Signals(signum).name if signum else "exit", **provenance)
         message = (f"interrupted: {how}; the checkpoint of iteration {trainer.checkpointed_at} "
                    f"is kept in {folder.path}" if trainer.checkpointed_at else
                    f"interrupted: {how}, before the first checkpoint")
         message += f"; to resume: {resume_command or 'run the same command again'}"
-        if isinstance(stop_error, SystemExit):
+        if signum is None:
             log.warning("%s", message)
             raise  # a cluster's requeue (submitit) exits through here
         raise RunInterrupted(message, signum) from None
