@@ -1,4 +1,5 @@
-"""``python -m analysis DIR [DIR ...] --out OUT``: figures and tables from run folders."""
+"""``python -m analysis DIR [DIR ...] --out OUT [--videos]``: figures and tables from run
+folders, and with ``--videos`` a video of each group's best run (:mod:`analysis.videos`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity, sav
                               swept_numeric_keys)
 from analysis.load import detect_group_keys, drop_unmeasured, load_runs, task_references
 from analysis.report import final_table, make_groups, write_tables
+from analysis.videos import write_videos
 
 log = logging.getLogger("analysis")
 
@@ -53,6 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="use runs that have not logged their whole budget (running, or "
                              "interrupted), with their actual length (default: skip them, "
                              "with a warning)")
+    parser.add_argument("--videos", action="store_true",
+                        help="also play one deterministic episode of each group's best run (by "
+                             "final score) and write OUT/videos/<task>_<label>.mp4 and a strip "
+                             "of its frames, <task>_<label>_frames.png; a video that cannot be "
+                             "made here is a warning saying what to install (default: off, it "
+                             "costs an episode per group)")
     parser.add_argument("--reps", type=whole_number, default=2000,
                         help="bootstrap resamples, at least 1 (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -121,6 +129,8 @@ def main(argv=None) -> int:
     references = task_references(runs)
     save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps), args.out,
                 "aggregate")
+    if args.videos:
+        write_videos(groups, args.metric, args.out)
     print((args.out / "final.md").read_text())
     print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}")
     return 0
