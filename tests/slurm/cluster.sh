@@ -46,22 +46,26 @@ live_pid() {
 node_state() { timeout 10 sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n1; }
 
 usage_hint() {
+    local partition time_limit
+    read -r partition time_limit < <(timeout 10 sinfo -h -o '%P %l' | sed -n 's/^\(.*\)\* /\1 /p') || true
     cat <<EOF
-cluster.sh: SLURM is up: node $NODE ($(node_state)), partition $PARTITION, MaxTime ${MAX_TIME_MIN} min.
+cluster.sh: SLURM is up: node $NODE ($(node_state)), default partition $partition (MaxTime $time_limit).
 Use it from a shell with:
     export SLURM_CONF=$CONF
-    python run.py -m hydra/launcher=slurm hydra.launcher.partition=$PARTITION hydra.launcher.timeout_min=$MAX_TIME_MIN ...
-    python -m pytest -m slurm      # the cluster tests (they start the cluster themselves if it is down)
+    python run.py -m hydra/launcher=slurm hydra.launcher.partition=$partition \\
+        hydra.launcher.timeout_min=10 ...
+    python -m pytest -m slurm    # the cluster tests (they start the cluster if it is down)
 Logs: $DIR/slurmctld.log, $DIR/slurmd.log. Stop it with: $0 stop
 EOF
 }
 
 install_if_missing() {
-    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null; then
-        return
-    fi
-    [[ $(id -u) == 0 ]] || die "slurm-wlm is not installed and installing it needs root"
-    command -v apt-get >/dev/null || die "slurm-wlm is not installed and there is no apt-get"
+    local missing
+    missing=$(for tool in slurmctld slurmd sbatch srun scontrol sinfo squeue; do
+                  command -v "$tool" >/dev/null || echo -n "$tool "; done)
+    [[ -z $missing ]] && return
+    [[ $(id -u) == 0 ]] || die "slurm-wlm is not installed (no $missing) and installing it needs root"
+    command -v apt-get >/dev/null || die "slurm-wlm is not installed (no $missing) and there is no apt-get"
     say "installing slurm-wlm (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >"$DIR/apt.log" 2>&1 && apt-get install -y -q slurm-wlm >>"$DIR/apt.log" 2>&1 \
