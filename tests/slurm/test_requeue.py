@@ -72,11 +72,11 @@ def test_a_job_past_its_time_limit_is_requeued_by_submitit_and_logs_the_uninterr
     assert interruptions.timed.returncode == 0, interruptions.timed.describe()
     assert interruptions.at_exit[run_dir] == ("completed", ITERATIONS)
     log = interruptions.timed.log(job)
-    # submitit's USR2 handler: the launcher's checkpoint(), then scontrol requeue.
-    assert "Caught signal SIGUSR2" in log and "this job is timed-out" in log, log[-3000:]
-    requeues = [line for line in log.splitlines()
-                if line.startswith("submitit INFO") and f"Requeued job {job} " in line]
-    assert len(requeues) == slurm.restarts(job) >= 1, log[-3000:]
+    # Each time, submitit's USR2 handler called the launcher's checkpoint() and requeued the job
+    # (the rest of what it logs may be cut short by the SIGTERM that the requeue sends).
+    warnings = [line for line in log.splitlines() if line.startswith("submitit WARNING")
+                and "Caught signal SIGUSR2" in line and "this job is timed-out" in line]
+    assert len(warnings) == slurm.restarts(job) >= 1, log[-3000:]
     check_resumed(interruptions.snapshots[job], (run_dir / "progress.csv").read_text())
     check_exact(run_dir, reference_dir)
 
