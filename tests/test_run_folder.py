@@ -488,3 +488,18 @@ def test_zero_gradient_updates_do_not_count_towards_max_rejected_updates(compose
     progress = pd.read_csv(tmp_path / "progress.csv")
     assert progress["zero_gradient"].tolist() == [1.0] * 6
     assert progress["update_nonfinite"].tolist() == [0.0] * 6
+
+
+def test_status_names_the_slurm_job_of_an_array_task_and_its_restarts(monkeypatch):
+    from trpo.train import cluster_job
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                 "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    assert cluster_job() == {}
+    monkeypatch.setenv("SLURM_JOB_ID", "105")
+    assert cluster_job() == {"slurm_job_id": "105", "slurm_restart_count": 0}
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "104")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert cluster_job() == {"slurm_job_id": "104_0", "slurm_restart_count": 2}

@@ -185,9 +185,14 @@ def _record_end(logger, folder: RunFolder, status: str, **details) -> None:
             log.error("while recording that the run %s: %s", status, secondary)
 
 
-def cluster_job() -> dict[str, str]:
-    """The SLURM job this process runs in (``slurm_job_id``, and the array task), if any."""
-    names = {"SLURM_JOB_ID": "slurm_job_id", "SLURM_ARRAY_JOB_ID": "slurm_array_job_id",
-             "SLURM_ARRAY_TASK_ID": "slurm_array_task_id",
-             "SLURM_RESTART_COUNT": "slurm_restart_count"}
-    return {key: os.environ[var] for var, key in names.items() if var in os.environ}
+def cluster_job() -> dict[str, Any]:
+    """The SLURM job this process runs in, if any: ``slurm_job_id`` as squeue and submitit's
+    folders name it (``<array id>_<task>`` for a job array's task, whose own SLURM_JOB_ID is
+    another number) and ``slurm_restart_count`` (how often it was requeued)."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+           if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env
+           else env["SLURM_JOB_ID"])
+    return {"slurm_job_id": job, "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT") or 0)}
