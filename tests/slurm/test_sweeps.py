@@ -100,5 +100,5 @@ def test_a_study_runs_on_the_cluster_and_is_analysed(slurm, tmp_path):
     assert len(runs) == 4 and len(study.job_ids()) == 4
     assert all(read_status(run).get("status") == "completed" for run in runs)
     final = (tmp_path / "out" / "final.md").read_text()
-    assert "hopper" in final and "walker" in final and "(n=2)" in final
+    assert "Hopper-v5" in final and "Walker2d-v5" in final and "(n=2)" in final
     assert (tmp_path / "out" / "curves.png").exists()
