@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> float:
     tag = job_tag(choices, cfg.seed, hydra_cfg.job.num) if sweep else None
     try:
         return train(cfg, run_dir, run_name, hydra_config=hydra_cfg, overrides=overrides,
-                     resume_command=resume_command, console_tag=tag, in_sweep=sweep)
+                     resume_command=resume_command, console_tag=tag)
     except ConfigError as error:
         remove_if_unused(run_dir)
         fail(f"error: {error}", 2)

@@ -82,14 +82,12 @@ def fresh_run_dir(run_dir: Path) -> Path:
 
 def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, *,
           hydra_config: Optional[DictConfig] = None, overrides: Optional[list[str]] = None,
-          resume_command: Optional[str] = None, console_tag: Optional[str] = None,
-          in_sweep: bool = False) -> float:
+          resume_command: Optional[str] = None, console_tag: Optional[str] = None) -> float:
     """Train one agent as ``cfg`` says, logging every iteration into ``run_dir``.
 
     ``hydra_config`` and ``overrides`` (from ``run.py``) are recorded in ``.hydra/`` with the
     config; ``resume_command`` is what an interrupted run tells the user to run again;
-    ``console_tag`` starts each console line (a sweep's job, ``[#3 hopper trpo s1]``);
-    ``in_sweep`` says other jobs run beside this one (``env_workers=null`` then uses one process).
+    ``console_tag`` starts each console line (a sweep's job, ``[#3 hopper trpo s1]``).
 
     Raises, before anything is built or written: :class:`trpo.config.ConfigError` for a bad
     value, or a checkpoint written with another config; :class:`trpo.run_folder.RunFolderBusy`
@@ -109,7 +107,7 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
     folder.lock.acquire()
     try:
         plan = plan_start(cfg, folder)
-        trainer = Trainer(cfg, folder, in_sweep)
+        trainer = Trainer(cfg, folder)
         try:
             return _train(cfg, folder, trainer, plan, run_name or f"{cfg.env.id}-s{cfg.seed}",
                           hydra_config, overrides, resume_command, console_tag)

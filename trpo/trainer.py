@@ -66,29 +66,14 @@ def resident_memory_mb() -> float:
         return math.nan
 
 
-def env_workers(cfg: DictConfig, in_sweep: bool) -> int:
-    """How many processes step the training envs: ``cfg.env_workers``, or if null, 2 for a
-    MuJoCo task run on its own (on a machine with 2 cores or more), 1 otherwise."""
-    if cfg.env_workers is not None:
-        return int(cfg.env_workers)
-    import gymnasium
-
-    name = cfg.env.id.rpartition(":")[2]
-    mujoco = "mujoco" in str(gymnasium.registry[name].entry_point)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 2 if mujoco and not in_sweep and cfg.vector_mode is VectorMode.sync and (
-        cores or 1) >= 2 and cfg.num_envs >= 2 else 1
-
-
 class Trainer:
     """Everything one run holds: environments, networks, solver, critic, counters, history."""
 
-    def __init__(self, cfg: DictConfig, folder: RunFolder, in_sweep: bool = False):
+    def __init__(self, cfg: DictConfig, folder: RunFolder):
         self.cfg, self.folder = cfg, folder
         torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
-        self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.vector_mode,
-                                    env_workers(cfg, in_sweep))
+        self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.vector_mode, cfg.env_workers)
         self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync)
         obs_space, action_space = (self.envs.single_observation_space,
                                    self.envs.single_action_space)
