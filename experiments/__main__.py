@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="where the figures and tables go (default: experiments/results/STUDY)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--videos", action="store_true",
+                        help="also record each group's best seed (analysis --videos); the "
+                             "study's RESULTS.md section then shows a strip of its frames")
     args = parser.parse_args(argv)
 
     if args.status:
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
             print(f"the sweep exited with {sweep_status}; analysing the runs that finished",
                   file=sys.stderr)
     out = args.out or ROOT / "experiments" / "results" / args.study
-    status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps)])
+    status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps),
+                      *(["--videos"] if args.videos else [])])
     if status == 0 and args.out is None and refresh_results_page(RESULTS_PAGE, args.study, out):
         print(f"updated the {args.study} section of {RESULTS_PAGE.name}")
     return sweep_status or status
@@ -86,6 +90,9 @@ def study_block(study: str, out: Path) -> str:
     figures = [f"![{study}: learning curves]({folder}/curves.png)"]
     figures += [f"![{study}: final score against {path.stem.removeprefix('sensitivity_')}]"
                 f"({folder}/{path.name})" for path in sorted(out.glob("sensitivity_*.png"))]
+    figures += [f"![{study}: {path.stem.removesuffix('_frames')}, the best seed's final policy]"
+                f"({folder}/videos/{path.name})"
+                for path in sorted(out.glob("videos/*_frames.png"))]
     return "\n\n".join([*figures, (out / "final.md").read_text().strip()]) + "\n"
 
 

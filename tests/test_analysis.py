@@ -689,6 +689,11 @@ def test_results_page_blocks_are_replaced_and_the_prose_kept(tmp_path, monkeypat
     assert entry.refresh_results_page(page, "quickstart", out)
     assert ("![quickstart: final score against solver.max_kl](experiments/results/quickstart/"
             "sensitivity_solver.max_kl.png)\n\n| new table |") in page.read_text()
+    (out / "videos").mkdir()  # what --videos writes: the page shows each strip of frames
+    (out / "videos" / "Hopper-v5_trpo_frames.png").write_bytes(b"")
+    assert entry.refresh_results_page(page, "quickstart", out)
+    assert ("![quickstart: Hopper-v5_trpo, the best seed's final policy](experiments/results/"
+            "quickstart/videos/Hopper-v5_trpo_frames.png)\n\n| new table |") in page.read_text()
 
 
 def test_results_page_shows_each_study_as_its_committed_outputs_say():
