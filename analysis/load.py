@@ -41,10 +41,6 @@ ENV_OPTIONS = Path(__file__).resolve().parents[1] / "conf" / "env"
 References = tuple[Optional[float], Optional[float]]  # (random return, reference return)
 
 
-class NoRunsError(RuntimeError):
-    """No usable run was found below the given folders."""
-
-
 @dataclass
 class Run:
     """One training run: where it is, what it was configured with and what it logged."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -158,23 +157,12 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 
 def write_checkpoint_file(path: Path, previous: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically as ``path``; the file it replaces becomes ``previous``."""
+    from trpo.run_folder import atomic_write
+
     buffer = io.BytesIO()
     torch.save(to_plain(state), buffer)
     payload = buffer.getvalue()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
-        file.write(hashlib.sha256(payload).hexdigest().encode() + b"\n")
-        file.write(payload)
-        file.flush()
-        os.fsync(file.fileno())
-    if path.exists():
-        os.replace(path, previous)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    atomic_write(path, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload, previous)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -90,10 +90,6 @@ class StartPlan:
     problems: list[str] = field(default_factory=list)  # checkpoints that could not be read
     reused_from: Optional[Path] = None  # a finished twin whose checkpoint was copied here
 
-    @property
-    def fresh(self) -> bool:
-        return not self.candidates
-
 
 def plan_start(cfg: DictConfig, folder: RunFolder) -> StartPlan:
     """Decide how the run in ``folder`` starts, before anything is built or written.

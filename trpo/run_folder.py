@@ -9,7 +9,7 @@ A run folder holds
 * ``checkpoint.ckpt`` and ``checkpoint.prev.ckpt`` (format: :mod:`trpo.checkpoint`);
 * ``agent.pt``: the trained policy with its observation statistics;
 * ``run.lock``: held with ``flock`` by the one process training in the folder;
-* ``wandb/``: the W&B run (offline by default).
+* ``wandb/``: the W&B run (offline by default); ``tensorboard/`` with ``logger.tensorboard``.
 
 Training (:mod:`trpo.train`), the analysis and the studies read and write these files only
 through :class:`RunFolder`, so there is one reader of each format.
@@ -78,13 +78,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+def atomic_write(path: Path, data: bytes, previous: Optional[Path] = None) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename, so a crash
+    leaves the old file or the new one; with ``previous``, the file replaced is kept there."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
+    if previous is not None and path.exists():
+        os.replace(path, previous)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -139,7 +142,7 @@ class ProgressFile:
         writer.writeheader()
         for row in rows:
             writer.writerow(_cells(row))
-        _atomic_write(self.path, text.getvalue().encode())
+        atomic_write(self.path, text.getvalue().encode())
 
     def append(self, row: Row) -> list[str]:
         """Add one row under the file's header (written from this row if there is none);
@@ -337,7 +340,7 @@ class RunFolder:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         record = _json_safe({"status": status, **details, "code": code_version(),
                              "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
-        _atomic_write(self.path / STATUS,
+        atomic_write(self.path / STATUS,
                       (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
 
     def read_status(self) -> dict[str, Any]:
@@ -388,7 +391,7 @@ class RunFolder:
 
         buffer = io.BytesIO()
         torch.save(agent, buffer)
-        _atomic_write(self.agent_path, buffer.getvalue())
+        atomic_write(self.agent_path, buffer.getvalue())
 
     def read_agent(self) -> dict[str, Any]:
         """``agent.pt`` loaded weights-only (no code runs); raises ``FileNotFoundError``."""
@@ -410,7 +413,7 @@ class RunFolder:
         if overrides is not None:
             files["overrides.yaml"] = OmegaConf.create(list(overrides))
         for name, content in files.items():
-            _atomic_write(folder / name, OmegaConf.to_yaml(content).encode())
+            atomic_write(folder / name, OmegaConf.to_yaml(content).encode())
 
     def has_config(self) -> bool:
         return (self.path / HYDRA / "config.yaml").exists()
