@@ -304,11 +304,11 @@ def test_a_non_finite_evaluation_fails_the_run_and_status_json_stays_valid_json(
     real_make = trpo.trainer.make_vector_env
     made = []
 
-    def make(cfg, num_envs, mode=VectorMode.sync, workers=1):
+    def make(cfg, num_envs, mode=VectorMode.sync, workers=None, backend=None):
         made.append(num_envs)
         if len(made) == 2:  # the Trainer builds the training envs first, then evaluation's
             cfg = EnvConfig(id="NaNReward-v0")
-        return real_make(cfg, num_envs, mode, workers)
+        return real_make(cfg, num_envs, mode, workers, backend)
 
     monkeypatch.setattr(trpo.trainer, "make_vector_env", make)
     with pytest.raises(Exception, match="non-finite evaluation reward"):

@@ -119,7 +119,8 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
 def vector_env_state(envs: gym.vector.VectorEnv) -> Optional[dict[str, Any]]:
     """The state of every sub-environment of a vector env whose environments can be read (a
     SyncVectorEnv, or one with ``env_states()``, :class:`trpo.envs.WorkerVectorEnv`), in
-    order, so that either kind restores the other's; ``None`` for others (AsyncVectorEnv)."""
+    order, so that either kind restores the other's; ``None`` for others (AsyncVectorEnv,
+    :class:`trpo.envs.EnvPoolVectorEnv`)."""
     if isinstance(envs, gym.vector.SyncVectorEnv):
         states = [env_state(env) for env in envs.envs]
     elif hasattr(envs, "env_states"):

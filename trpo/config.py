@@ -81,6 +81,21 @@ class Init(Enum):
 VectorMode = Enum("VectorMode", {"sync": "sync", "async": "async"})
 
 
+class EnvBackend(Enum):
+    """What steps the training environments.
+
+    ``gymnasium``: Gymnasium's own environments, the reference implementation. Their simulator
+    state is saved in checkpoints, so a run resumes exactly.
+    ``envpool``: EnvPool's C++ versions of the same MuJoCo tasks (:data:`trpo.envs.ENVPOOL_TASKS`,
+    checked against Gymnasium by ``tests/test_envpool.py``), stepped by EnvPool's own threads.
+    Their state cannot be read, so a resumed run starts new episodes (with a warning).
+    Evaluation episodes are played in Gymnasium's environments with either backend.
+    """
+
+    gymnasium = "gymnasium"
+    envpool = "envpool"
+
+
 class FisherProduct(Enum):
     """How NPG and TRPO multiply a vector by the Fisher matrix F of the mean KL at θ_old.
 
@@ -116,8 +131,10 @@ class EnvConfig:
     default_steps: int = MISSING
     # Time limit in steps; null keeps the limit registered with the id (1000 for MuJoCo tasks).
     max_episode_steps: Optional[int] = None
-    # Keyword arguments passed to ``gymnasium.make``.
+    # Keyword arguments passed to ``gymnasium.make`` (and to ``envpool.make_gymnasium``).
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    # What steps the training environments (:class:`EnvBackend`).
+    backend: EnvBackend = EnvBackend.gymnasium
     # Returns that normalise scores across envs in the analysis, (R − random) / (reference −
     # random): D4RL's random and expert returns (Fu et al. 2020) where published, else null
     # (the analysis then normalises by the min and max over the runs compared, and says so).
@@ -134,6 +151,10 @@ class EnvConfig:
                     self.reference_return)
         check_env_id(self.id)
         check_env_spaces(self)
+        if self.backend is EnvBackend.envpool:
+            from trpo.envs import check_envpool_task
+
+            check_envpool_task(self)
 
 
 def check_env_id(env_id: str) -> None:
@@ -455,9 +476,12 @@ class TrainConfig:
     num_envs: int = 8
     # How they are stepped: sync in this process (exact resume), async in subprocesses.
     vector_mode: VectorMode = VectorMode.sync
-    # Processes that step the sync training envs, each its share, with the same transitions;
-    # 1: in this process. More measured slower on 2 cores (README, Speed).
-    env_workers: int = 1
+    # Cores that step the training envs, with the same transitions however many: EnvPool's
+    # threads (env.backend=envpool), or processes that each step a share of Gymnasium's sync
+    # envs. null: with EnvPool, the cores this run may use (all of a single run's; one per job of
+    # a parallel sweep; SLURM's CPUs per task); with Gymnasium, 1, this process (worker
+    # processes measured slower on 2 cores: README, Speed).
+    env_workers: Optional[int] = None
     # Running mean/std observation normalisation (SB3 VecNormalize, as in the zoo's TRPO settings).
     normalize_obs: bool = True
     # Normalised observations are clipped to ±obs_clip (SB3 VecNormalize's clip_obs).
@@ -495,10 +519,11 @@ class TrainConfig:
         require(self.steps_per_iteration % self.num_envs == 0, "steps_per_iteration",
                 f"must be a multiple of num_envs={self.num_envs}", self.steps_per_iteration)
         require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)", self.seed)
-        _positive_int(self, "env_workers")
-        require(self.env_workers == 1 or self.vector_mode is VectorMode.sync, "env_workers",
-                "must be 1 with vector_mode=async (one process per env already)",
-                self.env_workers)
+        if self.env_workers is not None:
+            _positive_int(self, "env_workers")
+        require(self.env_workers in (None, 1) or self.vector_mode is VectorMode.sync,
+                "env_workers", "must be 1 or null with vector_mode=async (one process per env "
+                "already)", self.env_workers)
         require(self.reuse_from is None or Path(self.reuse_from).is_dir(), "reuse_from",
                 "must be an existing folder or null", self.reuse_from)
 
@@ -571,6 +596,10 @@ def validate_config(cfg: DictConfig) -> None:
             raise error.under(group) from None
     top_level = {f.name: cfg[f.name] for f in fields(TrainConfig) if f.name not in SECTIONS}
     TrainConfig(**top_level).validate()
+    backend, mode = (getattr(value, "value", value) for value in (cfg.env.backend,
+                                                                  cfg.vector_mode))
+    require(backend == EnvBackend.gymnasium.value or mode == "sync", "vector_mode",
+            "must be sync with env.backend=envpool (EnvPool has threads of its own)", mode)
 
 
 register_configs()

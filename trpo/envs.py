@@ -1,8 +1,10 @@
-"""Vectorised Gymnasium environments for training and evaluation."""
+"""Vectorised environments for training and evaluation: Gymnasium's, or EnvPool's."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
 from functools import partial
 from typing import Any, Optional, Sequence
 
@@ -11,7 +13,12 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
-from trpo.config import EnvConfig, VectorMode
+from trpo.config import ConfigError, EnvBackend, EnvConfig, VectorMode
+
+log = logging.getLogger("trpo")
+
+# The tasks env.backend=envpool takes: those tests/test_envpool.py shows to be Gymnasium's tasks.
+ENVPOOL_TASKS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Swimmer-v5")
 
 
 def make_env(cfg: EnvConfig, **make_kwargs) -> gym.Env:
@@ -33,16 +40,25 @@ def env_makers(cfg: EnvConfig, count: int) -> list:
 
 
 def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode.sync,
-                    workers: int = 1) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``cfg.id``, stepped as one batch.
+                    workers: Optional[int] = None,
+                    backend: Optional[EnvBackend] = None) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``cfg.id``, stepped as one batch by ``backend`` (``cfg.backend``
+    unless given).
 
     Autoreset is SAME_STEP: a sub-environment whose episode ends at a step is reset within that
     step, its true final observation is returned in ``info["final_obs"]``, and every step is a
-    real transition. ``sync`` steps the copies in this process, or, with ``workers`` > 1, split
-    over that many worker processes (:class:`WorkerVectorEnv`: the same transitions, on more
-    cores); ``async`` steps each copy in a process of its own. Worker processes are started by
-    ``forkserver``, which also works inside joblib's loky workers.
+    real transition. With Gymnasium, ``sync`` steps the copies in this process, or, with
+    ``workers`` > 1, split over that many worker processes (:class:`WorkerVectorEnv`: the same
+    transitions, on more cores); ``async`` steps each copy in a process of its own. Worker
+    processes are started by ``forkserver``, which also works inside joblib's loky workers.
+    With EnvPool (:class:`EnvPoolVectorEnv`), ``workers`` is its thread count. ``None``: the
+    cores this run may use with EnvPool (:func:`cores_for_this_run`), 1 with Gymnasium.
     """
+    backend = EnvBackend(getattr(cfg.backend, "value", cfg.backend)) if backend is None \
+        else backend
+    if backend is EnvBackend.envpool:
+        return EnvPoolVectorEnv(cfg, num_envs, workers or cores_for_this_run())
+    workers = workers or 1
     if mode is VectorMode["async"]:
         return AsyncVectorEnv(env_makers(cfg, num_envs), autoreset_mode=AutoresetMode.SAME_STEP,
                               context="forkserver")
@@ -172,6 +188,133 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+
+
+def cores_for_this_run() -> int:
+    """The cores one run may use: the CPUs SLURM gave its job; in a Hydra sweep on the joblib
+    launcher, this machine's cores shared among the jobs it runs at once; else all of them."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra = HydraConfig.get()
+    except (ImportError, ValueError):  # not started by Hydra
+        return cores
+    if hydra.mode != RunMode.MULTIRUN or "n_jobs" not in hydra.launcher:
+        return cores
+    n_jobs = int(hydra.launcher.n_jobs)
+    at_once = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib's -1: every core
+    return max(1, cores // at_once)
+
+
+def _envpool_kwargs(cfg: EnvConfig) -> dict:
+    """EnvPool's settings for ``cfg``: its kwargs, and a time limit one step past Gymnasium's
+    (:class:`EnvPoolVectorEnv` ends episodes at Gymnasium's limit itself)."""
+    return {**cfg.kwargs, "max_episode_steps": episode_limit(cfg) + 1}
+
+
+def episode_limit(cfg: EnvConfig) -> int:
+    """The time limit of ``cfg``'s episodes: ``max_episode_steps``, else the id's registered one."""
+    if cfg.max_episode_steps is not None:
+        return int(cfg.max_episode_steps)
+    return int(gym.spec(cfg.id).max_episode_steps)
+
+
+def check_envpool_task(cfg: EnvConfig) -> None:
+    """Raise :class:`ConfigError` unless EnvPool imports and runs ``cfg``'s task with its kwargs."""
+    if cfg.id not in ENVPOOL_TASKS:
+        raise ConfigError("backend", f"envpool takes only {', '.join(ENVPOOL_TASKS)} (the tasks "
+                          f"tested against Gymnasium's); {cfg.id} needs backend=gymnasium",
+                          "envpool")
+    try:
+        import envpool
+    except ImportError as error:
+        raise ConfigError("backend", f"envpool cannot be imported here ({error}); "
+                          "pip install envpool, or use backend=gymnasium", "envpool")
+    try:
+        envpool.make_spec(cfg.id, **_envpool_kwargs(cfg))
+    except TypeError as error:
+        settings = [name for name in envpool.make_spec(cfg.id).config._fields
+                    if name not in ("num_envs", "batch_size", "num_threads", "max_num_players",
+                                    "thread_affinity_offset", "base_path", "seed", "env_seed")]
+        raise ConfigError("kwargs", f"EnvPool's {cfg.id} does not take them ({error}); its "
+                          f"settings: {', '.join(settings)}", dict(cfg.kwargs))
+
+
+def _first_core(threads: int) -> int:
+    """EnvPool's ``thread_affinity_offset``: pin thread i to core ``first + i`` when the threads
+    are as many as this process's cores (numbered ``first, first + 1, ...``), else -1, unpinned.
+    Unpinned, two threads on two cores were measured to share one core about half the time
+    (RESULTS.md, EnvPool); one thread is left unpinned, so parallel jobs spread out."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if threads > 1 and cores == list(range(cores[0], cores[0] + threads)):
+        return cores[0]
+    return -1
+
+
+class EnvPoolVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` copies of a MuJoCo task in EnvPool, stepped by ``threads`` C++ threads, with
+    Gymnasium's semantics: SAME_STEP autoreset with ``info["final_obs"]``, and Gymnasium's
+    ``TimeLimit``, so that an episode ending at its limit in a terminal state is both
+    terminated and truncated (EnvPool's own limit would call it truncated only, and training
+    would bootstrap from a terminal state).
+
+    EnvPool seeds its environments when it makes them, so a seeded :meth:`reset` makes them
+    again. Results do not depend on ``threads`` (each environment has its own generator).
+    Their state cannot be read: :func:`trpo.checkpoint.vector_env_state` is ``None``.
+    """
+
+    def __init__(self, cfg: EnvConfig, num_envs: int, threads: int):
+        import envpool
+
+        kwargs = _envpool_kwargs(cfg)
+        self.make_pool = partial(envpool.make_gymnasium, cfg.id, num_envs=num_envs,
+                                 num_threads=threads, thread_affinity_offset=_first_core(threads),
+                                 **kwargs)
+        self.pool = None  # made by the first reset, with its seeds
+        self.num_envs, self.threads, self.limit = num_envs, threads, episode_limit(cfg)
+        reference = make_env(cfg)  # Gymnasium's spaces (EnvPool's are float64 throughout)
+        self.single_observation_space = reference.observation_space
+        self.single_action_space = reference.action_space
+        reference.close()
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+        self.elapsed = np.zeros(num_envs, np.int64)
+        log.info("EnvPool steps %d %s environments on %d thread%s", num_envs, cfg.id, threads,
+                 "" if threads == 1 else "s")
+
+    def reset(self, *, seed: Optional[Sequence[int]] = None, options=None):
+        if seed is not None or self.pool is None:
+            self.close()  # first: a pool's threads stop only when it is freed, and slow others
+            self.pool = self.make_pool(**({} if seed is None else
+                                          {"env_seed": [int(s) & 0x7FFFFFFF for s in seed]}))
+        obs, _ = self.pool.reset()
+        self.elapsed[:] = 0
+        return obs, {}
+
+    def step(self, actions):
+        obs, rewards, terminated, _, _ = self.pool.step(np.asarray(actions, np.float64))
+        obs = obs.copy()  # EnvPool's buffer, which the resets below would overwrite
+        self.elapsed += 1
+        truncated = self.elapsed >= self.limit
+        ended = np.flatnonzero(terminated | truncated)
+        final_obs = np.empty(self.num_envs, dtype=object)
+        if len(ended):
+            for i in ended:
+                final_obs[i] = obs[i].copy()
+            obs[ended] = self.pool.reset(ended)[0]
+            self.elapsed[ended] = 0
+        return (obs, rewards.astype(np.float64), terminated.astype(bool), truncated,
+                {"final_obs": final_obs})
+
+    def close(self, **kwargs) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 def action_clipper(space: gym.Space):

@@ -128,7 +128,7 @@ class RolloutCollector:
 
     def state_dict(self) -> dict[str, Any]:
         """The current observations, the episodes under way and the environments' own state
-        (``None`` for environments in other processes, ``vector_mode=async``)."""
+        (``None`` where they cannot be read: ``vector_mode=async``, ``env.backend=envpool``)."""
         return {"obs": self.obs, "running_returns": self.running_returns,
                 "running_lengths": self.running_lengths, "total_steps": self.total_steps,
                 "envs": vector_env_state(self.envs)}
@@ -138,8 +138,9 @@ class RolloutCollector:
         (seeded by ``iteration``) and say so."""
         self.total_steps = int(state["total_steps"])
         if state["envs"] is None:
-            log.warning("environment states were not saved (vector_mode=async): the resumed "
-                        "run starts new episodes and will not match an uninterrupted one")
+            log.warning("environment states were not saved (vector_mode=async or "
+                        "env.backend=envpool): the resumed run starts new episodes and will not "
+                        "match an uninterrupted one")
             self.obs, _ = self.envs.reset(
                 seed=stream_seeds(self.seed, "train_envs", self.envs.num_envs, iteration))
             self.running_returns = np.zeros(self.envs.num_envs)

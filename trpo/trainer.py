@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trpo.checkpoint import global_rng_state, nonfinite_entries, set_global_rng_state
-from trpo.config import VectorMode
+from trpo.config import EnvBackend, VectorMode
 from trpo.critic import ValueFitter, explained_variance
 from trpo.envs import make_vector_env
 from trpo.logger import MetricWriter
@@ -74,7 +74,8 @@ class Trainer:
         torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.vector_mode, cfg.env_workers)
-        self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync)
+        self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
+                                         backend=EnvBackend.gymnasium)
         obs_space, action_space = (self.envs.single_observation_space,
                                    self.envs.single_action_space)
         self.policy = build_policy(obs_space, action_space, cfg.network)
