@@ -17,6 +17,9 @@ machine, interleaved (A B A B ...) and repeated, medians quoted:
    sb3-contrib with rl-baselines3-zoo's TRPO settings for the same steps, each timed from start
    to exit as a user times it: the speed-up theirs / ours.
 
+``--envpool`` adds ``env.backend=envpool`` to each: TRPO and the raw envs in goal 1, a sweep and
+a whole process of its own in goals 2 and 3.
+
 Speed figures need a quiet machine: the load average is printed at the start and the end, with
 a warning when other work was running. Tables go to ``experiments/results/benchmark/``.
 """
@@ -60,14 +63,15 @@ def compose(overrides: list[str]):
 # --------------------------------------------------------------------------------- workers
 
 
-def worker_raw(env: str, steps: int) -> dict:
-    """Random actions through 8 sync envs in one process (the simulator's rate on one core)."""
+def worker_raw(env: str, steps: int, backend: str = "gymnasium") -> dict:
+    """Random actions through the default 8 training envs (Gymnasium's: one process on one core;
+    EnvPool's: its threads on the cores a run may use)."""
     import torch
 
     from trpo.envs import make_vector_env
 
     torch.set_num_threads(1)
-    cfg = compose([f"env={env}"])
+    cfg = compose([f"env={env}", f"env.backend={backend}"])
     envs = make_vector_env(cfg.env, cfg.num_envs)
     space = envs.action_space
     rng = np.random.default_rng(0)
@@ -84,14 +88,16 @@ def worker_raw(env: str, steps: int) -> dict:
             "peak_mb": peak_memory_mb()}
 
 
-def worker_ours(env: str, solver: str, iterations: int, out: Path) -> dict:
-    """The default config for ``iterations`` updates, evaluation and logging on; speed over
-    every iteration after the first (start-up), from progress.csv's wall clock."""
+def worker_ours(env: str, solver: str, iterations: int, out: Path,
+                backend: str = "gymnasium") -> dict:
+    """The default config (on ``backend``) for ``iterations`` updates, evaluation and logging
+    on; speed over every iteration after the first (start-up), from progress.csv's wall clock."""
     import pandas as pd
 
     from trpo.train import train
 
-    cfg = compose([f"env={env}", f"solver={solver}", f"total_steps={iterations * 2048}",
+    cfg = compose([f"env={env}", f"solver={solver}", f"env.backend={backend}",
+                   f"total_steps={iterations * 2048}",
                    "logger.mode=offline", "logger.console_every=1000000"])
     train(cfg, out)
     full = pd.read_csv(out / "progress.csv")
@@ -171,8 +177,9 @@ def worker_sb3_zoo(env: str, steps: int) -> dict:
     return {"peak_mb": peak_memory_mb()}
 
 
-WORKERS = {"raw": lambda env, steps: worker_raw(env, int(steps)),
-           "ours": lambda env, solver, its, out: worker_ours(env, solver, int(its), Path(out)),
+WORKERS = {"raw": lambda env, steps, backend="gymnasium": worker_raw(env, int(steps), backend),
+           "ours": lambda env, solver, its, out, backend="gymnasium": worker_ours(
+               env, solver, int(its), Path(out), backend),
            "sb3": lambda env, its: worker_sb3(env, int(its)),
            "sb3_run": lambda env, steps, seed: worker_sb3_run(env, int(steps), int(seed)),
            "sb3_zoo": lambda env, steps: worker_sb3_zoo(env, int(steps))}
@@ -216,6 +223,12 @@ def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
             plan = [("raw env", ("raw", env, str(args.iterations * 2048)))]
             plan += [(f"ours {s}", ("ours", env, s, str(args.iterations),
                                     str(scratch / f"{env}-{s}-{repeat}"))) for s in args.solvers]
+            if args.envpool:
+                plan.append(("raw env envpool", ("raw", env, str(args.iterations * 2048),
+                                                 "envpool")))
+                plan.append(("ours trpo envpool", ("ours", env, "trpo", str(args.iterations),
+                                                   str(scratch / f"{env}-envpool-{repeat}"),
+                                                   "envpool")))
             if with_sb3:
                 plan.append(("sb3-contrib trpo", ("sb3", env, str(args.iterations))))
             for name, worker_args in plan:
@@ -254,42 +267,58 @@ def sb3_sweep(steps: int, jobs: int = 2) -> None:
         raise RuntimeError("an sb3-contrib run of the sweep failed")
 
 
-def measure_sweep(repeats: int, steps: int) -> dict:
-    """Goal 2: the six-run sweep, ours against sb3-contrib two at a time, interleaved."""
-    ours, theirs = [], []
+def measure_sweep(repeats: int, steps: int, backends: list[str]) -> list[dict]:
+    """Goal 2: the six-run sweep on each backend against sb3-contrib two at a time,
+    interleaved; a row per backend."""
+    ours: dict[str, list[float]] = {backend: [] for backend in backends}
+    theirs = []
     for repeat in range(repeats):
-        with tempfile.TemporaryDirectory(prefix="trpo-benchmark-sweep-") as sweep_dir:
-            print(f"[sweep {repeat + 1}/{repeats}] ours ...", file=sys.stderr, flush=True)
-            ours.append(timed([sys.executable, "run.py", "-m", "env=hopper,walker",
-                               "seed=0,1,2", f"total_steps={steps}",
-                               f"hydra.sweep.dir={sweep_dir}"]))
+        for backend in backends:
+            with tempfile.TemporaryDirectory(prefix="trpo-benchmark-sweep-") as sweep_dir:
+                print(f"[sweep {repeat + 1}/{repeats}] ours, {backend} ...", file=sys.stderr,
+                      flush=True)
+                ours[backend].append(timed([sys.executable, "run.py", "-m", "env=hopper,walker",
+                                            "seed=0,1,2", f"total_steps={steps}",
+                                            f"env.backend={backend}",
+                                            f"hydra.sweep.dir={sweep_dir}"]))
         print(f"[sweep {repeat + 1}/{repeats}] sb3-contrib ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         sb3_sweep(steps)
         theirs.append(time.perf_counter() - start)
-    ratios = [a / b for a, b in zip(ours, theirs)]
-    return {"runs": 6, "steps_per_run": steps, "ours_s": float(np.median(ours)),
-            "sb3_s": float(np.median(theirs)), "ratio": float(np.median(ratios)),
-            "ratios": " ".join(f"{r:.3f}" for r in ratios), "repeats": repeats}
+    rows = []
+    for backend, times in ours.items():
+        ratios = [a / b for a, b in zip(times, theirs)]
+        rows.append({"backend": backend, "runs": 6, "steps_per_run": steps,
+                     "ours_s": float(np.median(times)), "sb3_s": float(np.median(theirs)),
+                     "ratio": float(np.median(ratios)),
+                     "ratios": " ".join(f"{r:.3f}" for r in ratios), "repeats": repeats})
+    return rows
 
 
-def measure_whole(repeats: int, steps: int) -> dict:
-    """Goal 3: ``python run.py env=hopper total_steps=...`` against the zoo's sb3-contrib run,
-    whole processes, start-up included, interleaved."""
-    ours, theirs = [], []
+def measure_whole(repeats: int, steps: int, backends: list[str]) -> list[dict]:
+    """Goal 3: ``python run.py env=hopper total_steps=...`` on each backend against the zoo's
+    sb3-contrib run, whole processes, start-up included, interleaved; a row per backend."""
+    ours: dict[str, list[float]] = {backend: [] for backend in backends}
+    theirs = []
     for repeat in range(repeats):
-        with tempfile.TemporaryDirectory(prefix="trpo-benchmark-whole-") as run_dir:
-            print(f"[whole {repeat + 1}/{repeats}] ours ...", file=sys.stderr, flush=True)
-            ours.append(timed([sys.executable, "run.py", "env=hopper",
-                               f"total_steps={steps}", f"hydra.run.dir={run_dir}/run"]))
+        for backend in backends:
+            with tempfile.TemporaryDirectory(prefix="trpo-benchmark-whole-") as run_dir:
+                print(f"[whole {repeat + 1}/{repeats}] ours, {backend} ...", file=sys.stderr,
+                      flush=True)
+                ours[backend].append(timed([sys.executable, "run.py", "env=hopper",
+                                            f"env.backend={backend}", f"total_steps={steps}",
+                                            f"hydra.run.dir={run_dir}/run"]))
         print(f"[whole {repeat + 1}/{repeats}] sb3-contrib (zoo settings) ...", file=sys.stderr,
               flush=True)
         theirs.append(timed([sys.executable, "-m", "experiments.benchmark", "--worker",
                              "sb3_zoo", "hopper", str(steps)]))
-    speedups = [b / a for a, b in zip(ours, theirs)]
-    return {"steps": steps, "ours_s": float(np.median(ours)),
-            "sb3_zoo_s": float(np.median(theirs)), "speedup": float(np.median(speedups)),
-            "speedups": " ".join(f"{r:.3f}" for r in speedups), "repeats": repeats}
+    rows = []
+    for backend, times in ours.items():
+        speedups = [b / a for a, b in zip(times, theirs)]
+        rows.append({"backend": backend, "steps": steps, "ours_s": float(np.median(times)),
+                     "sb3_zoo_s": float(np.median(theirs)), "speedup": float(np.median(speedups)),
+                     "speedups": " ".join(f"{r:.3f}" for r in speedups), "repeats": repeats})
+    return rows
 
 
 def load_average() -> str:
@@ -318,6 +347,8 @@ def main(argv=None) -> int:
                              "the zoo's sb3-contrib run")
     parser.add_argument("--whole-steps", type=int, default=204_800,
                         help="environment steps of goal 3's runs (default: %(default)s)")
+    parser.add_argument("--envpool", action="store_true",
+                        help="also measure env.backend=envpool (TRPO in goal 1; goals 2 and 3)")
     parser.add_argument("--no-runs", action="store_true",
                         help="leave out goal 1 (with --sweep or --whole)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "benchmark")
@@ -356,20 +387,23 @@ def main(argv=None) -> int:
         print("\nPer-iteration time of this project's runs (median ms per 2048 steps; eval is "
               "the mean per iteration):")
         print(breakdown.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    backends = ["gymnasium", "envpool"] if args.envpool else ["gymnasium"]
     if args.sweep and with_sb3:
-        sweep = measure_sweep(args.repeats, args.sweep_steps)
-        pd.DataFrame([sweep]).to_csv(args.out / "sweep.csv", index=False)
-        print(f"\n2. Sweep: -m env=hopper,walker seed=0,1,2 total_steps={args.sweep_steps:,}: "
-              f"{sweep['ours_s']:.0f} s; sb3-contrib's six runs, two at a time: "
-              f"{sweep['sb3_s']:.0f} s; ratio {sweep['ratio']:.2f} (each pair: "
-              f"{sweep['ratios']})")
+        sweeps = measure_sweep(args.repeats, args.sweep_steps, backends)
+        pd.DataFrame(sweeps).to_csv(args.out / "sweep.csv", index=False)
+        for sweep in sweeps:
+            print(f"\n2. Sweep: -m env=hopper,walker seed=0,1,2 total_steps="
+                  f"{args.sweep_steps:,} env.backend={sweep['backend']}: {sweep['ours_s']:.0f} s;"
+                  f" sb3-contrib's six runs, two at a time: {sweep['sb3_s']:.0f} s; ratio "
+                  f"{sweep['ratio']:.2f} (each pair: {sweep['ratios']})")
     if args.whole and with_sb3:
-        whole = measure_whole(args.repeats, args.whole_steps)
-        pd.DataFrame([whole]).to_csv(args.out / "whole_process.csv", index=False)
-        print(f"\n3. Whole process, {args.whole_steps:,} steps: python run.py env=hopper "
-              f"{whole['ours_s']:.0f} s; sb3-contrib with the zoo's settings "
-              f"{whole['sb3_zoo_s']:.0f} s; speed-up {whole['speedup']:.2f} (each pair: "
-              f"{whole['speedups']})")
+        wholes = measure_whole(args.repeats, args.whole_steps, backends)
+        pd.DataFrame(wholes).to_csv(args.out / "whole_process.csv", index=False)
+        for whole in wholes:
+            print(f"\n3. Whole process, {args.whole_steps:,} steps: python run.py env=hopper "
+                  f"env.backend={whole['backend']}: {whole['ours_s']:.0f} s; sb3-contrib with "
+                  f"the zoo's settings {whole['sb3_zoo_s']:.0f} s; speed-up "
+                  f"{whole['speedup']:.2f} (each pair: {whole['speedups']})")
     end_load = load_average()
     with open(args.out / "load_average.txt", "w") as file:
         file.write(f"start {start_load}\nend {end_load}\n")

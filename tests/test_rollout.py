@@ -159,6 +159,32 @@ def test_policy_sampling_is_seeded():
 # ------------------------------------------------------------------------ worker processes
 
 
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "CartPole-v1"])
+def test_the_lean_sync_vector_env_steps_gymnasiums_sync_vector_env_transitions(env_id):
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from trpo.envs import SameStepSyncVectorEnv, env_makers
+
+    cfg = EnvConfig(id=env_id, max_episode_steps=15)  # truncations as well as terminations
+    ours = make_vector_env(cfg, 4)
+    theirs = SyncVectorEnv(env_makers(cfg, 4), autoreset_mode=AutoresetMode.SAME_STEP)
+    assert isinstance(ours, SameStepSyncVectorEnv)
+    np.testing.assert_array_equal(ours.reset(seed=[1, 2, 3, 4])[0],
+                                  theirs.reset(seed=[1, 2, 3, 4])[0])
+    theirs.action_space.seed(0)
+    ends = 0
+    for _ in range(100):
+        actions = theirs.action_space.sample()
+        expected, got = theirs.step(actions), ours.step(actions)
+        for a, b in zip(expected[:4], got[:4]):
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype
+        for i in np.flatnonzero(expected[2] | expected[3]):
+            np.testing.assert_array_equal(expected[4]["final_obs"][i], got[4]["final_obs"][i])
+            ends += 1
+    assert ends >= 20
+
+
 @pytest.mark.parametrize("env_id, workers", [("Hopper-v5", 2),
                                              ("tests.toy_envs:CounterTerminating-v0", 3)])
 def test_worker_processes_step_the_same_transitions_as_one_sync_vector_env(env_id, workers):

@@ -64,7 +64,31 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode
                               context="forkserver")
     if workers > 1:
         return WorkerVectorEnv(cfg, num_envs, workers)
-    return SyncVectorEnv(env_makers(cfg, num_envs), autoreset_mode=AutoresetMode.SAME_STEP)
+    return SameStepSyncVectorEnv(env_makers(cfg, num_envs))
+
+
+class SameStepSyncVectorEnv(SyncVectorEnv):
+    """Gymnasium's SyncVectorEnv with SAME_STEP autoreset, whose step leaves out the merging of
+    the copies' info dicts: the same transitions, with 11% more steps per second on 8 Hopper-v5
+    copies (RESULTS.md, Speed). ``info`` holds ``final_obs`` alone."""
+
+    def __init__(self, env_fns: Sequence):
+        super().__init__(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+    def step(self, actions):
+        n = self.num_envs
+        space = self.single_observation_space
+        observations = np.empty((n, *space.shape), dtype=space.dtype)
+        rewards, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+        final_obs = np.empty(n, dtype=object)
+        for i, env in enumerate(self.envs):
+            obs, rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                final_obs[i] = obs
+                obs, _ = env.reset()
+            observations[i] = obs
+        self._autoreset_envs = terminated | truncated
+        return observations, rewards, terminated, truncated, {"final_obs": final_obs}
 
 
 def _worker(pipe, cfg: EnvConfig, count: int) -> None:
@@ -72,7 +96,7 @@ def _worker(pipe, cfg: EnvConfig, count: int) -> None:
     from trpo.checkpoint import env_state, set_env_state
 
     try:
-        envs = SyncVectorEnv(env_makers(cfg, count), autoreset_mode=AutoresetMode.SAME_STEP)
+        envs = SameStepSyncVectorEnv(env_makers(cfg, count))
     except Exception as error:  # reported at the first command
         envs, failed = None, error
     while True:

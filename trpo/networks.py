@@ -62,8 +62,11 @@ class GaussianPolicy(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         """Actions drawn from π(·|obs), μ + σ·ε, without building a distribution (the rollout's
-        hot path: half the cost of ``forward(obs).sample()``)."""
-        mean = self.mean(obs)
+        hot path: half the cost of ``forward(obs).sample()``). The layers' own ``forward`` is
+        called directly, without ``nn.Module.__call__``'s hook handling: the same numbers."""
+        mean = obs
+        for layer in self.mean:
+            mean = layer.forward(mean)
         return mean + self.log_std.exp() * torch.randn_like(mean)
 
 

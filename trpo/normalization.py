@@ -23,8 +23,11 @@ class RunningMeanStd:
         """Merge ``batch`` (``[B, *shape]``) into the statistics."""
         batch = np.asarray(batch, dtype=np.float64)
         batch_count = batch.shape[0]
-        batch_mean = batch.mean(axis=0)
-        batch_var = batch.var(axis=0)
+        # batch.mean(axis=0) and batch.var(axis=0), spelled out as NumPy computes them (the same
+        # numbers, without their argument handling: this runs at every environment step).
+        batch_mean = np.add.reduce(batch, axis=0) / batch_count
+        deviation = batch - batch_mean
+        batch_var = np.add.reduce(deviation * deviation, axis=0) / batch_count
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total

@@ -34,7 +34,7 @@ def resumable_changes(current: DictConfig) -> tuple[str, ...]:
 
 
 # What a key that a checkpoint's config lacks meant before the key existed.
-VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop"}
+VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop", "env.backend": "gymnasium"}
 
 
 def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
