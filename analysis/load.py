@@ -25,7 +25,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trpo.run_folder import RunFolder, find_run_folders, is_result_neutral
+from trpo.run_folder import (VALUES_BEFORE_THE_KEY, RunFolder, find_run_folders,
+                              is_result_neutral)
 
 log = logging.getLogger("analysis")
 
@@ -135,6 +136,8 @@ def read_run(folder: RunFolder) -> tuple[Run, Optional[str]]:
     for key in ("env.id", "seed"):
         if config.get(key) is None:
             raise Skip(f"its config has no {key}")
+    for key, value in VALUES_BEFORE_THE_KEY.items():  # a run from before the key existed
+        config.setdefault(key, value)
     read = folder.progress.read()
     if not read.rows or "env_steps" not in read.header:
         raise Skip("; ".join(read.problems) or "progress.csv has no env_steps column")
@@ -224,8 +227,9 @@ def detect_group_keys(runs: list[Run]) -> list[str]:
 
     Group choices come first (``ablation``, ``solver``, ``advantage``, ``network``), then the
     other keys in order. A key qualifies if it is not the seed, the env, the logger or
-    experiment choice or a result-neutral setting (:func:`trpo.run_folder.is_result_neutral`:
-    logging, the run's name, ``reuse_from``, ...) and it takes different values among runs that
+    experiment choice, an env setting other than ``env.backend``, or a result-neutral setting
+    (:func:`trpo.run_folder.is_result_neutral`: logging, the run's name, ``reuse_from``, ...),
+    and it takes different values among runs that
     share the task (``env.id``) and every key chosen before it: so env-specific values (an
     env-derived ``total_steps``) never qualify, nor do values that follow from a choice (a
     solver's ``_target_``, the settings an ablation option sets), while a sub-key swept within
@@ -235,8 +239,8 @@ def detect_group_keys(runs: list[Run]) -> list[str]:
     ordered = [k for k in CHOICE_GROUPS if k in keys] + [k for k in keys if k not in CHOICE_GROUPS]
     chosen: list[str] = []
     for key in ordered:
-        if (key in ("seed", *OTHER_CHOICES) or key.startswith("env.")
-                or is_result_neutral(key)):
+        if (key in ("seed", *OTHER_CHOICES) or is_result_neutral(key)
+                or (key.startswith("env.") and key != "env.backend")):
             continue
         if _varies_within(runs, key, ["env.id", *chosen]):
             chosen.append(key)

@@ -226,9 +226,9 @@ def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
             if args.envpool:
                 plan.append(("raw env envpool", ("raw", env, str(args.iterations * 2048),
                                                  "envpool")))
-                plan.append(("ours trpo envpool", ("ours", env, "trpo", str(args.iterations),
-                                                   str(scratch / f"{env}-envpool-{repeat}"),
-                                                   "envpool")))
+                plan += [(f"ours {s} envpool", ("ours", env, s, str(args.iterations),
+                                                str(scratch / f"{env}-{s}-envpool-{repeat}"),
+                                                "envpool")) for s in args.solvers if s == "trpo"]
             if with_sb3:
                 plan.append(("sb3-contrib trpo", ("sb3", env, str(args.iterations))))
             for name, worker_args in plan:
@@ -238,8 +238,9 @@ def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
         median = {name: float(np.median([s["steps_per_s"] for s in runs]))
                   for name, runs in samples.items()}
         for name, runs in samples.items():
+            raw = "raw env envpool" if name.endswith("envpool") else "raw env"
             rows.append({"env": ENVS[env], "what": name, "steps_per_s": median[name],
-                         "vs_raw_env": median[name] / median["raw env"],
+                         "vs_raw_env": median[name] / median[raw],
                          "vs_sb3_trpo": (median[name] / median["sb3-contrib trpo"]
                                          if with_sb3 else float("nan")),
                          "peak_mb": max(s["peak_mb"] for s in runs), "repeats": len(runs)})
@@ -340,6 +341,8 @@ def main(argv=None) -> int:
                         help="repeats of every measurement; the tables show medians")
     parser.add_argument("--sweep", action="store_true",
                         help="also goal 2: the six-run sweep against sb3-contrib, two at a time")
+    parser.add_argument("--sweep-repeats", type=int,
+                        help="repeats of goal 2's sweeps (default: --repeats)")
     parser.add_argument("--sweep-steps", type=int, default=200_000,
                         help="environment steps of each sweep run (default: %(default)s)")
     parser.add_argument("--whole", action="store_true",
@@ -389,7 +392,7 @@ def main(argv=None) -> int:
         print(breakdown.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     backends = ["gymnasium", "envpool"] if args.envpool else ["gymnasium"]
     if args.sweep and with_sb3:
-        sweeps = measure_sweep(args.repeats, args.sweep_steps, backends)
+        sweeps = measure_sweep(args.sweep_repeats or args.repeats, args.sweep_steps, backends)
         pd.DataFrame(sweeps).to_csv(args.out / "sweep.csv", index=False)
         for sweep in sweeps:
             print(f"\n2. Sweep: -m env=hopper,walker seed=0,1,2 total_steps="

@@ -259,6 +259,19 @@ def test_group_keys_are_the_values_that_differ_seed_and_env_aside(tmp_path, vari
     assert detect_group_keys(load_runs([tmp_path]).runs) == expected
 
 
+def test_envpool_runs_are_their_own_line_and_runs_from_before_the_backend_key_are_gymnasiums(
+        tmp_path):
+    write_run(tmp_path, "old", seed=0)  # written before env.backend existed
+    write_run(tmp_path, "gymnasium", seed=1, extra={"env.backend": "gymnasium"})
+    for seed in (0, 1):
+        write_run(tmp_path, f"envpool{seed}", seed=seed, extra={"env.backend": "envpool"})
+    runs = load_runs([tmp_path]).runs
+    assert len(runs) == 4  # no run is taken for another's duplicate
+    assert detect_group_keys(runs) == ["env.backend"]
+    assert sorted(run.config["env.backend"] for run in runs) == ["envpool", "envpool",
+                                                                 "gymnasium", "gymnasium"]
+
+
 def test_a_swept_sub_key_within_two_solvers_is_its_own_key(tmp_path):
     n = 0
     for solver in ("trpo", "npg"):

@@ -119,8 +119,10 @@ def help_text() -> str:
     lines += ["", "Main settings (KEY=VALUE; every group's own keys: python run.py --cfg job):"]
     comments = {**field_comments(schemas.TrainConfig),
                 **{f"critic.{k}": v for k, v in field_comments(schemas.CriticConfig).items()}}
+    comments["env.backend"] = field_comments(schemas.EnvConfig)["backend"]
     defaults = _defaults(schemas.TrainConfig())
     defaults.update({f"critic.{k}": v for k, v in _defaults(schemas.CriticConfig()).items()})
+    defaults["env.backend"] = schemas.EnvConfig.backend.value
     for key, value in defaults.items():
         if key in comments:
             lines.append(f"  {key}={value}".ljust(34) + f" {comments[key]}")

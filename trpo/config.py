@@ -133,7 +133,8 @@ class EnvConfig:
     max_episode_steps: Optional[int] = None
     # Keyword arguments passed to ``gymnasium.make`` (and to ``envpool.make_gymnasium``).
     kwargs: Dict[str, Any] = field(default_factory=dict)
-    # What steps the training environments (:class:`EnvBackend`).
+    # What steps the training envs: gymnasium (resumes exactly) or envpool (EnvPool's C++ MuJoCo
+    # tasks on threads of its own; a resumed run starts new episodes). See EnvBackend.
     backend: EnvBackend = EnvBackend.gymnasium
     # Returns that normalise scores across envs in the analysis, (R − random) / (reference −
     # random): D4RL's random and expert returns (Fu et al. 2020) where published, else null
@@ -519,8 +520,8 @@ class TrainConfig:
         require(self.steps_per_iteration % self.num_envs == 0, "steps_per_iteration",
                 f"must be a multiple of num_envs={self.num_envs}", self.steps_per_iteration)
         require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)", self.seed)
-        if self.env_workers is not None:
-            _positive_int(self, "env_workers")
+        require(self.env_workers is None or self.env_workers > 0, "env_workers",
+                "must be a positive integer or null", self.env_workers)
         require(self.env_workers in (None, 1) or self.vector_mode is VectorMode.sync,
                 "env_workers", "must be 1 or null with vector_mode=async (one process per env "
                 "already)", self.env_workers)

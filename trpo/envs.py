@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 from functools import partial
 from typing import Any, Optional, Sequence
 
@@ -57,7 +58,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode
     backend = EnvBackend(getattr(cfg.backend, "value", cfg.backend)) if backend is None \
         else backend
     if backend is EnvBackend.envpool:
-        return EnvPoolVectorEnv(cfg, num_envs, workers or cores_for_this_run())
+        return EnvPoolVectorEnv(cfg, num_envs, min(workers or cores_for_this_run(), num_envs))
     workers = workers or 1
     if mode is VectorMode["async"]:
         return AsyncVectorEnv(env_makers(cfg, num_envs), autoreset_mode=AutoresetMode.SAME_STEP,
@@ -74,6 +75,11 @@ class SameStepSyncVectorEnv(SyncVectorEnv):
 
     def __init__(self, env_fns: Sequence):
         super().__init__(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+    def reset(self, *, seed=None, options=None):
+        if options and "reset_mask" in options:  # would read observations step() keeps apart
+            raise ValueError("SameStepSyncVectorEnv resets all its environments at once")
+        return super().reset(seed=seed, options=options)
 
     def step(self, actions):
         n = self.num_envs
@@ -215,11 +221,14 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
 
 
 def cores_for_this_run() -> int:
-    """The cores one run may use: the CPUs SLURM gave its job; in a Hydra sweep on the joblib
-    launcher, this machine's cores shared among the jobs it runs at once; else all of them."""
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The cores one run may use: this machine's (its CPU quota and this process's affinity
+    respected, as joblib counts them) or the CPUs SLURM gave the job; in a Hydra sweep on the
+    joblib launcher, those shared evenly among the jobs it runs at once (``n_jobs``), and on a
+    submitit launcher its ``cpus_per_task``."""
+    from joblib import cpu_count
+
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    cores = int(slurm) if slurm.isdigit() else cpu_count()
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -227,11 +236,16 @@ def cores_for_this_run() -> int:
         hydra = HydraConfig.get()
     except (ImportError, ValueError):  # not started by Hydra
         return cores
-    if hydra.mode != RunMode.MULTIRUN or "n_jobs" not in hydra.launcher:
+    if hydra.mode != RunMode.MULTIRUN:
         return cores
-    n_jobs = int(hydra.launcher.n_jobs)
-    at_once = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib's -1: every core
-    return max(1, cores // at_once)
+    launcher = hydra.launcher
+    if "n_jobs" in launcher:
+        n_jobs = int(launcher.n_jobs)
+        at_once = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib's -1: every core
+        return max(1, cores // at_once)
+    if launcher.get("cpus_per_task"):
+        return max(1, min(cores, int(launcher.cpus_per_task)))
+    return cores
 
 
 def _envpool_kwargs(cfg: EnvConfig) -> dict:
@@ -241,10 +255,10 @@ def _envpool_kwargs(cfg: EnvConfig) -> dict:
 
 
 def episode_limit(cfg: EnvConfig) -> int:
-    """The time limit of ``cfg``'s episodes: ``max_episode_steps``, else the id's registered one."""
-    if cfg.max_episode_steps is not None:
-        return int(cfg.max_episode_steps)
-    return int(gym.spec(cfg.id).max_episode_steps)
+    """The time limit of ``cfg``'s episodes, as :func:`make_env` sets it: ``max_episode_steps``,
+    else ``kwargs.max_episode_steps``, else the id's registered one."""
+    limit = _make_kwargs(cfg).get("max_episode_steps")
+    return int(gym.spec(cfg.id).max_episode_steps if limit is None else limit)
 
 
 def check_envpool_task(cfg: EnvConfig) -> None:
@@ -261,11 +275,22 @@ def check_envpool_task(cfg: EnvConfig) -> None:
     try:
         envpool.make_spec(cfg.id, **_envpool_kwargs(cfg))
     except TypeError as error:
+        unexpected = re.search(r"unexpected keyword argument '\w+'", str(error))
+        if unexpected is None:  # a setting it takes, with a value of the wrong type
+            defaults = envpool.make_spec(cfg.id).config._asdict()
+            wanted = [f"{key} as {type(defaults[key]).__name__} (default {defaults[key]!r})"
+                      for key, value in cfg.kwargs.items() if key in defaults
+                      and type(value) is not type(defaults[key])]
+            raise ConfigError("kwargs", f"EnvPool's {cfg.id} takes "
+                              f"{', '.join(wanted) or 'other types'}", dict(cfg.kwargs))
+        internal = {"num_envs", "batch_size", "num_threads", "max_num_players", "seed",
+                    "thread_affinity_offset", "base_path", "env_seed", "gym_reset_return_info",
+                    "max_episode_steps", "reward_threshold", "gymnasium_v5_render_camera"}
         settings = [name for name in envpool.make_spec(cfg.id).config._fields
-                    if name not in ("num_envs", "batch_size", "num_threads", "max_num_players",
-                                    "thread_affinity_offset", "base_path", "seed", "env_seed")]
-        raise ConfigError("kwargs", f"EnvPool's {cfg.id} does not take them ({error}); its "
-                          f"settings: {', '.join(settings)}", dict(cfg.kwargs))
+                    if name not in internal]
+        raise ConfigError("kwargs", f"EnvPool's {cfg.id} does not take them "
+                          f"({unexpected.group(0)}); its settings: {', '.join(settings)}",
+                          dict(cfg.kwargs))
 
 
 def _first_core(threads: int) -> int:
@@ -274,7 +299,7 @@ def _first_core(threads: int) -> int:
     Unpinned, two threads on two cores were measured to share one core about half the time
     (RESULTS.md, EnvPool); one thread is left unpinned, so parallel jobs spread out."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if threads > 1 and cores == list(range(cores[0], cores[0] + threads)):
+    if threads > 1 and cores and cores == list(range(cores[0], cores[0] + threads)):
         return cores[0]
     return -1
 
@@ -312,6 +337,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
                  "" if threads == 1 else "s")
 
     def reset(self, *, seed: Optional[Sequence[int]] = None, options=None):
+        if options:
+            raise ValueError(f"EnvPoolVectorEnv.reset takes no options ({options})")
         if seed is not None or self.pool is None:
             self.close()  # first: a pool's threads stop only when it is freed, and slow others
             self.pool = self.make_pool(**({} if seed is None else

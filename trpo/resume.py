@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from trpo.checkpoint import CheckpointError
 from trpo.config import ConfigError, flatten
 from trpo.provenance import code_differences
-from trpo.run_folder import HistoryError, RunFolder, find_run_folders, is_result_neutral
+from trpo.run_folder import (VALUES_BEFORE_THE_KEY, HistoryError, RunFolder, find_run_folders,
+                              is_result_neutral)
 
 log = logging.getLogger("trpo")
 
@@ -31,10 +32,6 @@ def resumable_changes(current: DictConfig) -> tuple[str, ...]:
     if current.solver.get("max_kl_final") is not None:
         return ()
     return ("total_steps",)
-
-
-# What a key that a checkpoint's config lacks meant before the key existed.
-VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop", "env.backend": "gymnasium"}
 
 
 def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:

@@ -43,6 +43,10 @@ AGENT = "agent.pt"
 LOCK = "run.lock"
 HYDRA = ".hydra"
 
+# What a key that the config of an older run lacks meant before the key existed (its value
+# then), for resuming such a run and for telling it apart from newer ones in the analysis.
+VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop", "env.backend": "gymnasium"}
+
 # Config keys whose values do not change what a run computes: a run may resume with them
 # changed, studies leave them out of run folder names, and the analysis never draws a line
 # per value. A key ending in "." stands for every key below it.
