@@ -95,6 +95,7 @@ def worker_ours(env: str, solver: str, iterations: int, out: Path,
     import pandas as pd
 
     from trpo.train import train
+    from trpo.trainer import fit_in_background
 
     cfg = compose([f"env={env}", f"solver={solver}", f"env.backend={backend}",
                    f"total_steps={iterations * 2048}",
@@ -104,7 +105,7 @@ def worker_ours(env: str, solver: str, iterations: int, out: Path,
     progress = full.iloc[1:]  # the first iteration is start-up
     parts = [c for c in progress.columns if c.startswith("time_") and c != "time_eval_s"]
     top_parts = ["time_rollout_s", "time_advantage_s", "time_policy_s", "time_eval_s"]
-    if not cfg.critic.background:  # in the background it overlaps the rollout
+    if not fit_in_background(cfg):  # in the background it overlaps the rollout
         top_parts.append("time_value_s")
     iteration_s = full["wall_s"].diff().iloc[1:]
     other = iteration_s - progress[top_parts].sum(axis=1)

@@ -645,10 +645,11 @@ def test_an_error_in_a_background_value_fit_is_raised_by_wait():
 
     fitter = ValueFitter(torch.nn.Linear(3, 1), lr=1e-3, epochs=1, minibatch_size=4,
                          background=True)
-    fitter.fit(torch.zeros(8, 5), torch.zeros(8))  # wrong input width: fails in the thread
+    fitter.fit(torch.zeros(8, 5), torch.zeros(8))  # wrong input width: fails in the worker
     with pytest.raises(RuntimeError):
         fitter.wait()
     fitter.wait()  # the error is reported once
+    fitter.close()
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])

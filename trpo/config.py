@@ -441,10 +441,10 @@ class CriticConfig:
     lr: float = 1e-3
     epochs: int = 20
     minibatch_size: int = 128
-    # Fit in a background thread while the next rollout steps the environments (the same
-    # result). Off: the thread competes with the rollout for Python's GIL, which measured slower
-    # (README, Speed).
-    background: bool = False
+    # Fit in a worker process, on another core, while the next rollout steps the environments
+    # (the same result). null: when this run has two cores or more (trpo.envs.cores_for_this_run;
+    # so not in the jobs of a parallel sweep, which share the cores), else in this process.
+    background: Optional[bool] = None
 
     def validate(self) -> None:
         _positive(self, "lr")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -23,10 +23,12 @@ def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
 class ValueFitter:
     """Adam on the mean squared error, ``epochs`` passes over the batch in shuffled minibatches.
 
-    With ``background=True``, :meth:`fit` returns at once and the fit runs in a thread, so it
-    overlaps the next rollout (values are only needed after a rollout). Call :meth:`wait` before
-    the value network is used or saved; the result is the same as a fit in the foreground, since
-    the minibatch order comes from the fitter's own seeded generator.
+    With ``background=True``, :meth:`fit` returns at once and the fit runs in a worker process
+    (:func:`_fit_worker`), on another core, while the next rollout steps the environments
+    (values are only needed after a rollout). :meth:`wait` copies the fitted weights back into
+    the value network; call it before the network is used or saved. The result is the same as a
+    fit in the foreground: the worker runs the same code, on the same weights, with the
+    fitter's own seeded generator and as many torch threads as this process.
     """
 
     def __init__(self, value: nn.Module, lr: float, epochs: int, minibatch_size: int,
@@ -36,34 +38,37 @@ class ValueFitter:
         # The fused kernel is the fastest Adam on CPU for these small networks.
         self.optimizer = torch.optim.Adam(value.parameters(), lr=lr, fused=True)
         self.generator = torch.Generator().manual_seed(seed)
-        self.last_fit_s = 0.0  # seconds the last fit took, in whichever thread ran it
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self.last_fit_s = 0.0  # seconds the last fit took, in whichever process ran it
+        self._worker: Optional[_FitWorker] = _FitWorker(self) if background else None
+        self._pending = False
 
     def fit(self, obs: torch.Tensor, targets: torch.Tensor) -> None:
         """Regress V(obs) (``[B, obs_dim]``) on ``targets`` (``[B]``)."""
         self.wait()
-        if not self.background:
+        if self._worker is None:
             self._fit(obs, targets)
             return
-        self._thread = threading.Thread(target=self._fit_catching, args=(obs, targets),
-                                        name="value-fit", daemon=True)
-        self._thread.start()
+        self._worker.send("fit", {"value": _plain(self.value.state_dict()),
+                                  "obs": obs.numpy(), "targets": targets.numpy()})
+        self._pending = True
 
     def wait(self) -> None:
-        """Block until a background fit has finished; re-raise its error, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        """Block until a background fit has finished and its weights are in the value network;
+        re-raise its error, if any (once)."""
+        if not self._pending:
+            return
+        self._pending = False
+        answer = self._worker.receive()
+        self.value.load_state_dict(_tensors(answer["value"]))
+        self.last_fit_s = answer["fit_s"]
 
-    def _fit_catching(self, obs: torch.Tensor, targets: torch.Tensor) -> None:
+    def close(self) -> None:
+        """Wait for a background fit and end the worker process."""
         try:
-            self._fit(obs, targets)
-        except BaseException as error:  # handed to the main thread by wait()
-            self._error = error
+            self.wait()
+        finally:
+            if self._worker is not None:
+                self._worker.close()
 
     def _fit(self, obs: torch.Tensor, targets: torch.Tensor) -> None:
         start = time.perf_counter()
@@ -84,15 +89,121 @@ class ValueFitter:
                 self.optimizer.step()
         self.last_fit_s = time.perf_counter() - start
 
+    def _own_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
     def state_dict(self) -> dict:
         self.wait()
-        return {"optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+        if self._worker is None:
+            return self._own_state()
+        state = self._worker.ask("get_state", None)
+        return {"optimizer": _tensors(state["optimizer"]),
+                "generator": torch.from_numpy(state["generator"])}
 
     def load_state_dict(self, state: dict) -> None:
         self.wait()
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if self._worker is not None:
+            self._worker.ask("set_state", {"optimizer": _plain(self.optimizer.state_dict()),
+                                           "generator": self.generator.get_state().numpy()})
+
+
+def _plain(tree: Any) -> Any:
+    """``tree`` with its tensors as NumPy arrays (sent between processes as plain bytes)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().numpy()
+    if isinstance(tree, dict):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_plain(v) for v in tree)
+    return tree
+
+
+def _tensors(tree: Any) -> Any:
+    """The inverse of :func:`_plain`."""
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(tree)
+    if isinstance(tree, dict):
+        return {k: _tensors(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_tensors(v) for v in tree)
+    return tree
+
+
+class _FitWorker:
+    """The process a background :class:`ValueFitter` fits in, holding a copy of the fitter (its
+    network, optimiser state and generator), driven through a pipe."""
+
+    def __init__(self, fitter: ValueFitter):
+        context = multiprocessing.get_context("forkserver")
+        self.pipe, there = context.Pipe()
+        setup = {"value": fitter.value, "lr": fitter.optimizer.defaults["lr"],
+                 "epochs": fitter.epochs, "minibatch_size": fitter.minibatch_size,
+                 "generator": fitter.generator.get_state().numpy(),
+                 "threads": torch.get_num_threads()}
+        self.process = context.Process(target=_fit_worker, args=(there, setup), daemon=True,
+                                       name="value-fit")
+        self.process.start()
+        there.close()
+
+    def send(self, command: str, payload: Any) -> None:
+        self.pipe.send((command, payload))
+
+    def receive(self) -> Any:
+        try:
+            answer = self.pipe.recv()
+        except EOFError:
+            raise RuntimeError(f"the value-fit process ended (exit code "
+                               f"{self.process.exitcode})") from None
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def ask(self, command: str, payload: Any) -> Any:
+        self.send(command, payload)
+        return self.receive()
+
+    def close(self) -> None:
+        try:
+            self.send("close", None)
+        except (OSError, EOFError):
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _fit_worker(pipe, setup: dict) -> None:
+    """The value-fit process's loop: ``fit`` (weights, batch → fitted weights), ``get_state``,
+    ``set_state`` and ``close``; an error is sent back to be raised by the main process."""
+    torch.set_num_threads(setup["threads"])
+    fitter = ValueFitter(setup["value"], setup["lr"], setup["epochs"], setup["minibatch_size"])
+    fitter.generator.set_state(torch.from_numpy(setup["generator"]))
+    while True:
+        try:
+            command, payload = pipe.recv()
+        except (EOFError, OSError):  # the main process is gone
+            return
+        try:
+            if command == "fit":
+                fitter.value.load_state_dict(_tensors(payload["value"]))
+                fitter._fit(torch.from_numpy(payload["obs"]),
+                            torch.from_numpy(payload["targets"]))
+                pipe.send({"value": _plain(fitter.value.state_dict()),
+                           "fit_s": fitter.last_fit_s})
+            elif command == "get_state":
+                state = fitter._own_state()
+                pipe.send({"optimizer": _plain(state["optimizer"]),
+                           "generator": state["generator"].numpy()})
+            elif command == "set_state":
+                fitter.optimizer.load_state_dict(_tensors(payload["optimizer"]))
+                fitter.generator.set_state(torch.from_numpy(payload["generator"]))
+                pipe.send(None)
+            elif command == "close":
+                return
+        except Exception as error:  # raised in the main process by receive()
+            pipe.send(error)
 
 
 # The activations whose backward pass :func:`mse_gradients` writes out, with the kernel autograd

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from trpo.checkpoint import global_rng_state, nonfinite_entries, set_global_rng_state
 from trpo.config import EnvBackend, VectorMode
 from trpo.critic import ValueFitter, explained_variance
-from trpo.envs import make_vector_env
+from trpo.envs import cores_for_this_run, make_vector_env
 from trpo.logger import MetricWriter
 from trpo.networks import ValueNetwork, build_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler, normalizer_shift_kl
@@ -66,6 +66,14 @@ def resident_memory_mb() -> float:
         return math.nan
 
 
+def fit_in_background(cfg: DictConfig) -> bool:
+    """``critic.background``, with null resolved: a worker process when this run may use two
+    cores or more."""
+    if cfg.critic.background is not None:
+        return bool(cfg.critic.background)
+    return cores_for_this_run() >= 2
+
+
 class Trainer:
     """Everything one run holds: environments, networks, solver, critic, counters, history."""
 
@@ -89,7 +97,7 @@ class Trainer:
                                   seed=stream_seed(cfg.seed, "solver"))
         self.critic = ValueFitter(self.value, cfg.critic.lr, cfg.critic.epochs,
                                   cfg.critic.minibatch_size, seed=stream_seed(cfg.seed, "critic"),
-                                  background=cfg.critic.background)
+                                  background=fit_in_background(cfg))
         self.collector = RolloutCollector(self.envs, self.policy, self.value, self.obs_normalizer,
                                           self.reward_scaler,
                                           cfg.steps_per_iteration // cfg.num_envs, cfg.seed,
@@ -104,7 +112,7 @@ class Trainer:
 
     def close(self) -> None:
         try:
-            self.critic.wait()
+            self.critic.close()
         finally:
             self.envs.close()
             self.eval_envs.close()
@@ -112,6 +120,7 @@ class Trainer:
     # -------------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
+        self.critic.wait()  # a background fit's weights, before the value network is read
         return {
             "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
             "iteration": self.iteration, "wall_s": self.wall_s,
