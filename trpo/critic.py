@@ -136,7 +136,11 @@ class _FitWorker:
     network, optimiser state and generator), driven through a pipe."""
 
     def __init__(self, fitter: ValueFitter):
-        context = multiprocessing.get_context("forkserver")
+        # fork: the worker starts in milliseconds with this process's modules (forkserver and
+        # spawn import them again, about 3 s). The trainer makes its fitter before W&B, EnvPool
+        # or anything else has started a thread, so the fork copies no thread's held lock.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.pipe, there = context.Pipe()
         setup = {"value": fitter.value, "lr": fitter.optimizer.defaults["lr"],
                  "epochs": fitter.epochs, "minibatch_size": fitter.minibatch_size,
