@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -109,26 +109,25 @@ class ValueFitter:
                                            "generator": self.generator.get_state().numpy()})
 
 
+def _map_leaves(tree: Any, kind: type, convert: Callable[[Any], Any]) -> Any:
+    """``tree`` (dicts, lists and tuples) with each leaf of type ``kind`` converted."""
+    if isinstance(tree, kind):
+        return convert(tree)
+    if isinstance(tree, dict):
+        return {k: _map_leaves(v, kind, convert) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_map_leaves(v, kind, convert) for v in tree)
+    return tree
+
+
 def _plain(tree: Any) -> Any:
     """``tree`` with its tensors as NumPy arrays (sent between processes as plain bytes)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().numpy()
-    if isinstance(tree, dict):
-        return {k: _plain(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_plain(v) for v in tree)
-    return tree
+    return _map_leaves(tree, torch.Tensor, lambda tensor: tensor.detach().numpy())
 
 
 def _tensors(tree: Any) -> Any:
     """The inverse of :func:`_plain`."""
-    if isinstance(tree, np.ndarray):
-        return torch.from_numpy(tree)
-    if isinstance(tree, dict):
-        return {k: _tensors(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_tensors(v) for v in tree)
-    return tree
+    return _map_leaves(tree, np.ndarray, torch.from_numpy)
 
 
 class _FitWorker:

@@ -70,8 +70,8 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode
 
 class SameStepSyncVectorEnv(SyncVectorEnv):
     """Gymnasium's SyncVectorEnv with SAME_STEP autoreset, whose step leaves out the merging of
-    the copies' info dicts: the same transitions, with 11% more steps per second on 8 Hopper-v5
-    copies (RESULTS.md, Speed). ``info`` holds ``final_obs`` alone."""
+    the copies' info dicts: the same transitions, about a tenth faster on 8 Hopper-v5 copies
+    (README, Speed: the rollout's exact trims). ``info`` holds ``final_obs`` alone."""
 
     def __init__(self, env_fns: Sequence):
         super().__init__(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
@@ -297,7 +297,8 @@ def _first_core(threads: int) -> int:
     """EnvPool's ``thread_affinity_offset``: pin thread i to core ``first + i`` when the threads
     are as many as this process's cores (numbered ``first, first + 1, ...``), else -1, unpinned.
     Unpinned, two threads on two cores were measured to share one core about half the time
-    (RESULTS.md, EnvPool); one thread is left unpinned, so parallel jobs spread out."""
+    (RESULTS.md, After the speed work); one thread is left unpinned, so parallel jobs spread
+    out."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if threads > 1 and cores and cores == list(range(cores[0], cores[0] + threads)):
         return cores[0]
