@@ -153,7 +153,8 @@ def test_resuming_draws_the_fvp_subsets_an_uninterrupted_run_draws(compose_confi
 def test_kill_9_in_the_middle_then_the_same_command_gives_an_uninterrupted_run(tmp_path):
     args = ["env=hopper", "total_steps=7680", "steps_per_iteration=512", "num_envs=2",
             "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=3",
-            "logger.mode=disabled", "solver.max_kl_final=0.002"]  # δ's schedule resumes too
+            "logger.mode=disabled", "solver.max_kl_final=0.002",  # δ's schedule resumes too
+            "critic.background=true"]  # and the killed run's value-fit worker lets the folder go
     assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
 
     killed = tmp_path / "killed"

@@ -328,21 +328,23 @@ def test_status_json_writes_nan_as_null(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_run_cleanly_and_the_printed_command_resumes_it_exactly(tmp_path,
                                                                                   signum):
+    # With the value fit's worker process, and the signal sent to the whole process group, as
+    # Ctrl-C in a terminal sends it: the worker ignores it and the run stops as it would alone.
     args = ["env=hopper", "total_steps=15360", "steps_per_iteration=512", "num_envs=2",
             "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=5",
-            "logger.mode=disabled"]
+            "logger.mode=disabled", "critic.background=true"]
     assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
     stopped = tmp_path / "stopped"
     process = subprocess.Popen([sys.executable, "run.py", *args, f"hydra.run.dir={stopped}"],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # part-way, between two checkpoints
         progress = stopped / "progress.csv"
         if progress.exists() and len(progress.read_text().splitlines()) >= 8:
             break
         time.sleep(0.02)
-    process.send_signal(signum)
+    os.killpg(process.pid, signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum
     assert "Traceback" not in stderr

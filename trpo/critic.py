@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import time
 from typing import Any, Callable, Optional
 
@@ -144,7 +146,7 @@ class _FitWorker:
         setup = {"value": fitter.value, "lr": fitter.optimizer.defaults["lr"],
                  "epochs": fitter.epochs, "minibatch_size": fitter.minibatch_size,
                  "generator": fitter.generator.get_state().numpy(),
-                 "threads": torch.get_num_threads()}
+                 "threads": torch.get_num_threads(), "forked": context.get_start_method() == "fork"}
         self.process = context.Process(target=_fit_worker, args=(there, setup), daemon=True,
                                        name="value-fit")
         self.process.start()
@@ -180,6 +182,17 @@ class _FitWorker:
 def _fit_worker(pipe, setup: dict) -> None:
     """The value-fit process's loop: ``fit`` (weights, batch → fitted weights), ``get_state``,
     ``set_state`` and ``close``; an error is sent back to be raised by the main process."""
+    # The main process decides when this one ends: Ctrl-C reaches the whole process group, and
+    # the main process stops at the end of its iteration, then closes the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if setup["forked"]:
+        # A forked worker holds every file the main process had open: the run folder's lock,
+        # which would outlive a killed main process, and the main process's end of the pipe,
+        # whose copy here would keep recv() from ever seeing that process go.
+        keep = pipe.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
     torch.set_num_threads(setup["threads"])
     fitter = ValueFitter(setup["value"], setup["lr"], setup["epochs"], setup["minibatch_size"])
     fitter.generator.set_state(torch.from_numpy(setup["generator"]))
