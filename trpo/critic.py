@@ -182,10 +182,12 @@ class _FitWorker:
 def _fit_worker(pipe, setup: dict) -> None:
     """The value-fit process's loop: ``fit`` (weights, batch → fitted weights), ``get_state``,
     ``set_state`` and ``close``; an error is sent back to be raised by the main process."""
-    # The main process decides when this one ends: Ctrl-C reaches the whole process group, and
-    # the main process stops at the end of its iteration, then closes the pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The main process decides when this one ends, and it alone answers signals: Ctrl-C reaches
+    # the whole process group, SLURM signals every process of a job, and a forked worker would
+    # run the handlers it inherited (submitit's USR2 handler would requeue the job again).
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGINT, signal.SIGTERM) or callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_IGN)
     if setup["forked"]:
         # A forked worker holds every file the main process had open: the run folder's lock,
         # which would outlive a killed main process, and the main process's end of the pipe,
