@@ -153,6 +153,7 @@ def test_envpool_with_async_vector_mode_is_refused_in_one_line(compose_config):
                                         "vector_mode=async"]))
 
 
+@pytest.mark.slow  # end to end; test_envpool_threads_follow_the_launcher checks the rule
 def test_envpool_threads_take_a_single_runs_cores_and_one_per_job_of_a_parallel_sweep(tmp_path):
     from tests.conftest import run_py
 

@@ -188,6 +188,7 @@ def test_background_value_fit_gives_the_same_run_as_the_foreground_one(compose_c
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow  # 40 s of fresh processes; the benchmark's own command is the real check
 def test_the_speed_benchmark_runs_on_a_tiny_budget(tmp_path):
     """The benchmark's numbers are for the README; here only that it runs and writes its tables."""
     result = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--envs", "hopper",
