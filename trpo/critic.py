@@ -36,7 +36,6 @@ class ValueFitter:
     def __init__(self, value: nn.Module, lr: float, epochs: int, minibatch_size: int,
                  seed: int = 0, background: bool = False):
         self.value, self.epochs, self.minibatch_size = value, epochs, minibatch_size
-        self.background = background
         # The fused kernel is the fastest Adam on CPU for these small networks.
         self.optimizer = torch.optim.Adam(value.parameters(), lr=lr, fused=True)
         self.generator = torch.Generator().manual_seed(seed)

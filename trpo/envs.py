@@ -325,7 +325,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
                                  num_threads=threads, thread_affinity_offset=_first_core(threads),
                                  **kwargs)
         self.pool = None  # made by the first reset, with its seeds
-        self.num_envs, self.threads, self.limit = num_envs, threads, episode_limit(cfg)
+        self.num_envs, self.limit = num_envs, episode_limit(cfg)
         reference = make_env(cfg)  # Gymnasium's spaces (EnvPool's are float64 throughout)
         self.single_observation_space = reference.observation_space
         self.single_action_space = reference.action_space
