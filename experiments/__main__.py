@@ -4,7 +4,9 @@ A study is ``conf/experiment/STUDY.yaml``. Its runs go to ``multirun/STUDY/``, o
 run named by its overrides (``env=hopper,seed=0,solver=trpo``), and its figures and tables to
 ``experiments/results/STUDY/``. The folder is fixed, so running the same command again resumes
 every unfinished run from its last checkpoint and skips the finished ones: a long study spans
-sessions. Extra arguments are Hydra overrides for the sweep (``hydra/launcher=slurm``,
+sessions. A study may list further sweeps into the same folder (``also_sweep``: mujoco_suite's
+sb3-contrib baseline over 5 seeds), run in turn after its own. Extra arguments are Hydra
+overrides for every sweep (``hydra/launcher=slurm``,
 ``total_steps=200000``, ...); overrides that change what runs compute get folders of their own.
 A run whose config was already trained to the end in another study below ``multirun/`` is
 copied from there rather than trained again (``reuse_from``; ``--no-reuse`` trains everything).
@@ -18,6 +20,8 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from analysis.__main__ import main as analyse
 from trpo.config import result_neutral_keys
@@ -57,9 +61,11 @@ def main(argv=None) -> int:
                              "study's RESULTS.md section then shows a strip of its frames")
     args = parser.parse_args(argv)
 
+    sweeps = [[*extra, *args.overrides] for extra in study_sweeps(args.study)]
     if args.status:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
-        names = planned_run_names(ROOT / "conf", args.study, args.overrides, NOT_IN_RUN_NAMES)
+        names = [name for overrides in sweeps for name in
+                 planned_run_names(ROOT / "conf", args.study, overrides, NOT_IN_RUN_NAMES)]
         print(format_status(args.study, sweep_dir, study_status(sweep_dir, names)))
         return 0
     sweep_status = 0
@@ -68,19 +74,27 @@ def main(argv=None) -> int:
     else:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
         reuse = [] if args.no_reuse else [f"reuse_from={sweep_dir.parent}"]
-        command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={args.study}",
-                   f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *reuse, *args.overrides]
-        print("running:", " ".join(command), flush=True)
-        sweep_status = subprocess.call(command, cwd=ROOT)
-        if sweep_status:
-            print(f"the sweep exited with {sweep_status}; analysing the runs that finished",
-                  file=sys.stderr)
+        for overrides in sweeps:
+            command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={args.study}",
+                       f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *reuse, *overrides]
+            print("running:", " ".join(command), flush=True)
+            status = subprocess.call(command, cwd=ROOT)
+            if status:
+                print(f"the sweep exited with {status}; going on, then analysing the runs that "
+                      "finished", file=sys.stderr)
+            sweep_status = sweep_status or status
     out = args.out or ROOT / "experiments" / "results" / args.study
     status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps),
                       *(["--videos"] if args.videos else [])])
     if status == 0 and args.out is None and refresh_results_page(RESULTS_PAGE, args.study, out):
         print(f"updated the {args.study} section of {RESULTS_PAGE.name}")
     return sweep_status or status
+
+
+def study_sweeps(study: str) -> list[list[str]]:
+    """The overrides of each sweep the study runs: none for its own, then its ``also_sweep``."""
+    extra = OmegaConf.load(ROOT / "conf" / "experiment" / f"{study}.yaml").get("also_sweep", [])
+    return [[], *[list(overrides) for overrides in extra]]
 
 
 def study_block(study: str, out: Path) -> str:

@@ -125,7 +125,11 @@ def test_act_on_raw_observations_is_the_policy_mode_on_normalised_ones(runs, env
 @pytest.mark.parametrize("env", ENVS)
 def test_the_loaded_agent_replays_the_final_evaluation_of_training(runs, env):
     """Training's last evaluation, played again with the agent on the seeds training drew:
-    the same return (normalisation, clipping and the task's settings are those of training)."""
+    the same return (normalisation, clipping and the task's settings are those of training).
+
+    To 1e-6, not exactly: training evaluates its episodes as one batch and the agent one state at
+    a time, and on some CPUs (AVX-512 here) torch's matrix product rounds the last bit of a
+    float32 differently by batch size (returns then differ at 1e-8)."""
     run_dir = runs(env)
     agent = load_agent(run_dir)
     seeds = stream_seeds(agent.config.seed, "evaluation", agent.config.eval_episodes,
@@ -133,7 +137,7 @@ def test_the_loaded_agent_replays_the_final_evaluation_of_training(runs, env):
     with agent.make_env() as task:
         returns = [play_episode(agent, task, seed)[0] for seed in seeds]
     final = pd.read_csv(run_dir / "progress.csv")["eval_return_mean"].iloc[-1]
-    assert np.mean(returns) == pytest.approx(final, rel=1e-9)
+    assert np.mean(returns) == pytest.approx(final, rel=1e-6)
 
 
 def test_stochastic_actions_are_seeded_and_stay_in_the_action_space(runs):

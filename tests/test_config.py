@@ -26,7 +26,7 @@ def test_the_groups_hold_the_promised_options():
                                    "inverted_pendulum", "cartpole", "pendulum"}
     assert set(options("network")) >= {"mlp64", "mlp256"}
     assert options("advantage") == ["gae", "mc", "td"]
-    assert options("solver") == ["kl_penalty", "npg", "ppo_clip", "trpo", "vpg"]
+    assert options("solver") == ["kl_penalty", "npg", "ppo_clip", "sb3_trpo", "trpo", "vpg"]
 
 
 @pytest.mark.parametrize("ablation", options("ablation"))
@@ -88,7 +88,8 @@ def test_every_advantage_instantiates_to_gae_with_its_lambda(compose_config, adv
     assert (estimator.gamma, estimator.lam) == (0.99, lam)
 
 
-@pytest.mark.parametrize("solver", options("solver"))
+# sb3_trpo names a trainer of its own (solver.trainer), tests/test_sb3_baseline.py.
+@pytest.mark.parametrize("solver", [s for s in options("solver") if s != "sb3_trpo"])
 def test_every_solver_instantiates_with_a_policy(compose_config, solver):
     cfg = compose_config([f"solver={solver}"])
     validate_config(cfg)
@@ -108,6 +109,18 @@ def test_defaults_are_the_documented_ones(compose_config):
     assert list(cfg.network.policy_hidden) == [64, 64]
     assert cfg.logger.mode.value == "offline"
     assert cfg.total_steps == 1_000_000
+
+
+@pytest.mark.parametrize("env, gamma, max_kl", [("hopper", 0.99, 0.01), ("swimmer", 0.9999, 0.01),
+                                                ("halfcheetah", 0.99, 0.04)])
+def test_a_task_sets_its_own_discount_and_trust_region_where_the_zoo_does(compose_config, env,
+                                                                          gamma, max_kl):
+    cfg = compose_config([f"env={env}"])
+    assert cfg.advantage.gamma == gamma and cfg.solver.max_kl == max_kl
+    assert compose_config([f"env={env}", "solver=sb3_trpo"]).solver.target_kl == max_kl
+    # An explicit value still wins over the task's.
+    cfg = compose_config([f"env={env}", "advantage.gamma=0.9", "solver.max_kl=0.02"])
+    assert cfg.advantage.gamma == 0.9 and cfg.solver.max_kl == 0.02
 
 
 @pytest.mark.parametrize("solver", ["trpo", "npg"])

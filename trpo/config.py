@@ -141,9 +141,19 @@ class EnvConfig:
     # (the analysis then normalises by the min and max over the runs compared, and says so).
     random_return: Optional[float] = None
     reference_return: Optional[float] = None
+    # The task's own discount γ and trust region δ, where the reference settings tune them per
+    # task (rl-baselines3-zoo's TRPO for MuJoCo: Swimmer γ 0.9999, HalfCheetah target_kl 0.04);
+    # null leaves them to the advantage and solver options. Those read them through
+    # ``${task_setting:gamma,0.99}``, so an explicit advantage.gamma or solver.max_kl still wins.
+    gamma: Optional[float] = None
+    max_kl: Optional[float] = None
 
     def validate(self) -> None:
         _positive_int(self, "default_steps")
+        if self.gamma is not None:
+            require(0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1] or null", self.gamma)
+        if self.max_kl is not None:
+            _positive(self, "max_kl")
         if self.max_episode_steps is not None:
             _positive_int(self, "max_episode_steps")
         if self.random_return is not None and self.reference_return is not None:
@@ -396,6 +406,37 @@ class VPGConfig(FirstOrderConfig):
     _target_: str = "trpo.solvers.VanillaPolicyGradient"
 
 
+@dataclass
+class SB3TRPOConfig:
+    """sb3-contrib's TRPO as a reference baseline: rl-baselines3-zoo's settings for MuJoCo, trained
+    by :class:`experiments.sb3_baseline.SB3Trainer` in a run folder like any other (values and
+    sources in ``conf/solver/sb3_trpo.yaml``; needs the ``bench`` extra). It shares the run's env,
+    network, advantage (γ, λ, standardised), critic (lr, epochs, minibatch), observation and
+    reward normalisation, steps_per_iteration and evaluation settings."""
+
+    # What trains a run of this option instead of trpo.trainer.Trainer.
+    trainer: str = "experiments.sb3_baseline.SB3Trainer"
+    # Parallel environments (the zoo's n_envs; num_envs is this framework's own).
+    n_envs: int = MISSING
+    # δ on the mean KL, enforced by the line search.
+    target_kl: float = MISSING
+    cg_max_steps: int = MISSING
+    cg_damping: float = MISSING
+    line_search_shrinking_factor: float = MISSING
+    line_search_max_iter: int = MISSING
+    # Fisher-vector products on every k-th state.
+    sub_sampling_factor: int = MISSING
+
+    def validate(self) -> None:
+        _positive_int(self, "n_envs", "cg_max_steps", "line_search_max_iter",
+                      "sub_sampling_factor")
+        _positive(self, "target_kl", "cg_damping")
+        require(0 < self.line_search_shrinking_factor < 1, "line_search_shrinking_factor",
+                "must be in (0, 1)", self.line_search_shrinking_factor)
+        require(importlib.util.find_spec("sb3_contrib") is not None, "trainer",
+                "needs sb3-contrib: pip install -c constraints.txt -e '.[bench]'", self.trainer)
+
+
 # ----------------------------------------------------------------------------------- logger group
 
 
@@ -511,6 +552,9 @@ class TrainConfig:
     reuse_from: Optional[str] = None
     # Stop after this many policy updates in a row were rejected for NaN/inf values.
     max_rejected_updates: int = 10
+    # A study's further sweeps into its folder, each a list of overrides on top of the study's
+    # own (conf/experiment/): ``python -m experiments STUDY`` runs them after its sweep.
+    also_sweep: List[List[str]] = field(default_factory=list)
 
     def validate(self) -> None:
         _positive_int(self, "total_steps", "steps_per_iteration", "num_envs", "eval_every",
@@ -564,7 +608,7 @@ GROUP_SCHEMAS = {
     "network": {"mlp": NetworkConfig},
     "advantage": {"gae": GAEConfig, "td": TDConfig, "mc": MonteCarloConfig},
     "solver": {"trpo": TRPOConfig, "npg": NPGConfig, "kl_penalty": KLPenaltyConfig,
-               "ppo_clip": PPOClipConfig, "vpg": VPGConfig},
+               "ppo_clip": PPOClipConfig, "vpg": VPGConfig, "sb3_trpo": SB3TRPOConfig},
     "logger": {"wandb": LoggerConfig},
 }
 
@@ -601,6 +645,24 @@ def validate_config(cfg: DictConfig) -> None:
                                                                   cfg.vector_mode))
     require(backend == EnvBackend.gymnasium.value or mode == "sync", "vector_mode",
             "must be sync with env.backend=envpool (EnvPool has threads of its own)", mode)
+    if OmegaConf.get_type(cfg.solver) is SB3TRPOConfig:
+        require(backend == EnvBackend.gymnasium.value, "env.backend",
+                "must be gymnasium with solver=sb3_trpo (sb3-contrib steps Gymnasium's "
+                "environments)", backend)
+        require(cfg.advantage._target_ == GAEConfig._target_, "advantage",
+                "must be gae with solver=sb3_trpo (sb3-contrib estimates GAE only)",
+                cfg.advantage._target_)
+        require(cfg.steps_per_iteration % cfg.solver.n_envs == 0, "steps_per_iteration",
+                f"must be a multiple of solver.n_envs={cfg.solver.n_envs}",
+                cfg.steps_per_iteration)
+
+
+def task_setting(key: str, default: Any, *, _root_: DictConfig) -> Any:
+    """``${task_setting:gamma,0.99}``: the env option's own ``env.<key>`` where it sets one,
+    else ``default`` (the option's value, stated there)."""
+    value = _root_.env.get(key)
+    return default if value is None else value
 
 
 register_configs()
+OmegaConf.register_new_resolver("task_setting", task_setting, replace=True)

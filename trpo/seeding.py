@@ -21,6 +21,7 @@ ROLES = {
     "solver": 5,         # solver randomness (minibatches of a subsampled Fisher product)
     "watch": 6,          # resets of the episodes ``python -m trpo.evaluate`` plays
     "agent": 7,          # a loaded agent's stochastic actions (:class:`trpo.agent.Agent`)
+    "sb3": 8,            # the sb3-contrib baseline's seed (sb3 seeds its generators and envs)
 }
 
 

@@ -107,7 +107,7 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
     folder.lock.acquire()
     try:
         plan = plan_start(cfg, folder)
-        trainer = Trainer(cfg, folder)
+        trainer = make_trainer(cfg, folder)
         try:
             return _train(cfg, folder, trainer, plan, run_name or f"{cfg.env.id}-s{cfg.seed}",
                           hydra_config, overrides, resume_command, console_tag)
@@ -118,6 +118,16 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
         folder.lock.release()
         if was_empty and not folder.has_run():  # it failed before it started: leave no trace
             folder.lock.path.unlink(missing_ok=True)
+
+
+def make_trainer(cfg: DictConfig, folder: RunFolder) -> Trainer:
+    """This framework's :class:`Trainer`, or the one a solver option names for itself
+    (``solver.trainer``: the sb3-contrib baseline, :mod:`experiments.sb3_baseline`)."""
+    if cfg.solver.get("trainer"):
+        from hydra.utils import get_class
+
+        return get_class(cfg.solver.trainer)(cfg, folder)
+    return Trainer(cfg, folder)
 
 
 def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume_command,
@@ -166,7 +176,9 @@ def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume
                     error=f"{type(error).__name__}: {error}", **provenance)
         raise
     logger.close("completed")
-    folder.save_agent(trainer.agent())
+    agent = trainer.agent()
+    if agent is not None:
+        folder.save_agent(agent)
     folder.write_status("completed", final_eval_return=final_return,
                         iteration=trainer.iteration, **provenance, **cluster_job())
     return final_return

@@ -1,0 +1,230 @@
+"""sb3-contrib's TRPO as a reference baseline, trained and scored by this framework's protocol.
+
+``python run.py solver=sb3_trpo env=hopper seed=0`` (needs the ``bench`` extra) trains
+sb3-contrib's TRPO with rl-baselines3-zoo's MuJoCo settings (``conf/solver/sb3_trpo.yaml``) in a
+run folder like any other: the lock, ``.hydra/``, ``status.json``, checkpoints and
+``progress.csv`` with the interface's columns, through :mod:`trpo.train`. So the analysis draws it
+as a line (``sb3_trpo``) in the same figures and tables, with the same statistics.
+
+It is evaluated as this framework's runs are: every ``eval_every`` iterations and after the
+last, ``eval_episodes`` deterministic episodes (the Gaussian mean) on environments of their own,
+seeded as a TRPO run of the same seed seeds them, with the observation statistics frozen.
+
+sb3-contrib's own loop does the work: :class:`SB3Trainer` calls its ``collect_rollouts`` and
+``train`` once per iteration, as ``learn`` does. Checkpoints hold the networks, the critic's
+optimiser, the normalisation statistics and the counters, not the environments: a resumed
+baseline starts new episodes (with a warning) and does not match an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import partial
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from trpo.checkpoint import global_rng_state, nonfinite_entries, set_global_rng_state
+from trpo.config import Activation, EnvBackend, Init, VectorMode
+from trpo.critic import explained_variance
+from trpo.envs import make_env, make_vector_env
+from trpo.provenance import code_version
+from trpo.rollout import evaluate
+from trpo.run_folder import RunFolder
+from trpo.seeding import stream_seed, stream_seeds
+from trpo.trainer import Trainer, resident_memory_mb
+
+log = logging.getLogger("trpo")
+
+ACTIVATIONS = {Activation.tanh: nn.Tanh, Activation.relu: nn.ReLU, Activation.elu: nn.ELU}
+
+
+class _ModeOf(nn.Module):
+    """An sb3 policy as :func:`trpo.rollout.evaluate` calls a policy: ``mode(policy(obs))``."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor):
+        return self.policy.get_distribution(obs)
+
+    @staticmethod
+    def mode(distribution) -> torch.Tensor:
+        return distribution.mode()
+
+
+class SB3Trainer(Trainer):
+    """A run of sb3-contrib's TRPO with the interface :mod:`trpo.train` drives: ``run`` (from
+    :class:`trpo.trainer.Trainer`, which calls :meth:`train_iteration` and checkpoints),
+    ``state_dict`` / ``load_state_dict``, ``agent`` and ``close``."""
+
+    def __init__(self, cfg: DictConfig, folder: RunFolder):
+        from sb3_contrib import TRPO
+        from stable_baselines3.common.logger import Logger
+        from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
+
+        self.cfg, self.folder = cfg, folder
+        torch.set_num_threads(cfg.torch_threads)
+        solver, network = cfg.solver, cfg.network
+        envs = VecMonitor(DummyVecEnv([partial(make_env, cfg.env)] * solver.n_envs))
+        self.envs = VecNormalize(envs, norm_obs=cfg.normalize_obs,
+                                 norm_reward=cfg.normalize_reward, clip_obs=cfg.obs_clip,
+                                 gamma=cfg.advantage.gamma)
+        self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
+                                         backend=EnvBackend.gymnasium)
+        self.model = TRPO(
+            "MlpPolicy", self.envs, n_steps=cfg.steps_per_iteration // solver.n_envs,
+            batch_size=cfg.critic.minibatch_size, n_critic_updates=cfg.critic.epochs,
+            learning_rate=cfg.critic.lr, gamma=cfg.advantage.gamma,
+            gae_lambda=cfg.advantage.lam, normalize_advantage=cfg.advantage.normalize,
+            cg_max_steps=solver.cg_max_steps, cg_damping=solver.cg_damping,
+            target_kl=solver.target_kl,
+            line_search_shrinking_factor=solver.line_search_shrinking_factor,
+            line_search_max_iter=solver.line_search_max_iter,
+            sub_sampling_factor=solver.sub_sampling_factor,
+            # Every episode of an iteration is kept for its row (the default keeps 100).
+            stats_window_size=cfg.steps_per_iteration,
+            policy_kwargs={"net_arch": {"pi": list(network.policy_hidden),
+                                        "vf": list(network.value_hidden)},
+                           "activation_fn": ACTIVATIONS[Activation(network.activation)],
+                           "log_std_init": network.log_std_init,
+                           "ortho_init": Init(network.init) is Init.orthogonal},
+            seed=stream_seed(cfg.seed, "sb3"), device="cpu", verbose=0)
+        self.model.set_logger(Logger(folder=None, output_formats=[]))  # read, never written
+        self.callback = None  # sb3's, made when training starts
+        self.iteration = 0
+        self.wall_s = 0.0
+        self.final_return = math.nan
+        self.rejected_in_a_row = 0  # sb3 rejects no update for non-finite values
+        self.wandb_id: Optional[str] = None
+        self.history: list[dict[str, Any]] = []
+        self.checkpointed_at = 0
+
+    def close(self) -> None:
+        try:
+            self.envs.close()
+        finally:
+            self.eval_envs.close()
+
+    # -------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        normalizer = self.envs
+        return {
+            "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+            "iteration": self.iteration, "wall_s": self.wall_s,
+            "final_return": self.final_return, "rejected_in_a_row": 0,
+            "wandb_id": self.wandb_id, "code": code_version(), "history": self.history,
+            "policy": self.model.policy.state_dict(),
+            "optimizer": self.model.policy.optimizer.state_dict(),
+            "normalizer": {"obs_mean": normalizer.obs_rms.mean, "obs_var": normalizer.obs_rms.var,
+                           "obs_count": normalizer.obs_rms.count,
+                           "return_var": normalizer.ret_rms.var,
+                           "return_mean": normalizer.ret_rms.mean,
+                           "return_count": normalizer.ret_rms.count},
+            "num_timesteps": self.model.num_timesteps, "n_updates": self.model._n_updates,
+            "rng": global_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from ``state`` with new episodes (the environments were not saved)."""
+        self.model.policy.load_state_dict(state["policy"])
+        self.model.policy.optimizer.load_state_dict(state["optimizer"])
+        saved = state["normalizer"]
+        self.envs.obs_rms.mean, self.envs.obs_rms.var = saved["obs_mean"], saved["obs_var"]
+        self.envs.obs_rms.count = saved["obs_count"]
+        self.envs.ret_rms.mean, self.envs.ret_rms.var = saved["return_mean"], saved["return_var"]
+        self.envs.ret_rms.count = saved["return_count"]
+        self.model.num_timesteps = int(state["num_timesteps"])
+        self.model._n_updates = int(state["n_updates"])
+        self.iteration = self.checkpointed_at = int(state["iteration"])
+        set_global_rng_state(state["rng"])
+        self.wall_s = float(state["wall_s"])
+        self.final_return = float(state["final_return"])
+        self.wandb_id = state["wandb_id"]
+        self.history = [dict(row) for row in state.get("history", [])]
+        log.warning("the sb3-contrib baseline does not save its environments: the resumed run "
+                    "starts new episodes and will not match an uninterrupted one")
+
+    def nonfinite_state(self, state: Optional[dict[str, Any]] = None) -> list[str]:
+        state = state or self.state_dict()
+        return [name for part in ("policy", "normalizer")
+                for name in nonfinite_entries(state[part], part + ".")]
+
+    # ---------------------------------------------------------------------------- training
+
+    def _start(self) -> None:
+        """sb3's set-up for ``learn``: a fresh start resets and seeds the environments; a
+        resumed one keeps its counters and starts new episodes."""
+        fresh = self.model.num_timesteps == 0
+        if not fresh:
+            self.model._last_obs = None  # _setup_learn resets the environments
+        remaining = self.cfg.total_steps - self.model.num_timesteps
+        _, self.callback = self.model._setup_learn(remaining, None, reset_num_timesteps=fresh)
+        self.callback.on_training_start(locals(), globals())
+
+    def train_iteration(self, is_last: bool) -> dict[str, Optional[float]]:
+        """sb3's rollout and update (``collect_rollouts``, ``train``), then this framework's
+        evaluation; the row's data, in the interface's columns."""
+        cfg, model = self.cfg, self.model
+        if self.callback is None:
+            self._start()
+        iteration_start = tick = time.perf_counter()
+        model.collect_rollouts(model.env, self.callback, model.rollout_buffer,
+                               n_rollout_steps=model.n_steps)
+        rollout_s = time.perf_counter() - tick
+        buffer = model.rollout_buffer
+        episodes = list(model.ep_info_buffer)
+        model.ep_info_buffer.clear()
+        with torch.no_grad():
+            observations = torch.as_tensor(buffer.observations.reshape(
+                buffer.buffer_size * buffer.n_envs, -1))
+            entropy = float(model.policy.get_distribution(observations).entropy().mean())
+
+        tick = time.perf_counter()
+        model._update_current_progress_remaining(model.num_timesteps, cfg.total_steps)
+        model.train()
+        policy_s = time.perf_counter() - tick
+        metrics = dict(model.logger.name_to_value)
+        model.logger.dump()  # clears what train() recorded
+
+        eval_return, eval_s = None, 0.0
+        if self.iteration % cfg.eval_every == 0 or is_last:
+            tick = time.perf_counter()
+            seeds = stream_seeds(cfg.seed, "evaluation", cfg.eval_episodes, self.iteration)
+            normalise = (lambda obs: self.envs.normalize_obs(obs).astype(np.float32))
+            eval_return = float(evaluate(self.eval_envs, _ModeOf(model.policy), normalise,
+                                         seeds, cfg.env.id).mean())
+            eval_s = time.perf_counter() - tick
+            self.final_return = eval_return
+
+        iteration_s = time.perf_counter() - iteration_start
+        values, returns = buffer.values.ravel(), buffer.returns.ravel()
+        return {
+            "return_mean": float(np.mean([e["r"] for e in episodes])) if episodes else None,
+            "eval_return_mean": eval_return,
+            "kl": float(metrics["train/kl_divergence_loss"]),
+            "episodes": len(episodes),
+            "episode_length_mean": (float(np.mean([e["l"] for e in episodes])) if episodes
+                                    else None),
+            "update_accepted": float(metrics["train/is_line_search_success"]),
+            "entropy": entropy,
+            # As this framework's rows: the fit before this rollout against its targets.
+            "value_loss": float(np.mean((values - returns) ** 2)),
+            "explained_variance": explained_variance(values, returns),
+            "steps_per_s": cfg.steps_per_iteration / iteration_s,
+            "rss_mb": resident_memory_mb(),
+            "time_rollout_s": rollout_s,
+            "time_policy_s": policy_s,  # the policy step and the critic's fit, as sb3 does both
+            "time_eval_s": eval_s,
+        }
+
+    def agent(self) -> None:
+        """No ``agent.pt``: the policy is sb3's (its weights are in the checkpoint)."""
+        return None
