@@ -61,10 +61,9 @@ def main(argv=None) -> int:
                              "study's RESULTS.md section then shows a strip of its frames")
     args = parser.parse_args(argv)
 
-    sweeps = [[*extra, *args.overrides] for extra in study_sweeps(args.study)]
     if args.status:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
-        names = [name for overrides in sweeps for name in
+        names = [name for overrides in study_sweeps(args.study, args.overrides) for name in
                  planned_run_names(ROOT / "conf", args.study, overrides, NOT_IN_RUN_NAMES)]
         print(format_status(args.study, sweep_dir, study_status(sweep_dir, names)))
         return 0
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
     else:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
         reuse = [] if args.no_reuse else [f"reuse_from={sweep_dir.parent}"]
-        for overrides in sweeps:
+        for overrides in study_sweeps(args.study, args.overrides):
             command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={args.study}",
                        f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *reuse, *overrides]
             print("running:", " ".join(command), flush=True)
@@ -91,10 +90,11 @@ def main(argv=None) -> int:
     return sweep_status or status
 
 
-def study_sweeps(study: str) -> list[list[str]]:
-    """The overrides of each sweep the study runs: none for its own, then its ``also_sweep``."""
+def study_sweeps(study: str, overrides: list[str]) -> list[list[str]]:
+    """The overrides of each sweep the study runs: its own sweep's, then each of its
+    ``also_sweep`` with its own overrides first; ``overrides`` come last in every one."""
     extra = OmegaConf.load(ROOT / "conf" / "experiment" / f"{study}.yaml").get("also_sweep", [])
-    return [[], *[list(overrides) for overrides in extra]]
+    return [[*own, *overrides] for own in [[], *extra]]
 
 
 def study_block(study: str, out: Path) -> str:

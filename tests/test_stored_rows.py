@@ -1,14 +1,26 @@
 """The numbers of two short default runs, stored: a change meant to make training faster without
 changing what it computes (an exact change) must leave them as they are.
 
-The rows were written by this project's code with
-``python -m tests.test_stored_rows`` (which rewrites ``tests/stored/``), and are compared with a
-relative tolerance of 1e-7: far above the rounding another CPU's kernels may add over a few
-iterations, far below what any change to the algorithm moves.
+Exactness holds on one machine only. Another CPU's kernels round differently (torch's matrix
+products take other SIMD paths), and over three iterations that moved the rows here by up to
+3e-5 relative and ended one conjugate-gradient solve an iteration early. So the rows are stored
+per machine, in ``tests/stored/<machine>/`` with ``machine.json`` saying what it was (the CPU,
+the instruction set torch uses, the versions of the numerical packages):
+
+* on a machine that stored rows, they must match to 1e-7 relative: the exact check;
+* on any other, the rows of each stored machine must match in the columns that the rounding
+  moves least, to 1e-3 relative: far above what another CPU moved them (3e-5), far below what a
+  change to the algorithm moves.
+
+``python -m tests.test_stored_rows`` stores this machine's rows (run it before an exact change,
+with the code from before it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +40,39 @@ RUNS = {
     "cartpole_default": ["env=cartpole", "total_steps=6144", "eval_every=3",
                          "logger.mode=disabled"],
 }
+# Compared across machines: what any change to the algorithm moves, and rounding barely does
+# (not cg_residual, cg_iterations or kl_obs_stats, which another CPU moved by 4% to 27%).
+ACROSS_MACHINES = ["iteration", "env_steps", "return_mean", "eval_return_mean", "kl",
+                   "episodes", "episode_length_mean", "expected_improvement",
+                   "actual_improvement", "step_norm", "entropy", "value_loss"]
+
+
+def this_machine() -> dict[str, str]:
+    """What decides the rounding of a run: the CPU, torch's instruction set, the packages."""
+    import gymnasium
+    import mujoco
+    import numpy
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "numpy": numpy.__version__,
+            "mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__}
+
+
+def machine_folder(machine: dict[str, str]) -> Path:
+    key = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:12]
+    return STORED / key
+
+
+def stored_machines() -> list[Path]:
+    return sorted(path.parent for path in STORED.glob("*/machine.json"))
 
 
 def rows(overrides: list[str], folder: Path) -> pd.DataFrame:
@@ -42,15 +87,41 @@ def rows(overrides: list[str], folder: Path) -> pd.DataFrame:
     return without_timing(pd.read_csv(folder / "progress.csv"))
 
 
+def test_rows_are_stored_for_at_least_one_machine():
+    assert stored_machines(), f"no stored rows in {STORED}: python -m tests.test_stored_rows"
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_machines_rows_agree_within_the_tolerance_across_machines(name):
+    """The cross-machine check passes between the machines that stored rows: the tolerance
+    holds what rounding moved."""
+    first, *others = [pd.read_csv(m / f"{name}.csv") for m in stored_machines()]
+    for other in others:
+        pd.testing.assert_frame_equal(other[ACROSS_MACHINES], first[ACROSS_MACHINES],
+                                      check_exact=False, rtol=1e-3, atol=0)
+
+
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_a_default_run_computes_the_stored_rows(name, tmp_path):
-    stored = pd.read_csv(STORED / f"{name}.csv")
-    pd.testing.assert_frame_equal(rows(RUNS[name], tmp_path), stored, check_exact=False,
-                                  rtol=1e-7, atol=0)
+    computed = rows(RUNS[name], tmp_path)
+    here = machine_folder(this_machine())
+    if here in stored_machines():
+        pd.testing.assert_frame_equal(computed, pd.read_csv(here / f"{name}.csv"),
+                                      check_exact=False, rtol=1e-7, atol=0)
+        return
+    for machine in stored_machines():
+        stored = pd.read_csv(machine / f"{name}.csv")
+        pd.testing.assert_frame_equal(computed[ACROSS_MACHINES], stored[ACROSS_MACHINES],
+                                      check_exact=False, rtol=1e-3, atol=0,
+                                      obj=f"rows stored on {machine.name}")
 
 
-if __name__ == "__main__":  # python -m tests.test_stored_rows: store the rows anew
+if __name__ == "__main__":  # python -m tests.test_stored_rows: store this machine's rows
+    machine = this_machine()
+    folder = machine_folder(machine)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
     for name, overrides in RUNS.items():
-        with tempfile.TemporaryDirectory() as folder:
-            rows(overrides, Path(folder)).to_csv(STORED / f"{name}.csv", index=False)
-        print(f"wrote {STORED / name}.csv", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as scratch:
+            rows(overrides, Path(scratch)).to_csv(folder / f"{name}.csv", index=False)
+        print(f"wrote {folder / name}.csv", file=sys.stderr)
