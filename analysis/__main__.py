@@ -11,7 +11,8 @@ from pathlib import Path
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity, save_figure,
                               swept_numeric_keys)
 from analysis.load import detect_group_keys, drop_unmeasured, load_runs, task_references
-from analysis.report import final_table, make_groups, write_tables
+from analysis.report import (aggregate_markdown, aggregate_scores, final_table, make_groups,
+                             write_tables)
 from analysis.videos import write_videos
 
 log = logging.getLogger("analysis")
@@ -127,7 +128,9 @@ def main(argv=None) -> int:
         save_figure(plot_sensitivity(table, key, keys, args.metric), args.out,
                     f"sensitivity_{key}")
     references = task_references(runs)
-    save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps), args.out,
+    aggregate = aggregate_scores(groups, args.metric, references, reps=args.reps)
+    (args.out / "aggregate.md").write_text(aggregate_markdown(aggregate, args.metric))
+    save_figure(plot_aggregate(groups, args.metric, references, scores=aggregate), args.out,
                 "aggregate")
     if args.videos:
         write_videos(groups, args.metric, args.out)

@@ -22,7 +22,8 @@ import pandas as pd  # noqa: E402
 
 from analysis import stats  # noqa: E402
 from analysis.load import CHOICE_GROUPS, values_label  # noqa: E402
-from analysis.report import Group, curve_on_grid, evaluations, final_score, step_grid  # noqa: E402
+from analysis.report import (Aggregate, Group, aggregate_scores, curve_on_grid,  # noqa: E402
+                             evaluations, step_grid)
 
 log = logging.getLogger("analysis")
 
@@ -154,52 +155,15 @@ def plot_curves(groups: list[Group], metric: str, reps: int = 2000,
     return fig
 
 
-def normalised_final_scores(groups: list[Group], metric: str, references: dict[str, tuple]
-                            ) -> tuple[dict[str, np.ndarray], str]:
-    """Per group label, a ``[runs, envs]`` matrix of normalised final scores, and how.
-
-    Scores are normalised per env by the env config's (random, reference) returns when every
-    env has them, else by the min and max final score over all runs compared in that env. Where
-    groups have different seed counts across envs, the first runs (by seed) up to the smallest
-    count are used so the matrix is rectangular.
-    """
-    envs = sorted({g.env for g in groups})
-    raw = {(g.env, g.label): np.array([final_score(r.progress, metric)
-                                       for r in sorted(g.runs, key=lambda r: r.seed)])
-           for g in groups}
-    use_references = all(references.get(env, (None, None))[0] is not None and
-                         references[env][1] is not None for env in envs)
-    bounds = {}
-    for env in envs:
-        if use_references:
-            bounds[env] = references[env]
-        else:
-            values = np.concatenate([v for (e, _), v in raw.items() if e == env])
-            bounds[env] = (np.nanmin(values), np.nanmax(values))
-            if bounds[env][0] == bounds[env][1]:
-                bounds[env] = (bounds[env][0], bounds[env][0] + 1.0)
-    how = ("normalised per env as (R − random) / (reference − random), D4RL's reference "
-           "returns" if use_references else
-           "min-max normalised per env over the runs compared")
-    matrices = {}
-    for label in sorted({g.label for g in groups}):
-        columns = [raw.get((env, label)) for env in envs]
-        if any(c is None for c in columns):
-            continue  # the group is missing in some env: no cross-env aggregate for it
-        runs = min(len(c) for c in columns)
-        matrices[label] = np.stack([stats.normalize(c[:runs], *bounds[env])
-                                    for c, env in zip(columns, envs)], axis=1)
-    return matrices, how
-
-
 def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple],
-                   reps: int = 2000) -> plt.Figure:
-    """IQM across envs, probability of improvement and performance profiles, with 95% CIs."""
-    matrices, how = normalised_final_scores(groups, metric, references)
+                   reps: int = 2000, scores: Optional[Aggregate] = None) -> plt.Figure:
+    """IQM across envs, probability of improvement and performance profiles, with 95% CIs
+    (``scores``, or :func:`analysis.report.aggregate_scores` of ``groups``)."""
+    scores = scores or aggregate_scores(groups, metric, references, reps=reps)
+    matrices, envs = scores.matrices, scores.envs
     labels = list(matrices)
     style = colours([g.label for g in groups])
-    envs = sorted({g.env for g in groups})
-    pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+    pairs = list(scores.improvement)
     pair_labels = [f"P({a} > {b})" for a, b in pairs]
     with plt.rc_context(STYLE):
         # Up to four lines with short names: the three panels side by side. Otherwise the
@@ -215,23 +179,18 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
             ax_iqm, ax_profile = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
             ax_poi = fig.add_subplot(grid[1, :])
         for y, label in enumerate(labels):
-            scores = matrices[label]
-            low, high = stats.stratified_bootstrap_ci(stats.interquartile_mean, scores,
-                                                      reps=reps)
+            iqm, low, high = scores.iqm[label]
             colour = style[label][0]
             ax_iqm.plot([low, high], [y, y], color=colour, linewidth=6, alpha=0.35,
                         solid_capstyle="butt")
-            ax_iqm.plot([stats.interquartile_mean(scores)], [y], "|", color=colour,
-                        markersize=12, markeredgewidth=2)
+            ax_iqm.plot([iqm], [y], "|", color=colour, markersize=12, markeredgewidth=2)
         ax_iqm.set_yticks(range(len(labels)), labels)
         ax_iqm.set_ylim(-0.7, len(labels) - 0.3)
         ax_iqm.set_xlabel("IQM of normalised score")
         ax_iqm.set_title(f"IQM across {len(envs)} env{'s' * (len(envs) > 1)}")
 
         for y, (a, b) in enumerate(pairs):
-            probability = stats.probability_of_improvement(matrices[a], matrices[b])
-            low, high = stats.stratified_bootstrap_ci(stats.probability_of_improvement,
-                                                      matrices[a], matrices[b], reps=reps)
+            probability, low, high = scores.improvement[(a, b)]
             ax_poi.plot([low, high], [y, y], color=style[a][0], linewidth=6, alpha=0.35,
                         solid_capstyle="butt")
             ax_poi.plot([probability], [y], "|", color=style[a][0], markersize=12,
@@ -263,7 +222,8 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
         runs_text = (f"{next(iter(counts.values()))} seeds per line"
                      if len(set(counts.values())) == 1 else
                      ", ".join(f"{label}: {n} seeds" for label, n in counts.items()))
-        fig.text(0.5, -0.02, f"Final {metric} {how}; 95% stratified-bootstrap CIs ({runs_text}).",
+        fig.text(0.5, -0.02, f"Final {metric} {scores.how}; 95% stratified-bootstrap CIs "
+                 f"({runs_text}).",
                  ha="center", va="top", fontsize=7, wrap=True)
         fig.tight_layout()
     return fig

@@ -20,6 +20,8 @@ log = logging.getLogger("analysis")
 FINAL_WINDOW = 0.1
 # Points of the common step grid on which seeds are aggregated.
 GRID_POINTS = 100
+# Lines that are reference baselines: a pairwise comparison reads P(line > baseline).
+BASELINES = ("sb3_trpo",)
 
 
 def final_score(progress: pd.DataFrame, metric: str = "eval_return_mean",
@@ -152,6 +154,88 @@ def final_table(groups: list[Group], metric: str, reps: int = 2000) -> pd.DataFr
                      "std": float(scores.std(ddof=1)) if scores.size > 1 else math.nan,
                      "max_mean_curve": max_of_mean_curve(group.runs, metric)})
     return pd.DataFrame(rows)
+
+
+@dataclass
+class Aggregate:
+    """Final scores across envs: per line a ``[runs, envs]`` matrix of normalised scores, its IQM
+    with a 95% CI, and for each pair of lines P(a > b) with a 95% CI."""
+
+    envs: list[str]
+    how: str  # how the scores were normalised, for a caption
+    matrices: dict[str, np.ndarray]
+    iqm: dict[str, tuple[float, float, float]]  # label -> (IQM, low, high)
+    improvement: dict[tuple[str, str], tuple[float, float, float]]  # (a, b) -> (P, low, high)
+
+
+def aggregate_scores(groups: list[Group], metric: str, references: dict[str, tuple],
+                     reps: int = 2000) -> Aggregate:
+    """The lines' final scores across the envs every line has, normalised per env by the env
+    config's (random, reference) returns when every env has them, else by the min and max final
+    score over the runs compared in that env.
+
+    Where a line has different seed counts across envs, its first runs (by seed) up to the
+    smallest count are used, so its matrix is rectangular. Pairs read P(a > b) with ``b`` a
+    reference baseline (:data:`BASELINES`) where one of the two is, else in label order.
+    """
+    raw = {(g.env, g.label): np.array([final_score(r.progress, metric)
+                                       for r in sorted(g.runs, key=lambda r: r.seed)])
+           for g in groups}
+    labels = sorted({g.label for g in groups}, key=lambda label: (label in BASELINES, label))
+    envs = sorted(set.intersection(*({g.env for g in groups if g.label == label}
+                                     for label in labels))) if labels else []
+    left_out = sorted({g.env for g in groups} - set(envs))
+    if left_out:
+        log.warning("the aggregate covers %s, the envs every line has (not %s)",
+                    ", ".join(envs) or "no env", ", ".join(left_out))
+    use_references = all(references.get(env, (None, None))[0] is not None and
+                         references[env][1] is not None for env in envs)
+    bounds = {}
+    for env in envs:
+        if use_references:
+            bounds[env] = references[env]
+        else:
+            values = np.concatenate([v for (e, _), v in raw.items() if e == env])
+            low, high = np.nanmin(values), np.nanmax(values)
+            bounds[env] = (low, high) if high > low else (low, low + 1.0)
+    how = ("normalised per env as (R − random) / (reference − random), D4RL's reference "
+           "returns" if use_references else "min-max normalised per env over the runs compared")
+    matrices = {}
+    for label in labels:
+        columns = [raw[(env, label)] for env in envs]
+        if columns:
+            runs = min(len(c) for c in columns)
+            matrices[label] = np.stack([stats.normalize(c[:runs], *bounds[env])
+                                        for c, env in zip(columns, envs)], axis=1)
+    iqm = {label: (stats.interquartile_mean(m),
+                   *stats.stratified_bootstrap_ci(stats.interquartile_mean, m, reps=reps))
+           for label, m in matrices.items()}
+    names = list(matrices)
+    improvement = {(a, b): (stats.probability_of_improvement(matrices[a], matrices[b]),
+                            *stats.stratified_bootstrap_ci(stats.probability_of_improvement,
+                                                           matrices[a], matrices[b], reps=reps))
+                   for i, a in enumerate(names) for b in names[i + 1:]}
+    return Aggregate(envs, how, matrices, iqm, improvement)
+
+
+def aggregate_markdown(aggregate: Aggregate, metric: str) -> str:
+    """The aggregate's numbers: each line's IQM of normalised final scores, and each pair's
+    probability of improvement, with 95% CIs."""
+    if not aggregate.matrices:
+        return ""
+    lines = [f"| across {', '.join(aggregate.envs)} | IQM of normalised score [95% CI] | runs |",
+             "|---|---|---|"]
+    lines += [f"| {label} | {value:.2f} [{low:.2f}, {high:.2f}] | "
+              f"{aggregate.matrices[label].shape[0]} per env |"
+              for label, (value, low, high) in aggregate.iqm.items()]
+    if aggregate.improvement:
+        lines += ["", "| comparison | probability of improvement [95% CI] |", "|---|---|"]
+        lines += [f"| P({a} > {b}) | {value:.2f} [{low:.2f}, {high:.2f}] |"
+                  for (a, b), (value, low, high) in aggregate.improvement.items()]
+    lines += ["", f"Final {metric} {aggregate.how}; probability of improvement: the chance that "
+              "a run of the first line beats a run of the second on an env, averaged over envs "
+              "(Agarwal et al. 2021); 95% stratified-bootstrap CIs."]
+    return "\n".join(lines) + "\n"
 
 
 def _best(table: pd.DataFrame) -> set[tuple[str, str]]:

@@ -99,7 +99,7 @@ def study_sweeps(study: str, overrides: list[str]) -> list[list[str]]:
 
 def study_block(study: str, out: Path) -> str:
     """What ``RESULTS.md`` shows of a study: its curves, the final score against a swept
-    setting where there is one, and its final tables."""
+    setting where there is one, its final tables and its aggregate across envs."""
     folder = out.relative_to(ROOT).as_posix()
     figures = [f"![{study}: learning curves]({folder}/curves.png)"]
     figures += [f"![{study}: final score against {path.stem.removeprefix('sensitivity_')}]"
@@ -107,7 +107,11 @@ def study_block(study: str, out: Path) -> str:
     figures += [f"![{study}: {path.stem.removesuffix('_frames')}, the best seed's final policy]"
                 f"({folder}/videos/{path.name})"
                 for path in sorted(out.glob("videos/*_frames.png"))]
-    return "\n\n".join([*figures, (out / "final.md").read_text().strip()]) + "\n"
+    tables = [(out / "final.md").read_text().strip()]
+    if (out / "aggregate.md").exists():  # written by the analysis since 2026-12-02
+        figures.append(f"![{study}: across tasks]({folder}/aggregate.png)")
+        tables.append((out / "aggregate.md").read_text().strip())
+    return "\n\n".join([*figures, *tables]) + "\n"
 
 
 def block_markers(study: str) -> tuple[str, str]:

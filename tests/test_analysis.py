@@ -17,7 +17,7 @@ from analysis.__main__ import main
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity,
                               swept_numeric_keys)
 from analysis.load import Run, detect_group_keys, load_runs, task_references
-from analysis.report import (curve_on_grid, final_score, final_table, make_groups,
+from analysis.report import (aggregate_scores, curve_on_grid, final_score, final_table, make_groups,
                              max_of_mean_curve, step_grid)
 from tests.run_folders import sweep, trust_region_sweep, write_run
 from trpo.run_folder import RunFolder
@@ -356,8 +356,10 @@ def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(tmp_path / "runs"), "--out", str(out), "--reps", "200"]) == 0
     assert {p.name for p in out.iterdir()} == {
-        "curves.pdf", "curves.png", "aggregate.pdf", "aggregate.png", "final.csv", "final.md",
-        "final.tex", "runs.csv"}
+        "curves.pdf", "curves.png", "aggregate.pdf", "aggregate.png", "aggregate.md",
+        "final.csv", "final.md", "final.tex", "runs.csv"}
+    # Every npg run (20-22) beats every trpo run (10-12) on both envs.
+    assert "| P(npg > trpo) | 1.00 [1.00, 1.00] |" in (out / "aggregate.md").read_text()
     final = pd.read_csv(out / "final.csv")
     assert list(final.columns) == ["env", "solver", "seeds", "iqm", "iqm_lo", "iqm_hi", "mean",
                                    "std", "max_mean_curve"]
@@ -485,6 +487,19 @@ def test_long_group_names_move_the_pairwise_panel_below_the_others(tmp_path, sol
     pairwise, = (ax for ax in fig.axes if ax.get_title() == "Pairwise comparison")
     below = pairwise.get_position().y1 < iqm.get_position().y0
     assert below == full_width
+
+
+def test_the_aggregate_compares_against_the_baseline_over_the_envs_every_line_has(tmp_path):
+    sweep(tmp_path, envs=("hopper", "walker"), solvers=("trpo", "sb3_trpo"))
+    sweep(tmp_path / "more", envs=("cartpole",), solvers=("trpo",))  # trpo alone
+    groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
+    aggregate = aggregate_scores(groups, "eval_return_mean", {}, reps=50)
+    assert aggregate.envs == ["Hopper-v5", "Walker2d-v5"]
+    # trpo's runs end at 10-12, the baseline's at 20-22: P(trpo > sb3_trpo) is 0, read so.
+    assert list(aggregate.improvement) == [("trpo", "sb3_trpo")]
+    assert aggregate.improvement[("trpo", "sb3_trpo")] == (0.0, 0.0, 0.0)
+    assert {label: m.shape for label, m in aggregate.matrices.items()} == {
+        "trpo": (3, 2), "sb3_trpo": (3, 2)}
 
 
 def test_aggregate_figure_uses_reference_scores_and_has_three_panels(tmp_path):

@@ -13,8 +13,6 @@ from tests.conftest import ROOT, run_py, without_timing
 from trpo.config import ConfigError, validate_config
 from trpo.train import train
 
-pytest.importorskip("sb3_contrib", reason="the bench extra: pip install -e '.[bench]'")
-
 # Two iterations of 256 steps on Pendulum-v1, each evaluated on 2 episodes.
 SMALL = ["env=pendulum", "total_steps=512", "steps_per_iteration=256", "eval_every=1",
          "eval_episodes=2", "critic.epochs=1", "logger.mode=disabled"]

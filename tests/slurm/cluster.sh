@@ -54,7 +54,7 @@ Use it from a shell with:
     export SLURM_CONF=$CONF
     python run.py -m hydra/launcher=slurm hydra.launcher.partition=$partition \\
         hydra.launcher.timeout_min=10 ...
-    python -m pytest -m slurm    # the cluster tests (they start the cluster if it is down)
+    python -m pytest -m slurm -n 0    # the cluster tests (they start the cluster if it is down)
 Logs: $DIR/slurmctld.log, $DIR/slurmd.log. Stop it with: $0 stop
 EOF
 }
