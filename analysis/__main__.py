@@ -130,8 +130,8 @@ def main(argv=None) -> int:
     references = task_references(runs)
     aggregate = aggregate_scores(groups, args.metric, references, reps=args.reps)
     (args.out / "aggregate.md").write_text(aggregate_markdown(aggregate, args.metric))
-    save_figure(plot_aggregate(groups, args.metric, references, scores=aggregate), args.out,
-                "aggregate")
+    save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps, scores=aggregate),
+                args.out, "aggregate")
     if args.videos:
         write_videos(groups, args.metric, args.out)
     print((args.out / "final.md").read_text())

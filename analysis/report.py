@@ -20,7 +20,7 @@ log = logging.getLogger("analysis")
 FINAL_WINDOW = 0.1
 # Points of the common step grid on which seeds are aggregated.
 GRID_POINTS = 100
-# Lines that are reference baselines: a pairwise comparison reads P(line > baseline).
+# Solver options that are reference baselines: a pairwise comparison reads P(line > baseline).
 BASELINES = ("sb3_trpo",)
 
 
@@ -175,13 +175,16 @@ def aggregate_scores(groups: list[Group], metric: str, references: dict[str, tup
     score over the runs compared in that env.
 
     Where a line has different seed counts across envs, its first runs (by seed) up to the
-    smallest count are used, so its matrix is rectangular. Pairs read P(a > b) with ``b`` a
-    reference baseline (:data:`BASELINES`) where one of the two is, else in label order.
+    smallest count are used, so its matrix is rectangular. Pairs read P(a > b) with ``b`` the
+    line of a reference baseline (its runs' solver is one of :data:`BASELINES`) where one of the
+    two is, else in label order.
     """
     raw = {(g.env, g.label): np.array([final_score(r.progress, metric)
                                        for r in sorted(g.runs, key=lambda r: r.seed)])
            for g in groups}
-    labels = sorted({g.label for g in groups}, key=lambda label: (label in BASELINES, label))
+    baselines = {g.label for g in groups
+                 if any(run.config.get("solver") in BASELINES for run in g.runs)}
+    labels = sorted({g.label for g in groups}, key=lambda label: (label in baselines, label))
     envs = sorted(set.intersection(*({g.env for g in groups if g.label == label}
                                      for label in labels))) if labels else []
     left_out = sorted({g.env for g in groups} - set(envs))

@@ -108,9 +108,10 @@ def study_block(study: str, out: Path) -> str:
                 f"({folder}/videos/{path.name})"
                 for path in sorted(out.glob("videos/*_frames.png"))]
     tables = [(out / "final.md").read_text().strip()]
-    if (out / "aggregate.md").exists():  # written by the analysis since 2026-12-02
+    aggregate = out / "aggregate.md"  # written by the analysis since 2026-12-02
+    if aggregate.exists() and aggregate.read_text().strip():
         figures.append(f"![{study}: across tasks]({folder}/aggregate.png)")
-        tables.append((out / "aggregate.md").read_text().strip())
+        tables.append(aggregate.read_text().strip())
     return "\n\n".join([*figures, *tables]) + "\n"
 
 

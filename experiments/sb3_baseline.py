@@ -11,9 +11,13 @@ last, ``eval_episodes`` deterministic episodes (the Gaussian mean) on environmen
 seeded as a TRPO run of the same seed seeds them, with the observation statistics frozen.
 
 sb3-contrib's own loop does the work: :class:`SB3Trainer` calls its ``collect_rollouts`` and
-``train`` once per iteration, as ``learn`` does. Checkpoints hold the networks, the critic's
-optimiser, the normalisation statistics and the counters, not the environments: a resumed
-baseline starts new episodes (with a warning) and does not match an uninterrupted one.
+``train`` once per iteration, as ``learn`` does, on the run's ``num_envs`` environments (the zoo
+steps 2 × 1,024: ``num_envs=2``, as the mujoco_suite study sets). Checkpoints hold the networks,
+the critic's optimiser, the normalisation statistics and the counters, not the environments: a
+resumed baseline starts new episodes (with a warning) and does not match an uninterrupted one.
+Checkpoints and ``agent.pt`` also hold the policy in this framework's format
+(:meth:`SB3Trainer.agent`), so ``trpo.load_agent``, ``python -m trpo.evaluate`` and the
+analysis's videos take a baseline run as any other.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from functools import partial
 from typing import Any, Optional
 
 import numpy as np
@@ -32,7 +35,7 @@ from torch import nn
 from trpo.checkpoint import global_rng_state, nonfinite_entries, set_global_rng_state
 from trpo.config import Activation, EnvBackend, Init, VectorMode
 from trpo.critic import explained_variance
-from trpo.envs import make_env, make_vector_env
+from trpo.envs import env_makers, make_vector_env
 from trpo.provenance import code_version
 from trpo.rollout import evaluate
 from trpo.run_folder import RunFolder
@@ -42,6 +45,12 @@ from trpo.trainer import Trainer, resident_memory_mb
 log = logging.getLogger("trpo")
 
 ACTIVATIONS = {Activation.tanh: nn.Tanh, Activation.relu: nn.ReLU, Activation.elu: nn.ELU}
+
+
+def per_sample(values: torch.Tensor) -> torch.Tensor:
+    """A distribution's per-dimension values (a diagonal Gaussian's, ``[B, dims]``) summed to one
+    per sample; a Categorical's (``[B]``) as they are."""
+    return values.sum(-1) if values.dim() > 1 else values
 
 
 class _ModeOf(nn.Module):
@@ -72,14 +81,14 @@ class SB3Trainer(Trainer):
         self.cfg, self.folder = cfg, folder
         torch.set_num_threads(cfg.torch_threads)
         solver, network = cfg.solver, cfg.network
-        envs = VecMonitor(DummyVecEnv([partial(make_env, cfg.env)] * solver.n_envs))
+        envs = VecMonitor(DummyVecEnv(env_makers(cfg.env, cfg.num_envs)))
         self.envs = VecNormalize(envs, norm_obs=cfg.normalize_obs,
                                  norm_reward=cfg.normalize_reward, clip_obs=cfg.obs_clip,
                                  gamma=cfg.advantage.gamma)
         self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
                                          backend=EnvBackend.gymnasium)
         self.model = TRPO(
-            "MlpPolicy", self.envs, n_steps=cfg.steps_per_iteration // solver.n_envs,
+            "MlpPolicy", self.envs, n_steps=cfg.steps_per_iteration // cfg.num_envs,
             batch_size=cfg.critic.minibatch_size, n_critic_updates=cfg.critic.epochs,
             learning_rate=cfg.critic.lr, gamma=cfg.advantage.gamma,
             gae_lambda=cfg.advantage.lam, normalize_advantage=cfg.advantage.normalize,
@@ -115,13 +124,13 @@ class SB3Trainer(Trainer):
     # -------------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        normalizer = self.envs
+        normalizer, agent = self.envs, self.agent()
         return {
             "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
             "iteration": self.iteration, "wall_s": self.wall_s,
             "final_return": self.final_return, "rejected_in_a_row": 0,
             "wandb_id": self.wandb_id, "code": code_version(), "history": self.history,
-            "policy": self.model.policy.state_dict(),
+            "sb3_policy": self.model.policy.state_dict(),
             "optimizer": self.model.policy.optimizer.state_dict(),
             "normalizer": {"obs_mean": normalizer.obs_rms.mean, "obs_var": normalizer.obs_rms.var,
                            "obs_count": normalizer.obs_rms.count,
@@ -130,11 +139,14 @@ class SB3Trainer(Trainer):
                            "return_count": normalizer.ret_rms.count},
             "num_timesteps": self.model.num_timesteps, "n_updates": self.model._n_updates,
             "rng": global_rng_state(),
+            # What trpo.load_agent reads from a checkpoint (this framework's policy format).
+            **{key: agent[key] for key in ("policy", "obs_normalizer")},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Go on from ``state`` with new episodes (the environments were not saved)."""
-        self.model.policy.load_state_dict(state["policy"])
+        """Go on from ``state``; training then starts new episodes (the environments were not
+        saved)."""
+        self.model.policy.load_state_dict(state["sb3_policy"])
         self.model.policy.optimizer.load_state_dict(state["optimizer"])
         saved = state["normalizer"]
         self.envs.obs_rms.mean, self.envs.obs_rms.var = saved["obs_mean"], saved["obs_var"]
@@ -149,22 +161,22 @@ class SB3Trainer(Trainer):
         self.final_return = float(state["final_return"])
         self.wandb_id = state["wandb_id"]
         self.history = [dict(row) for row in state.get("history", [])]
-        log.warning("the sb3-contrib baseline does not save its environments: the resumed run "
-                    "starts new episodes and will not match an uninterrupted one")
 
     def nonfinite_state(self, state: Optional[dict[str, Any]] = None) -> list[str]:
         state = state or self.state_dict()
-        return [name for part in ("policy", "normalizer")
+        return [name for part in ("sb3_policy", "normalizer")
                 for name in nonfinite_entries(state[part], part + ".")]
 
     # ---------------------------------------------------------------------------- training
 
     def _start(self) -> None:
-        """sb3's set-up for ``learn``: a fresh start resets and seeds the environments; a
-        resumed one keeps its counters and starts new episodes."""
+        """sb3's set-up for ``learn``: it resets the environments, with the seeds sb3 was given
+        on a fresh start and, resumed, with seeds of the iteration (new episodes)."""
         fresh = self.model.num_timesteps == 0
         if not fresh:
-            self.model._last_obs = None  # _setup_learn resets the environments
+            log.warning("the sb3-contrib baseline does not save its environments: the resumed "
+                        "run starts new episodes and will not match an uninterrupted one")
+            self.envs.seed(stream_seed(self.cfg.seed, "sb3", self.iteration))
         remaining = self.cfg.total_steps - self.model.num_timesteps
         _, self.callback = self.model._setup_learn(remaining, None, reset_num_timesteps=fresh)
         self.callback.on_training_start(locals(), globals())
@@ -185,7 +197,8 @@ class SB3Trainer(Trainer):
         with torch.no_grad():
             observations = torch.as_tensor(buffer.observations.reshape(
                 buffer.buffer_size * buffer.n_envs, -1))
-            entropy = float(model.policy.get_distribution(observations).entropy().mean())
+            old = model.policy.get_distribution(observations).distribution
+            entropy = float(per_sample(old.entropy()).mean())
 
         tick = time.perf_counter()
         model._update_current_progress_remaining(model.num_timesteps, cfg.total_steps)
@@ -193,6 +206,9 @@ class SB3Trainer(Trainer):
         policy_s = time.perf_counter() - tick
         metrics = dict(model.logger.name_to_value)
         model.logger.dump()  # clears what train() recorded
+        with torch.no_grad():  # KL(π_old ‖ π_new), as this framework logs it (sb3 logs the reverse)
+            new = model.policy.get_distribution(observations).distribution
+            kl = float(per_sample(torch.distributions.kl_divergence(old, new)).mean())
 
         eval_return, eval_s = None, 0.0
         if self.iteration % cfg.eval_every == 0 or is_last:
@@ -209,7 +225,7 @@ class SB3Trainer(Trainer):
         return {
             "return_mean": float(np.mean([e["r"] for e in episodes])) if episodes else None,
             "eval_return_mean": eval_return,
-            "kl": float(metrics["train/kl_divergence_loss"]),
+            "kl": kl,
             "episodes": len(episodes),
             "episode_length_mean": (float(np.mean([e["l"] for e in episodes])) if episodes
                                     else None),
@@ -225,6 +241,29 @@ class SB3Trainer(Trainer):
             "time_eval_s": eval_s,
         }
 
-    def agent(self) -> None:
-        """No ``agent.pt``: the policy is sb3's (its weights are in the checkpoint)."""
-        return None
+    def agent(self) -> dict[str, Any]:
+        """``agent.pt``: the policy and value networks in this framework's format
+        (:class:`trpo.networks.GaussianPolicy`, :class:`trpo.networks.ValueNetwork`: the same
+        layers as sb3's MlpPolicy, renamed), the observation statistics and the config."""
+        sb3 = self.model.policy.state_dict()
+
+        def layers(prefix: str, hidden: str, out: str) -> dict[str, torch.Tensor]:
+            count = len([k for k in sb3 if k.startswith(hidden) and k.endswith(".weight")])
+            names = {f"{prefix}.{2 * i}": f"{hidden}.{2 * i}" for i in range(count)}
+            names[f"{prefix}.{2 * count}"] = out
+            return {f"{ours}.{p}": sb3[f"{theirs}.{p}"].clone() for ours, theirs in names.items()
+                    for p in ("weight", "bias")}
+
+        rms = self.envs.obs_rms
+        if "log_std" in sb3:  # a Gaussian policy; else a Categorical one over action_net's logits
+            policy = {**layers("mean", "mlp_extractor.policy_net", "action_net"),
+                      "log_std": sb3["log_std"].clone()}
+        else:
+            policy = layers("logits", "mlp_extractor.policy_net", "action_net")
+        return {"policy": policy,
+                "value": layers("net", "mlp_extractor.value_net", "value_net"),
+                "obs_normalizer": {"mean": torch.as_tensor(rms.mean),
+                                   "var": torch.as_tensor(rms.var),
+                                   "count": torch.as_tensor(rms.count)},
+                "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+                "iteration": self.iteration}

@@ -23,6 +23,7 @@ import json
 import platform
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -109,6 +110,9 @@ def test_a_default_run_computes_the_stored_rows(name, tmp_path):
         pd.testing.assert_frame_equal(computed, pd.read_csv(here / f"{name}.csv"),
                                       check_exact=False, rtol=1e-7, atol=0)
         return
+    warnings.warn(f"{name}: no rows stored for this machine ({this_machine()}), so exactness is "
+                  "not checked here, only agreement with other machines to 1e-3 (python -m "
+                  "tests.test_stored_rows stores them, from the code before an exact change)")
     for machine in stored_machines():
         stored = pd.read_csv(machine / f"{name}.csv")
         pd.testing.assert_frame_equal(computed[ACROSS_MACHINES], stored[ACROSS_MACHINES],

@@ -412,24 +412,23 @@ class SB3TRPOConfig:
     by :class:`experiments.sb3_baseline.SB3Trainer` in a run folder like any other (values and
     sources in ``conf/solver/sb3_trpo.yaml``; needs the ``bench`` extra). It shares the run's env,
     network, advantage (γ, λ, standardised), critic (lr, epochs, minibatch), observation and
-    reward normalisation, steps_per_iteration and evaluation settings."""
+    reward normalisation, num_envs, steps_per_iteration and evaluation settings."""
 
     # What trains a run of this option instead of trpo.trainer.Trainer.
     trainer: str = "experiments.sb3_baseline.SB3Trainer"
-    # Parallel environments (the zoo's n_envs; num_envs is this framework's own).
-    n_envs: int = MISSING
     # δ on the mean KL, enforced by the line search.
     target_kl: float = MISSING
+    # Conjugate-gradient iterations, and the damping added to the Fisher-vector product.
     cg_max_steps: int = MISSING
     cg_damping: float = MISSING
+    # The line search shrinks the step by this factor, at most this many times.
     line_search_shrinking_factor: float = MISSING
     line_search_max_iter: int = MISSING
     # Fisher-vector products on every k-th state.
     sub_sampling_factor: int = MISSING
 
     def validate(self) -> None:
-        _positive_int(self, "n_envs", "cg_max_steps", "line_search_max_iter",
-                      "sub_sampling_factor")
+        _positive_int(self, "cg_max_steps", "line_search_max_iter", "sub_sampling_factor")
         _positive(self, "target_kl", "cg_damping")
         require(0 < self.line_search_shrinking_factor < 1, "line_search_shrinking_factor",
                 "must be in (0, 1)", self.line_search_shrinking_factor)
@@ -646,15 +645,16 @@ def validate_config(cfg: DictConfig) -> None:
     require(backend == EnvBackend.gymnasium.value or mode == "sync", "vector_mode",
             "must be sync with env.backend=envpool (EnvPool has threads of its own)", mode)
     if OmegaConf.get_type(cfg.solver) is SB3TRPOConfig:
+        # What sb3-contrib's loop cannot do: say so rather than ignore the setting.
         require(backend == EnvBackend.gymnasium.value, "env.backend",
                 "must be gymnasium with solver=sb3_trpo (sb3-contrib steps Gymnasium's "
                 "environments)", backend)
         require(cfg.advantage._target_ == GAEConfig._target_, "advantage",
                 "must be gae with solver=sb3_trpo (sb3-contrib estimates GAE only)",
                 cfg.advantage._target_)
-        require(cfg.steps_per_iteration % cfg.solver.n_envs == 0, "steps_per_iteration",
-                f"must be a multiple of solver.n_envs={cfg.solver.n_envs}",
-                cfg.steps_per_iteration)
+        require(mode == "sync" and cfg.env_workers in (None, 1), "vector_mode",
+                "must be sync, with env_workers null or 1, with solver=sb3_trpo (sb3-contrib "
+                "steps its environments in this process)", mode)
 
 
 def task_setting(key: str, default: Any, *, _root_: DictConfig) -> Any:
