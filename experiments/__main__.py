@@ -34,6 +34,8 @@ RESULTS_PAGE = ROOT / "RESULTS.md"
 # the same folder (and resumes there) whatever else the sweep holds. Keys that do not change what
 # a run computes stay out of the name, as does the study's own name.
 NOT_IN_RUN_NAMES = ("experiment", *result_neutral_keys())
+# What run.py exits with when SIGINT or SIGTERM stopped it.
+INTERRUPTED = (130, 143)
 SWEEP_LAYOUT = ("hydra.sweep.subdir=${hydra:job.override_dirname}",
                 f"hydra.job.config.override_dirname.exclude_keys=[{','.join(NOT_IN_RUN_NAMES)}]")
 
@@ -78,10 +80,14 @@ def main(argv=None) -> int:
                        f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *reuse, *overrides]
             print("running:", " ".join(command), flush=True)
             status = subprocess.call(command, cwd=ROOT)
-            if status:
-                print(f"the sweep exited with {status}; going on, then analysing the runs that "
-                      "finished", file=sys.stderr)
             sweep_status = sweep_status or status
+            if status in INTERRUPTED:  # asked to stop: the next sweep waits for the next call
+                print(f"the sweep was interrupted ({status}); analysing the runs that finished. "
+                      "The same command resumes the study", file=sys.stderr)
+                break
+            if status:
+                print(f"the sweep exited with {status} (a run failed); going on, then analysing "
+                      "the runs that finished", file=sys.stderr)
     out = args.out or ROOT / "experiments" / "results" / args.study
     status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps),
                       *(["--videos"] if args.videos else [])])

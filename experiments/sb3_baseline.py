@@ -206,7 +206,9 @@ class SB3Trainer(Trainer):
         policy_s = time.perf_counter() - tick
         metrics = dict(model.logger.name_to_value)
         model.logger.dump()  # clears what train() recorded
-        with torch.no_grad():  # KL(π_old ‖ π_new), as this framework logs it (sb3 logs the reverse)
+        # KL(π_old ‖ π_new) summed over the action's dimensions, as this framework logs it; sb3
+        # logs, and bounds by target_kl, KL(π_new ‖ π_old) averaged over them.
+        with torch.no_grad():
             new = model.policy.get_distribution(observations).distribution
             kl = float(per_sample(torch.distributions.kl_divergence(old, new)).mean())
 

@@ -137,6 +137,23 @@ def test_a_study_run_again_reuses_its_folders_and_leaves_finished_runs_alone(tmp
             tmp_path / "runs" / name)
 
 
+@pytest.mark.parametrize("exit_code, sweeps_run", [(130, 1), (143, 1), (1, 2), (0, 2)])
+def test_a_study_stops_at_an_interrupted_sweep_and_goes_on_past_a_failed_one(
+        tmp_path, monkeypatch, exit_code, sweeps_run):
+    """mujoco_suite has two sweeps (its own, then the baseline's): a signal that stopped the
+    first leaves the second for the next call; a run that failed does not."""
+    import experiments.__main__ as entry
+
+    commands = []
+    monkeypatch.setattr(entry.subprocess, "call",
+                        lambda command, cwd: commands.append(command) or exit_code)
+    monkeypatch.setattr(entry, "analyse", lambda argv: 0)
+    assert entry.main(["mujoco_suite", "--sweep-dir", str(tmp_path), "--out",
+                       str(tmp_path / "out")]) == exit_code
+    assert len(commands) == sweeps_run
+    assert ("solver=sb3_trpo" in commands[-1]) == (sweeps_run == 2)
+
+
 def test_async_vector_mode_trains(compose_config, tmp_path):
     cfg = compose_config(["env=cartpole", *TINY, "vector_mode=async"])
     train(cfg, tmp_path)

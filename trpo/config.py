@@ -416,7 +416,9 @@ class SB3TRPOConfig:
 
     # What trains a run of this option instead of trpo.trainer.Trainer.
     trainer: str = "experiments.sb3_baseline.SB3Trainer"
-    # δ on the mean KL, enforced by the line search.
+    # δ enforced by the line search on sb3-contrib's mean KL, which averages KL(π_new ‖ π_old)
+    # over the action's dimensions as well as the states: about dims × δ on the whole KL that
+    # solver.max_kl bounds for trpo (RESULTS.md, The MuJoCo suite).
     target_kl: float = MISSING
     # Conjugate-gradient iterations, and the damping added to the Fisher-vector product.
     cg_max_steps: int = MISSING

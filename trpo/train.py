@@ -176,9 +176,7 @@ def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume
                     error=f"{type(error).__name__}: {error}", **provenance)
         raise
     logger.close("completed")
-    agent = trainer.agent()
-    if agent is not None:
-        folder.save_agent(agent)
+    folder.save_agent(trainer.agent())
     folder.write_status("completed", final_eval_return=final_return,
                         iteration=trainer.iteration, **provenance, **cluster_job())
     return final_return
