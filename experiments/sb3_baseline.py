@@ -23,7 +23,6 @@ analysis's videos take a baseline run as any other.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Optional
 
@@ -107,13 +106,7 @@ class SB3Trainer(Trainer):
             seed=stream_seed(cfg.seed, "sb3"), device="cpu", verbose=0)
         self.model.set_logger(Logger(folder=None, output_formats=[]))  # read, never written
         self.callback = None  # sb3's, made when training starts
-        self.iteration = 0
-        self.wall_s = 0.0
-        self.final_return = math.nan
-        self.rejected_in_a_row = 0  # sb3 rejects no update for non-finite values
-        self.wandb_id: Optional[str] = None
-        self.history: list[dict[str, Any]] = []
-        self.checkpointed_at = 0
+        self.start_counters()  # rejected_in_a_row stays 0: sb3 rejects no update for NaNs
 
     def close(self) -> None:
         try:

@@ -102,6 +102,11 @@ class Trainer:
                                           self.reward_scaler,
                                           cfg.steps_per_iteration // cfg.num_envs, cfg.seed,
                                           cfg.env.id)
+        self.start_counters()
+
+    def start_counters(self) -> None:
+        """The counters and history of a run that has not trained yet (a checkpoint's load
+        replaces them)."""
         self.iteration = 0
         self.wall_s = 0.0  # training time before this process (a resumed run goes on from it)
         self.final_return = math.nan
