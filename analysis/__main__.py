@@ -11,8 +11,8 @@ from pathlib import Path
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity, save_figure,
                               swept_numeric_keys)
 from analysis.load import detect_group_keys, drop_unmeasured, load_runs, task_references
-from analysis.report import (aggregate_markdown, aggregate_scores, final_table, make_groups,
-                             write_tables)
+from analysis.report import (aggregate_markdown, aggregate_scores, diagnostics_markdown,
+                             diagnostics_table, final_table, make_groups, write_tables)
 from analysis.videos import write_videos
 
 log = logging.getLogger("analysis")
@@ -120,6 +120,7 @@ def main(argv=None) -> int:
         return 2
     table = final_table(groups, args.metric, reps=args.reps)
     write_tables(table, runs, args.metric, args.out, args.dirs)
+    (args.out / "diagnostics.md").write_text(diagnostics_markdown(diagnostics_table(groups)))
     # Two or more line keys: a panel per value of the first, so no panel holds every line.
     panel_key = keys[0] if len(keys) >= 2 else None
     save_figure(plot_curves(groups, args.metric, reps=args.reps, panel_key=panel_key), args.out,

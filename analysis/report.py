@@ -241,6 +241,70 @@ def aggregate_markdown(aggregate: Aggregate, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What the diagnostics table shows of each line's training: (progress.csv column, heading, and
+# whether it is averaged over the whole run or over the final score's window).
+DIAGNOSTICS = (("kl", "KL(π_old ‖ π_new) per update", "run"),
+               ("update_accepted", "updates accepted", "run"),
+               ("entropy", "policy entropy", "final"),
+               ("episode_length_mean", "episode length", "final"),
+               ("explained_variance", "value explained variance", "final"),
+               ("value_loss", "value loss", "final"))
+
+
+def diagnostic(progress: pd.DataFrame, column: str, span: str) -> float:
+    """``column``'s mean over the run's logged rows (``span="run"``) or over its final score's
+    window (``"final"``, :func:`final_score`); NaN if the run never logged it."""
+    if column not in progress or progress[column].isna().all():
+        return math.nan
+    if span == "final":
+        return final_score(progress, column)
+    return float(progress[column].mean())
+
+
+def diagnostics_table(groups: list[Group]) -> pd.DataFrame:
+    """One row per env × group: ``seeds`` and, for each of :data:`DIAGNOSTICS`, the mean over
+    seeds of each run's value (``<column>``) and the lowest and highest run's
+    (``<column>_lo``, ``<column>_hi``); runs that never logged a column are left out of it."""
+    rows = []
+    for group in groups:
+        row = {"env": group.env, **group.keys, "group": group.label, "seeds": group.seeds}
+        for column, _, span in DIAGNOSTICS:
+            values = np.array([diagnostic(run.progress, column, span) for run in group.runs])
+            values = values[~np.isnan(values)]
+            row[column], row[f"{column}_lo"], row[f"{column}_hi"] = (
+                (values.mean(), values.min(), values.max()) if values.size else (math.nan,) * 3)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def diagnostics_markdown(table: pd.DataFrame) -> str:
+    """The diagnostics as ``mean (lowest to highest run)`` cells, a row per env × group and a
+    column per training signal that some run logged; empty if there are none."""
+    columns = [(c, heading, span) for c, heading, span in DIAGNOSTICS
+               if c in table and table[c].notna().any()]
+    if table.empty or not columns:
+        return ""
+    lines = [f"| env | group | seeds | {' | '.join(h for _, h, _ in columns)} |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for row in table.sort_values(["env", "group"]).itertuples(index=False):
+        row = row._asdict()
+        cells = [f"{_signal(row[c])} ({_signal(row[f'{c}_lo'])} to {_signal(row[f'{c}_hi'])})"
+                 if math.isfinite(row[c]) else "–" for c, _, _ in columns]
+        lines.append(f"| {row['env']} | {row['group']} | {row['seeds']} | {' | '.join(cells)} |")
+    whole = ", ".join(h for _, h, span in columns if span == "run")
+    window = ", ".join(h for _, h, span in columns if span == "final")
+    lines += ["", f"What the runs' logs say: the mean over seeds (lowest to highest run) of each "
+              f"run's {whole} averaged over its training"
+              + (f", and of its {window} over its last {FINAL_WINDOW:.0%} of environment steps, "
+                 "the final score's window." if window else ".")]
+    return "\n".join(lines) + "\n"
+
+
+def _signal(value: float) -> str:
+    """Three significant digits, without an exponent for values of 100 or more."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _best(table: pd.DataFrame) -> set[tuple[str, str]]:
     """(env, group) pairs with the highest IQM in their env; every one of them on a tie."""
     top = table.groupby("env")["iqm"].transform("max")

@@ -118,6 +118,9 @@ def study_block(study: str, out: Path) -> str:
     if aggregate.exists() and aggregate.read_text().strip():
         figures.append(f"![{study}: across tasks]({folder}/aggregate.png)")
         tables.append(aggregate.read_text().strip())
+    diagnostics = out / "diagnostics.md"  # written by the analysis since 2026-12-02
+    if diagnostics.exists() and diagnostics.read_text().strip():
+        tables.append(diagnostics.read_text().strip())
     return "\n\n".join([*figures, *tables]) + "\n"
 
 

@@ -17,7 +17,8 @@ from analysis.__main__ import main
 from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity,
                               swept_numeric_keys)
 from analysis.load import Run, detect_group_keys, load_runs, task_references
-from analysis.report import (aggregate_scores, curve_on_grid, final_score, final_table, make_groups,
+from analysis.report import (aggregate_scores, curve_on_grid, diagnostics_markdown,
+                             diagnostics_table, final_score, final_table, make_groups,
                              max_of_mean_curve, step_grid)
 from tests.run_folders import sweep, trust_region_sweep, write_run
 from trpo.run_folder import RunFolder
@@ -336,6 +337,31 @@ def test_a_duplicate_that_differs_in_a_key_left_out_of_the_grouping_names_it(tmp
                                          ["solver", "solver.max_kl"])] == [1, 1]
 
 
+def test_diagnostics_average_over_the_run_or_the_final_window_by_hand():
+    def run(seed, kl, entropy, length=None):
+        columns = {"env_steps": [100, 500, 1000], "eval_return_mean": [1.0, 2.0, 3.0],
+                   "kl": kl, "entropy": entropy}
+        if length is not None:
+            columns["episode_length_mean"] = length
+        return Run(path=Path(str(seed)), config={"env.id": "Hopper-v5", "seed": seed},
+                   status="completed", progress=pd.DataFrame(columns), complete=True)
+
+    # KL over the whole run: 0.02 and 0.04; entropy over the last 10% (step 1000 only): 1 and 3;
+    # episode length logged by one run only (the window's last value, 8).
+    runs = [run(0, [0.01, 0.02, 0.03], [9.0, 5.0, 1.0], length=[2.0, 4.0, 8.0]),
+            run(1, [0.03, 0.04, 0.05], [9.0, 5.0, 3.0])]
+    table = diagnostics_table(make_groups(runs, []))
+    row = table.iloc[0]
+    assert (row.seeds, row.kl, row.kl_lo, row.kl_hi) == (2, pytest.approx(0.03), 0.02, 0.04)
+    assert (row.entropy, row.entropy_lo, row.entropy_hi) == (2.0, 1.0, 3.0)
+    assert (row.episode_length_mean, row.episode_length_mean_lo) == (8.0, 8.0)
+    assert np.isnan(row.value_loss)
+    markdown = diagnostics_markdown(table)
+    assert "| Hopper-v5 | runs | 2 | 0.03 (0.02 to 0.04) | 2 (1 to 3) | 8 (8 to 8) |" in markdown
+    assert "value loss" not in markdown.split("\n")[0]  # never logged: no column
+    assert diagnostics_markdown(diagnostics_table([])) == ""
+
+
 def test_max_of_mean_curve_uses_common_steps_only():
     def run(steps, values):
         return Run(path=Path("."), config={"env": "hopper", "seed": 0}, status="completed",
@@ -357,7 +383,7 @@ def test_command_writes_every_output_with_the_right_contents(tmp_path, capsys):
     assert main([str(tmp_path / "runs"), "--out", str(out), "--reps", "200"]) == 0
     assert {p.name for p in out.iterdir()} == {
         "curves.pdf", "curves.png", "aggregate.pdf", "aggregate.png", "aggregate.md",
-        "final.csv", "final.md", "final.tex", "runs.csv"}
+        "diagnostics.md", "final.csv", "final.md", "final.tex", "runs.csv"}
     # Every npg run (20-22) beats every trpo run (10-12) on both envs.
     assert "| P(npg > trpo) | 1.00 [1.00, 1.00] |" in (out / "aggregate.md").read_text()
     final = pd.read_csv(out / "final.csv")
