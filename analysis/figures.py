@@ -22,8 +22,8 @@ import pandas as pd  # noqa: E402
 
 from analysis import stats  # noqa: E402
 from analysis.load import CHOICE_GROUPS, values_label  # noqa: E402
-from analysis.report import (Aggregate, Group, aggregate_scores, curve_on_grid,  # noqa: E402
-                             evaluations, step_grid)
+from analysis.report import (METRIC_LABELS, Aggregate, Group, aggregate_scores,  # noqa: E402
+                             curve_on_grid, evaluations, step_grid)
 
 log = logging.getLogger("analysis")
 
@@ -31,17 +31,6 @@ log = logging.getLogger("analysis")
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
            "#000000"]
 LINESTYLES = ["-", "--", ":", "-."]
-
-METRIC_LABELS = {
-    "eval_return_mean": "Evaluation return",
-    "return_mean": "Training episode return",
-    "kl": "KL(π_old ‖ π_new)",
-    "kl_obs_stats": "KL from new observation statistics",
-    "entropy": "Policy entropy (nats)",
-    "explained_variance": "Explained variance of V",
-    "value_loss": "Value loss (MSE)",
-    "steps_per_s": "Environment steps per second",
-}
 
 STYLE = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,

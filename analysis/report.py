@@ -241,36 +241,55 @@ def aggregate_markdown(aggregate: Aggregate, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# What the diagnostics table shows of each line's training: (progress.csv column, heading, and
-# whether it is averaged over the whole run or over the final score's window).
-DIAGNOSTICS = (("kl", "KL(π_old ‖ π_new) per update", "run"),
-               ("update_accepted", "updates accepted", "run"),
-               ("entropy", "policy entropy", "final"),
-               ("episode_length_mean", "episode length", "final"),
-               ("explained_variance", "value explained variance", "final"),
-               ("value_loss", "value loss", "final"))
+# How tables and figures name progress.csv's columns.
+METRIC_LABELS = {
+    "eval_return_mean": "Evaluation return",
+    "return_mean": "Training episode return",
+    "kl": "KL(π_old ‖ π_new)",
+    "kl_obs_stats": "KL from new observation statistics",
+    "update_accepted": "Updates accepted (%)",
+    "entropy": "Policy entropy (nats)",
+    "episode_length_mean": "Episode length",
+    "explained_variance": "Explained variance of V",
+    "value_loss": "Value loss (MSE)",
+    "steps_per_s": "Environment steps per second",
+}
+# The training signals of the diagnostics table: (progress.csv column, whether it is averaged
+# over the final score's window rather than over the whole run).
+DIAGNOSTICS = (("kl", False), ("update_accepted", False), ("entropy", True),
+               ("episode_length_mean", True), ("explained_variance", True), ("value_loss", True))
 
 
-def diagnostic(progress: pd.DataFrame, column: str, span: str) -> float:
-    """``column``'s mean over the run's logged rows (``span="run"``) or over its final score's
-    window (``"final"``, :func:`final_score`); NaN if the run never logged it."""
+def run_diagnostic(progress: pd.DataFrame, column: str, final_window: bool) -> float:
+    """``column``'s mean over the run's final score's window (``final_window``,
+    :func:`final_score`) or over all its logged rows; NaN if the run never logged it.
+
+    ``kl`` over the whole run is the mean over accepted updates: a rejected one restores the
+    policy and logs 0, which would mix the rejections into the step size.
+    """
     if column not in progress or progress[column].isna().all():
         return math.nan
-    if span == "final":
+    if final_window:
         return final_score(progress, column)
+    if column == "kl" and "update_accepted" in progress:
+        accepted = progress[progress["update_accepted"] == 1]
+        return float(accepted["kl"].mean()) if not accepted.empty else math.nan
     return float(progress[column].mean())
 
 
 def diagnostics_table(groups: list[Group]) -> pd.DataFrame:
-    """One row per env × group: ``seeds`` and, for each of :data:`DIAGNOSTICS`, the mean over
-    seeds of each run's value (``<column>``) and the lowest and highest run's
-    (``<column>_lo``, ``<column>_hi``); runs that never logged a column are left out of it."""
+    """One row per env × group: ``seeds`` (the group's runs) and, for each column of
+    :data:`DIAGNOSTICS`, over the runs that logged it (``<column>_runs`` of them) the mean of
+    their :func:`run_diagnostic` (``<column>``) and the lowest and highest (``<column>_lo``,
+    ``<column>_hi``)."""
     rows = []
     for group in groups:
         row = {"env": group.env, **group.keys, "group": group.label, "seeds": group.seeds}
-        for column, _, span in DIAGNOSTICS:
-            values = np.array([diagnostic(run.progress, column, span) for run in group.runs])
-            values = values[~np.isnan(values)]
+        for column, final_window in DIAGNOSTICS:
+            values = np.array([run_diagnostic(run.progress, column, final_window)
+                               for run in group.runs])
+            values = values[~np.isnan(values)]  # an inf is kept: a diverged run shows as one
+            row[f"{column}_runs"] = int(values.size)
             row[column], row[f"{column}_lo"], row[f"{column}_hi"] = (
                 (values.mean(), values.min(), values.max()) if values.size else (math.nan,) * 3)
         rows.append(row)
@@ -279,29 +298,52 @@ def diagnostics_table(groups: list[Group]) -> pd.DataFrame:
 
 def diagnostics_markdown(table: pd.DataFrame) -> str:
     """The diagnostics as ``mean (lowest to highest run)`` cells, a row per env × group and a
-    column per training signal that some run logged; empty if there are none."""
-    columns = [(c, heading, span) for c, heading, span in DIAGNOSTICS
-               if c in table and table[c].notna().any()]
+    column per training signal that some run logged; ``n=k`` where only k of the group's runs
+    logged it, ``–`` where none did. Empty if no run logged any."""
+    columns = [(c, final_window) for c, final_window in DIAGNOSTICS
+               if c in table and table[f"{c}_runs"].any()]
     if table.empty or not columns:
         return ""
-    lines = [f"| env | group | seeds | {' | '.join(h for _, h, _ in columns)} |",
+    lines = [f"| env | group | seeds | {' | '.join(METRIC_LABELS[c] for c, _ in columns)} |",
              "|---|---|---|" + "---|" * len(columns)]
-    for row in table.sort_values(["env", "group"]).itertuples(index=False):
-        row = row._asdict()
-        cells = [f"{_signal(row[c])} ({_signal(row[f'{c}_lo'])} to {_signal(row[f'{c}_hi'])})"
-                 if math.isfinite(row[c]) else "–" for c, _, _ in columns]
+    for _, row in table.sort_values(["env", "group"]).iterrows():
+        cells = [_diagnostic_cell(row, c) for c, _ in columns]
         lines.append(f"| {row['env']} | {row['group']} | {row['seeds']} | {' | '.join(cells)} |")
-    whole = ", ".join(h for _, h, span in columns if span == "run")
-    window = ", ".join(h for _, h, span in columns if span == "final")
-    lines += ["", f"What the runs' logs say: the mean over seeds (lowest to highest run) of each "
-              f"run's {whole} averaged over its training"
-              + (f", and of its {window} over its last {FINAL_WINDOW:.0%} of environment steps, "
-                 "the final score's window." if window else ".")]
+    whole = [_in_a_sentence(METRIC_LABELS[c]) for c, final_window in columns if not final_window]
+    window = [_in_a_sentence(METRIC_LABELS[c]) for c, final_window in columns if final_window]
+    spans = ([f"{_and(whole)} over its whole training"] if whole else []) + (
+        [f"{_and(window)} over its last {FINAL_WINDOW:.0%} of environment steps (the final "
+         "score's window)"] if window else [])
+    lines += ["", f"Training diagnostics: the mean over seeds (lowest to highest run) of each "
+              f"run's average of {', and of '.join(spans)}. KL per update is over accepted "
+              "updates."]
     return "\n".join(lines) + "\n"
 
 
-def _signal(value: float) -> str:
-    """Three significant digits, without an exponent for values of 100 or more."""
+def _diagnostic_cell(row: pd.Series, column: str) -> str:
+    runs = row[f"{column}_runs"]
+    if not runs:
+        return "–"
+    scale = 100.0 if column == "update_accepted" else 1.0
+    value, low, high = (_number(scale * row[f"{column}{end}"]) for end in ("", "_lo", "_hi"))
+    if runs == 1:
+        return f"{value} (one run)"
+    return f"{value} ({low} to {high}{f', n={runs}' if runs < row['seeds'] else ''})"
+
+
+def _in_a_sentence(label: str) -> str:
+    """``label`` inside a sentence: its first letter lower case unless it starts an acronym."""
+    return label if label[:2].isupper() else label[:1].lower() + label[1:]
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, [", ".join(items[:-1]), items[-1]]))
+
+
+def _number(value: float) -> str:
+    """Three significant digits below 100, whole numbers from 100 up (``0.00705``, ``1.69``,
+    ``649``, ``4756``); ``inf`` and ``nan`` as such."""
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 

@@ -105,7 +105,8 @@ def study_sweeps(study: str, overrides: list[str]) -> list[list[str]]:
 
 def study_block(study: str, out: Path) -> str:
     """What ``RESULTS.md`` shows of a study: its curves, the final score against a swept
-    setting where there is one, its final tables and its aggregate across envs."""
+    setting where there is one, its final tables, its aggregate across envs and its training
+    diagnostics (the last two where the analysis wrote them)."""
     folder = out.relative_to(ROOT).as_posix()
     figures = [f"![{study}: learning curves]({folder}/curves.png)"]
     figures += [f"![{study}: final score against {path.stem.removeprefix('sensitivity_')}]"
@@ -114,14 +115,17 @@ def study_block(study: str, out: Path) -> str:
                 f"({folder}/videos/{path.name})"
                 for path in sorted(out.glob("videos/*_frames.png"))]
     tables = [(out / "final.md").read_text().strip()]
-    aggregate = out / "aggregate.md"  # written by the analysis since 2026-12-02
-    if aggregate.exists() and aggregate.read_text().strip():
+    aggregate, diagnostics = (table_text(out / name) for name in ("aggregate.md", "diagnostics.md"))
+    if aggregate:
         figures.append(f"![{study}: across tasks]({folder}/aggregate.png)")
-        tables.append(aggregate.read_text().strip())
-    diagnostics = out / "diagnostics.md"  # written by the analysis since 2026-12-02
-    if diagnostics.exists() and diagnostics.read_text().strip():
-        tables.append(diagnostics.read_text().strip())
+    tables += [table for table in (aggregate, diagnostics) if table]
     return "\n\n".join([*figures, *tables]) + "\n"
+
+
+def table_text(path: Path) -> str:
+    """The table the analysis wrote to ``path``; empty if it wrote none (results from before
+    it wrote that file, or nothing to show)."""
+    return path.read_text().strip() if path.exists() else ""
 
 
 def block_markers(study: str) -> tuple[str, str]:

@@ -338,27 +338,38 @@ def test_a_duplicate_that_differs_in_a_key_left_out_of_the_grouping_names_it(tmp
 
 
 def test_diagnostics_average_over_the_run_or_the_final_window_by_hand():
-    def run(seed, kl, entropy, length=None):
+    def run(seed, kl, entropy, solver="trpo", **more):
         columns = {"env_steps": [100, 500, 1000], "eval_return_mean": [1.0, 2.0, 3.0],
-                   "kl": kl, "entropy": entropy}
-        if length is not None:
-            columns["episode_length_mean"] = length
-        return Run(path=Path(str(seed)), config={"env.id": "Hopper-v5", "seed": seed},
-                   status="completed", progress=pd.DataFrame(columns), complete=True)
+                   "kl": kl, "entropy": entropy, **more}
+        return Run(path=Path(f"{solver}{seed}"), status="completed", complete=True,
+                   config={"env.id": "Hopper-v5", "seed": seed, "solver": solver},
+                   progress=pd.DataFrame(columns))
 
-    # KL over the whole run: 0.02 and 0.04; entropy over the last 10% (step 1000 only): 1 and 3;
-    # episode length logged by one run only (the window's last value, 8).
-    runs = [run(0, [0.01, 0.02, 0.03], [9.0, 5.0, 1.0], length=[2.0, 4.0, 8.0]),
-            run(1, [0.03, 0.04, 0.05], [9.0, 5.0, 3.0])]
-    table = diagnostics_table(make_groups(runs, []))
-    row = table.iloc[0]
-    assert (row.seeds, row.kl, row.kl_lo, row.kl_hi) == (2, pytest.approx(0.03), 0.02, 0.04)
-    assert (row.entropy, row.entropy_lo, row.entropy_hi) == (2.0, 1.0, 3.0)
-    assert (row.episode_length_mean, row.episode_length_mean_lo) == (8.0, 8.0)
-    assert np.isnan(row.value_loss)
-    markdown = diagnostics_markdown(table)
-    assert "| Hopper-v5 | runs | 2 | 0.03 (0.02 to 0.04) | 2 (1 to 3) | 8 (8 to 8) |" in markdown
-    assert "value loss" not in markdown.split("\n")[0]  # never logged: no column
+    # KL over the run's accepted updates: 0.02, and 0.045 (the rejected update logged 0);
+    # entropy over the last 10% (step 1000 only): 1 and 3; episode length logged by one run.
+    runs = [run(0, [0.01, 0.02, 0.03], [9.0, 5.0, 1.0], episode_length_mean=[2.0, 4.0, 8.0],
+                update_accepted=[1.0, 1.0, 1.0]),
+            run(1, [0.04, 0.0, 0.05], [9.0, 5.0, 3.0], update_accepted=[1.0, 0.0, 1.0]),
+            run(0, [0.1, 0.1, 0.1], [1.0, 1.0, float("inf")], solver="npg")]
+    table = diagnostics_table(make_groups(runs, ["solver"])).set_index("group")
+    trpo = table.loc["trpo"]
+    assert trpo.seeds == 2 and trpo.kl_runs == 2 and trpo.episode_length_mean_runs == 1
+    assert (trpo.kl, trpo.kl_lo, trpo.kl_hi) == pytest.approx((0.0325, 0.02, 0.045))
+    assert (trpo.entropy, trpo.entropy_lo, trpo.entropy_hi) == (2.0, 1.0, 3.0)
+    assert trpo.update_accepted == pytest.approx(5 / 6)
+    assert trpo.episode_length_mean == 8.0 and np.isnan(trpo.value_loss)
+    markdown = diagnostics_markdown(table.reset_index())
+    head, _, npg_row, trpo_row = markdown.splitlines()[:4]
+    assert head == ("| env | group | seeds | KL(π_old ‖ π_new) | Updates accepted (%) | "
+                    "Policy entropy (nats) | Episode length |")  # no value loss: never logged
+    assert trpo_row == ("| Hopper-v5 | trpo | 2 | 0.0325 (0.02 to 0.045) | 83.3 (66.7 to 100) | "
+                        "2 (1 to 3) | 8 (one run) |")
+    assert npg_row == "| Hopper-v5 | npg | 1 | 0.1 (one run) | – | inf (one run) | – |"
+    assert markdown.splitlines()[-1] == (
+        "Training diagnostics: the mean over seeds (lowest to highest run) of each run's average "
+        "of KL(π_old ‖ π_new) and updates accepted (%) over its whole training, and of policy "
+        "entropy (nats) and episode length over its last 10% of environment steps (the final "
+        "score's window). KL per update is over accepted updates.")
     assert diagnostics_markdown(diagnostics_table([])) == ""
 
 
@@ -748,6 +759,10 @@ def test_results_page_blocks_are_replaced_and_the_prose_kept(tmp_path, monkeypat
     assert entry.refresh_results_page(page, "quickstart", out)
     assert ("![quickstart: Hopper-v5_trpo, the best seed's final policy](experiments/results/"
             "quickstart/videos/Hopper-v5_trpo_frames.png)\n\n| new table |") in page.read_text()
+    (out / "aggregate.md").write_text("| across |\n")  # the aggregate, then the diagnostics
+    (out / "diagnostics.md").write_text("| diagnostics |\n")
+    assert entry.refresh_results_page(page, "quickstart", out)
+    assert (f"| new table |\n\n| across |\n\n| diagnostics |\n{end}") in page.read_text()
 
 
 def test_results_page_shows_each_study_as_its_committed_outputs_say():
