@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 from analysis import stats  # noqa: E402
 from analysis.load import CHOICE_GROUPS, values_label  # noqa: E402
 from analysis.report import (METRIC_LABELS, Aggregate, Group, aggregate_scores,  # noqa: E402
-                             curve_on_grid, evaluations, step_grid)
+                             curve_on_grid, evaluations, in_a_sentence, step_grid)
 
 log = logging.getLogger("analysis")
 
@@ -270,7 +270,7 @@ def plot_sensitivity(table: pd.DataFrame, key: str, keys: list[str], metric: str
             ax.minorticks_off()
             ax.set_title(env)
             ax.set_xlabel(key)
-            ax.set_ylabel(f"Final {METRIC_LABELS.get(metric, metric).lower()}")
+            ax.set_ylabel(f"Final {in_a_sentence(METRIC_LABELS.get(metric, metric))}")
         for ax in list(axes.flat)[len(envs):]:
             ax.set_visible(False)
         seeds = _seeds_text(list(table["seeds"]))

@@ -309,8 +309,8 @@ def diagnostics_markdown(table: pd.DataFrame) -> str:
     for _, row in table.sort_values(["env", "group"]).iterrows():
         cells = [_diagnostic_cell(row, c) for c, _ in columns]
         lines.append(f"| {row['env']} | {row['group']} | {row['seeds']} | {' | '.join(cells)} |")
-    whole = [_in_a_sentence(METRIC_LABELS[c]) for c, final_window in columns if not final_window]
-    window = [_in_a_sentence(METRIC_LABELS[c]) for c, final_window in columns if final_window]
+    whole = [in_a_sentence(METRIC_LABELS[c]) for c, final_window in columns if not final_window]
+    window = [in_a_sentence(METRIC_LABELS[c]) for c, final_window in columns if final_window]
     spans = ([f"{_and(whole)} over its whole training"] if whole else []) + (
         [f"{_and(window)} over its last {FINAL_WINDOW:.0%} of environment steps (the final "
          "score's window)"] if window else [])
@@ -331,7 +331,7 @@ def _diagnostic_cell(row: pd.Series, column: str) -> str:
     return f"{value} ({low} to {high}{f', n={runs}' if runs < row['seeds'] else ''})"
 
 
-def _in_a_sentence(label: str) -> str:
+def in_a_sentence(label: str) -> str:
     """``label`` inside a sentence: its first letter lower case unless it starts an acronym."""
     return label if label[:2].isupper() else label[:1].lower() + label[1:]
 
