@@ -15,9 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
 from trpo.agent import AgentLoadError, load_agent
+from trpo.evaluate import play_episode
 
 PLANAR_TASKS = ("Hopper", "Walker2d", "HalfCheetah")
 
@@ -39,26 +41,36 @@ def wrapped_pitch(angle: np.ndarray) -> np.ndarray:
     return np.degrees(np.abs(np.arctan2(np.sin(angle), np.cos(angle))))
 
 
+class TorsoRecorder(gym.Wrapper):
+    """Records the torso's pitch (``qpos[2]``, rad) and forward speed (``qvel[0]``) after each
+    step of a planar MuJoCo task."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.pitch: list[float] = []
+        self.speed: list[float] = []
+
+    def step(self, action):
+        result = super().step(action)
+        data = self.env.unwrapped.data
+        self.pitch.append(float(data.qpos[2]))
+        self.speed.append(float(data.qvel[0]))
+        return result
+
+
 def play_posture(run_dir: Path, seed: int = 0) -> Posture:
-    """One deterministic episode of the agent of ``run_dir``, reset with ``seed``."""
+    """One deterministic episode of the agent of ``run_dir``, reset with ``seed``
+    (:func:`trpo.evaluate.play_episode`)."""
     agent = load_agent(run_dir)
     task = agent.config.env.id
     if not task.startswith(PLANAR_TASKS):
         raise AgentLoadError(f"{run_dir}: {task} is not a planar task "
                              f"({', '.join(PLANAR_TASKS)})")
-    with agent.make_env() as env:
-        obs, _ = env.reset(seed=seed)
-        data = env.unwrapped.data
-        total, pitch, speed, done = 0.0, [], [], False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
-            total += float(reward)
-            pitch.append(data.qpos[2])
-            speed.append(data.qvel[0])
-            done = terminated or truncated
-    degrees = wrapped_pitch(np.array(pitch))
-    return Posture(total, len(pitch), float(degrees.mean()), float((degrees > 90).mean()),
-                   float(np.mean(speed)))
+    with TorsoRecorder(agent.make_env()) as env:
+        total, length = play_episode(agent, env, seed)
+    degrees = wrapped_pitch(np.array(env.pitch))
+    return Posture(total, length, float(degrees.mean()), float((degrees > 90).mean()),
+                   float(np.mean(env.speed)))
 
 
 def main(argv=None) -> int:
