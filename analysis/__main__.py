@@ -130,9 +130,10 @@ def main(argv=None) -> int:
                     f"sensitivity_{key}")
     references = task_references(runs)
     aggregate = aggregate_scores(groups, args.metric, references, reps=args.reps)
-    (args.out / "aggregate.md").write_text(aggregate_markdown(aggregate, args.metric))
-    save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps, scores=aggregate),
-                args.out, "aggregate")
+    if aggregate.envs:  # none when no env has every line: nothing to aggregate
+        (args.out / "aggregate.md").write_text(aggregate_markdown(aggregate, args.metric))
+        save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps,
+                                   scores=aggregate), args.out, "aggregate")
     if args.videos:
         write_videos(groups, args.metric, args.out)
     print((args.out / "final.md").read_text())

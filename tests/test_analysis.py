@@ -539,6 +539,16 @@ def test_the_aggregate_compares_against_the_baseline_over_the_envs_every_line_ha
         "trpo": (3, 2), "sb3_trpo": (3, 2)}
 
 
+def test_command_writes_no_aggregate_when_no_env_has_every_line(tmp_path):
+    sweep(tmp_path / "runs", envs=("hopper",), solvers=("trpo",))
+    sweep(tmp_path / "runs" / "more", envs=("walker",), solvers=("npg",))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "runs"), "--out", str(out), "--reps", "50"]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "curves.pdf", "curves.png", "diagnostics.md", "final.csv", "final.md", "final.tex",
+        "runs.csv"}
+
+
 def test_aggregate_figure_uses_reference_scores_and_has_three_panels(tmp_path):
     sweep(tmp_path)
     groups = make_groups(load_runs([tmp_path]).runs, ["solver"])
