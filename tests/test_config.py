@@ -47,7 +47,10 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
                 "no_obs_norm": ["normalize_obs"], "gae_lambda_097": ["advantage.lam"],
                 "critic_5_epochs": ["critic.epochs"], "batch_4096": ["steps_per_iteration"],
                 "envs_2x1024": ["num_envs"], "small_trust_region": ["solver.max_kl"],
-                "shrinking_trust_region": ["solver.max_kl_final"]}
+                "shrinking_trust_region": ["solver.max_kl_final"],
+                "log_std_low": ["network.log_std_init"], "steps_1024": ["steps_per_iteration"],
+                "damping_per_action_dim": ["solver.cg_damping_per_action_dim"],
+                "value_target_norm": ["critic.normalize_targets"]}
     assert differing == expected[ablation]
 
 

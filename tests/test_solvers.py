@@ -195,6 +195,17 @@ def test_damping_adds_a_multiple_of_the_vector(product):
     np.testing.assert_allclose(damped, plain + 0.25 * v, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind, act_dim, damping", [("gaussian", 3, 0.3), ("gaussian", 8, 0.8),
+                                                    ("categorical", 3, 0.1)])
+def test_damping_per_action_dim_is_the_damping_times_the_action_dimensions(kind, act_dim, damping):
+    policy = mlp_policy(kind, act_dim=act_dim)
+    scaled = NaturalPolicyGradient(policy, **solver_kwargs("npg", cg_damping=0.1,
+                                                           cg_damping_per_action_dim=True))
+    plain = NaturalPolicyGradient(policy, **solver_kwargs("npg", cg_damping=0.1))
+    assert scaled.cg_damping == pytest.approx(damping)
+    assert plain.cg_damping == 0.1
+
+
 @pytest.mark.parametrize("damping", [0.0, 0.1])
 @pytest.mark.parametrize("activation", list(Activation))
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])

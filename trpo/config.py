@@ -299,6 +299,10 @@ class NaturalGradientConfig:
     cg_iters: int = MISSING
     # Damping added to the Fisher-vector product, F + λI.
     cg_damping: float = MISSING
+    # true: λ = cg_damping × the action's dimensions, the damping sb3-contrib's TRPO applies,
+    # since it averages the KL over action dimensions where this solver sums them (1 for a
+    # Discrete action).
+    cg_damping_per_action_dim: bool = MISSING
     # CG stops early once the squared residual falls below this.
     cg_residual_tol: float = MISSING
     # k: Fisher-vector products use len(batch) // k states drawn at random, anew each update,

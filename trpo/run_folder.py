@@ -46,14 +46,15 @@ HYDRA = ".hydra"
 # What a key that the config of an older run lacks meant before the key existed (its value
 # then), for resuming such a run and for telling it apart from newer ones in the analysis.
 VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop", "env.backend": "gymnasium",
-                         "env.gamma": None, "env.max_kl": None}
+                         "env.gamma": None, "env.max_kl": None,
+                         "solver.cg_damping_per_action_dim": False}
 
 # Config keys whose values do not change what a run computes: a run may resume with them
 # changed, studies leave them out of run folder names, and the analysis never draws a line
 # per value. A key ending in "." stands for every key below it.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
                        "torch_threads", "max_rejected_updates", "critic.background",
-                       "env_workers", "also_sweep")
+                       "env_workers", "also_sweep", "env.random_return", "env.reference_return")
 
 # Statuses a run records; ``interrupted`` is also what a ``running`` record becomes once no
 # process holds the folder's lock (the process was killed before it could say so).

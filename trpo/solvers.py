@@ -269,6 +269,8 @@ class NaturalPolicyGradient(PolicySolver):
         max_kl_final: δ at the last update, reached linearly from ``max_kl`` over training
             (None: δ stays ``max_kl``). The δ used is reported as ``trust_region``.
         cg_iters, cg_damping, cg_residual_tol: conjugate gradient on (F + damping·I) x = g.
+        cg_damping_per_action_dim: damping = ``cg_damping`` × the action's dimensions (the
+            policy's ``log_std`` size; 1 for a Categorical policy) instead of ``cg_damping``.
         fvp_subsample: k; Fisher-vector products use len(batch) // k of the batch's states,
             drawn uniformly without replacement at each update from the solver's generator
             (seeded with ``seed``, carried in :meth:`state_dict`). 1: every state, no draw.
@@ -279,11 +281,14 @@ class NaturalPolicyGradient(PolicySolver):
     """
 
     def __init__(self, policy: nn.Module, *, max_kl: float, max_kl_final: float | None,
-                 cg_iters: int, cg_damping: float, cg_residual_tol: float, fvp_subsample: int,
-                 fvp: FisherProduct | str, step_size: float | None, seed: int):
+                 cg_iters: int, cg_damping: float, cg_damping_per_action_dim: bool,
+                 cg_residual_tol: float, fvp_subsample: int, fvp: FisherProduct | str,
+                 step_size: float | None, seed: int):
         super().__init__(policy, seed=seed)
         self.max_kl, self.max_kl_final = max_kl, max_kl_final
-        self.cg_iters, self.cg_damping = cg_iters, cg_damping
+        action_dims = policy.log_std.numel() if hasattr(policy, "log_std") else 1
+        self.cg_iters = cg_iters
+        self.cg_damping = cg_damping * action_dims if cg_damping_per_action_dim else cg_damping
         self.cg_residual_tol, self.fvp_subsample, self.step_size = (cg_residual_tol,
                                                                     fvp_subsample, step_size)
         self.fisher_vector_product = FISHER_VECTOR_PRODUCTS[FisherProduct(fvp)]
