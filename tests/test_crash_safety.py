@@ -119,12 +119,15 @@ def test_an_environment_state_restores_its_future_exactly(env_id):
 # ----------------------------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("env, fit", [("cartpole", "foreground"), ("hopper", "foreground"),
-                                      ("hopper", "background")])
-def test_resuming_gives_the_rows_of_an_uninterrupted_run(compose_config, tmp_path, env, fit):
+@pytest.mark.parametrize("env, fit, extra", [
+    ("cartpole", "foreground", []), ("hopper", "foreground", []), ("hopper", "background", []),
+    # the value targets' running statistics are resumed too, through a background fit
+    ("hopper", "background", ["critic.normalize_targets=true"])])
+def test_resuming_gives_the_rows_of_an_uninterrupted_run(compose_config, tmp_path, env, fit,
+                                                         extra):
     base = [f"env={env}", *TINY, "checkpoint_every=2", "eval_every=2", "critic.epochs=2",
             "solver=kl_penalty" if env == "cartpole" else "solver=trpo",
-            f"critic.background={fit == 'background'}"]
+            f"critic.background={fit == 'background'}", *extra]
     train(compose_config([*base, "total_steps=1024"]), tmp_path / "whole")
     # A run stopped after 4 iterations, then asked to go on to the full budget.
     train(compose_config([*base, "total_steps=512"]), tmp_path / "pieces")

@@ -487,6 +487,10 @@ class CriticConfig:
     lr: float = 1e-3
     epochs: int = 20
     minibatch_size: int = 128
+    # Regress the value net on returns standardised by their running mean and std, V = mean +
+    # std · MLP (Andrychowicz et al. 2021); off, as in rl-baselines3-zoo's settings, whose
+    # reward scaling (normalize_reward) already keeps returns near unit scale.
+    normalize_targets: bool = False
     # Fit in a worker process, on another core, while the next rollout steps the environments
     # (the same result). null: when this run has two cores or more (trpo.envs.cores_for_this_run;
     # so not in the jobs of a parallel sweep, which share the cores), else in this process.

@@ -44,8 +44,12 @@ class ValueFitter:
         self._pending = False
 
     def fit(self, obs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Regress V(obs) (``[B, obs_dim]``) on ``targets`` (``[B]``)."""
+        """Regress V(obs) (``[B, obs_dim]``) on ``targets`` (``[B]``); a value network with
+        ``fit_targets`` (:class:`trpo.networks.ValueNetwork`) regresses its MLP on what that
+        makes of them."""
         self.wait()
+        if hasattr(self.value, "fit_targets"):
+            targets = self.value.fit_targets(targets)
         if self._worker is None:
             self._fit(obs, targets)
             return
@@ -81,7 +85,8 @@ class ValueFitter:
             for first in range(0, obs.shape[0], self.minibatch_size):
                 last = first + self.minibatch_size
                 if layers is None:
-                    loss = nn.functional.mse_loss(self.value(shuffled_obs[first:last]),
+                    predict = getattr(self.value, "raw", self.value)
+                    loss = nn.functional.mse_loss(predict(shuffled_obs[first:last]),
                                                   shuffled_targets[first:last])
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()

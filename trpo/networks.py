@@ -17,6 +17,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from trpo.config import Activation, Init, NetworkConfig
+from trpo.normalization import RunningMeanStd
 
 ACTIVATIONS = {Activation.tanh: nn.Tanh, Activation.relu: nn.ReLU, Activation.elu: nn.ELU}
 
@@ -92,14 +93,51 @@ class CategoricalPolicy(nn.Module):
 
 
 class ValueNetwork(nn.Module):
-    """V_φ(s): an MLP with one output, shape ``[B]``."""
+    """V_φ(s): an MLP with one output, shape ``[B]``.
 
-    def __init__(self, obs_dim: int, cfg: NetworkConfig):
+    With ``normalize_targets`` the MLP fits returns standardised by their running mean and
+    variance over all batches so far, and V(s) = mean + std · MLP(s) (value normalisation as
+    in Andrychowicz et al. 2021; the statistics are buffers, so checkpoints and a background
+    fit carry them). Without it, V(s) = MLP(s) and the state dict has no buffers.
+    """
+
+    def __init__(self, obs_dim: int, cfg: NetworkConfig, normalize_targets: bool = False,
+                 epsilon: float = 1e-8):
         super().__init__()
         self.net = mlp(obs_dim, list(cfg.value_hidden), 1, cfg.activation, cfg.init, 1.0)
+        self.normalize_targets, self.epsilon = normalize_targets, epsilon
+        if normalize_targets:
+            stats = RunningMeanStd()
+            self.register_buffer("target_mean", torch.tensor(stats.mean))
+            self.register_buffer("target_var", torch.tensor(stats.var))
+            self.register_buffer("target_count", torch.tensor(stats.count, dtype=torch.float64))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        raw = self.raw(obs)
+        if not self.normalize_targets:
+            return raw
+        std = torch.sqrt(self.target_var + self.epsilon)
+        return (raw.double() * std + self.target_mean).to(raw.dtype)
+
+    def raw(self, obs: torch.Tensor) -> torch.Tensor:
+        """The MLP's own output, the quantity the fit regresses on :meth:`fit_targets`."""
         return self.net(obs).squeeze(-1)
+
+    def fit_targets(self, returns: torch.Tensor) -> torch.Tensor:
+        """What the MLP regresses on for these returns (``[B]``): the returns themselves, or,
+        with ``normalize_targets``, the returns standardised after merging them into the
+        running statistics."""
+        if not self.normalize_targets:
+            return returns
+        stats = RunningMeanStd()
+        stats.load_state_dict({"mean": self.target_mean.numpy(), "var": self.target_var.numpy(),
+                               "count": float(self.target_count)})
+        stats.update(returns.double().numpy())
+        self.target_mean.fill_(float(stats.mean))
+        self.target_var.fill_(float(stats.var))
+        self.target_count.fill_(stats.count)
+        std = torch.sqrt(self.target_var + self.epsilon)
+        return ((returns.double() - self.target_mean) / std).to(returns.dtype)
 
 
 def build_policy(observation_space: gym.Space, action_space: gym.Space,

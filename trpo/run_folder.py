@@ -47,7 +47,8 @@ HYDRA = ".hydra"
 # then), for resuming such a run and for telling it apart from newer ones in the analysis.
 VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop", "env.backend": "gymnasium",
                          "env.gamma": None, "env.max_kl": None,
-                         "solver.cg_damping_per_action_dim": False}
+                         "solver.cg_damping_per_action_dim": False,
+                         "critic.normalize_targets": False}
 
 # Config keys whose values do not change what a run computes: a run may resume with them
 # changed, studies leave them out of run folder names, and the analysis never draws a line

@@ -87,7 +87,8 @@ class Trainer:
         obs_space, action_space = (self.envs.single_observation_space,
                                    self.envs.single_action_space)
         self.policy = build_policy(obs_space, action_space, cfg.network)
-        self.value = ValueNetwork(int(np.prod(obs_space.shape)), cfg.network)
+        self.value = ValueNetwork(int(np.prod(obs_space.shape)), cfg.network,
+                                  normalize_targets=cfg.critic.normalize_targets)
         self.obs_normalizer = ObservationNormalizer(obs_space.shape, cfg.obs_clip,
                                                     cfg.normalize_obs)
         self.estimator = instantiate(cfg.advantage)
