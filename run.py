@@ -12,10 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from trpo.checkpoint import CheckpointError
+from trpo.io.checkpoint import CheckpointError
 from trpo.cli import job_tag, preflight, print_sweep_summary
 from trpo.config import ConfigError
-from trpo.run_folder import RunFolder, RunFolderBusy
+from trpo.io.run_folder import RunFolder, RunFolderBusy
 from trpo.train import RunInterrupted, train
 
 # When this command started (shared with the sweep's worker processes): a run folder made

@@ -1,8 +1,8 @@
 """Reading runs from Hydra run and multirun folders, with no network.
 
-A run is a folder that :mod:`trpo.run_folder` owns: ``.hydra/config.yaml`` (the config),
+A run is a folder that :mod:`trpo.io.run_folder` owns: ``.hydra/config.yaml`` (the config),
 ``progress.csv`` (one row per iteration) and ``status.json``. Every file is read through
-:class:`trpo.run_folder.RunFolder`, the one reader of each format. Groups are detected from the
+:class:`trpo.io.run_folder.RunFolder`, the one reader of each format. Groups are detected from the
 config values that differ between runs.
 
 A run's task is the environment it trained on, its ``env.id`` (``Hopper-v5``), whatever the env
@@ -25,8 +25,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trpo.run_folder import (VALUES_BEFORE_THE_KEY, RunFolder, find_run_folders,
-                              is_result_neutral)
+from trpo.config import VALUES_BEFORE_THE_KEY, is_result_neutral
+from trpo.io.run_folder import RunFolder, find_run_folders
 
 log = logging.getLogger("analysis")
 
@@ -90,7 +90,7 @@ def load_runs(roots: Iterable[Path], include_incomplete: bool = False) -> LoadRe
     no ``env.id``), runs with no well-formed ``progress.csv`` row or whose iterations repeat or
     go backwards, and, unless ``include_incomplete``, runs that have not logged their whole
     budget (running, or interrupted and waiting to be resumed). With ``include_incomplete``
-    those are used with their actual length. What :meth:`trpo.run_folder.ProgressFile.read`
+    those are used with their actual length. What :meth:`trpo.io.run_folder.ProgressFile.read`
     found wrong with a ``progress.csv`` it could read (a line cut by a crash, a garbled line)
     is logged as a warning naming the run.
     """
@@ -228,7 +228,7 @@ def detect_group_keys(runs: list[Run]) -> list[str]:
     Group choices come first (``ablation``, ``solver``, ``advantage``, ``network``), then the
     other keys in order. A key qualifies if it is not the seed, the env, the logger or
     experiment choice, an env setting other than ``env.backend``, or a result-neutral setting
-    (:func:`trpo.run_folder.is_result_neutral`: logging, the run's name, ``reuse_from``, ...),
+    (:func:`trpo.io.run_folder.is_result_neutral`: logging, the run's name, ``reuse_from``, ...),
     and it takes different values among runs that
     share the task (``env.id``) and every key chosen before it: so env-specific values (an
     env-derived ``total_steps``) never qualify, nor do values that follow from a choice (a

@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.load import CHOICE_GROUPS, OTHER_CHOICES, Run, group_label
-from trpo.run_folder import is_result_neutral
+from trpo.config import is_result_neutral
 
 log = logging.getLogger("analysis")
 

@@ -31,14 +31,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trpo.checkpoint import global_rng_state, nonfinite_entries, set_global_rng_state
-from trpo.config import Activation, EnvBackend, Init, VectorMode
+from trpo.io.checkpoint import nonfinite_entries
+from trpo.config import Activation, Init, VectorMode
 from trpo.critic import explained_variance
 from trpo.envs import env_makers, make_vector_env
-from trpo.provenance import code_version
+from trpo.io.provenance import code_version
 from trpo.rollout import evaluate
-from trpo.run_folder import RunFolder
-from trpo.seeding import stream_seed, stream_seeds
+from trpo.io.run_folder import RunFolder
+from trpo.seeding import global_rng_state, set_global_rng_state, stream_seed, stream_seeds
 from trpo.trainer import Trainer, resident_memory_mb
 
 log = logging.getLogger("trpo")
@@ -85,7 +85,7 @@ class SB3Trainer(Trainer):
                                  norm_reward=cfg.normalize_reward, clip_obs=cfg.obs_clip,
                                  gamma=cfg.advantage.gamma)
         self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
-                                         backend=EnvBackend.gymnasium)
+                                         backend="gymnasium")
         self.model = TRPO(
             "MlpPolicy", self.envs, n_steps=cfg.steps_per_iteration // cfg.num_envs,
             batch_size=cfg.critic.minibatch_size, n_critic_updates=cfg.critic.epochs,

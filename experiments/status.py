@@ -4,7 +4,7 @@ Lists every run the study's sweep makes, by the folder it gets, as completed, co
 another study (``reuse_from``), part-way (running, or interrupted and waiting to be resumed, with
 the share of its steps done), failed (with its error) or not started, and estimates the training
 time left from the study's own finished runs. Nothing is started or changed. Run folders are read
-through :mod:`trpo.run_folder` alone (no torch, no trainer).
+through :mod:`trpo.io.run_folder` alone (no torch, no trainer).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis.load import CONFIG_ERRORS, run_budget
-from trpo.run_folder import RunFolder, find_run_folders
+from trpo.io.run_folder import RunFolder, find_run_folders
 
 # What a planned run can be, in the order the summary counts them. Part-way runs are running
 # or interrupted (the study's command resumes them from their last checkpoint).

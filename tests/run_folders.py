@@ -1,4 +1,4 @@
-"""Tiny run folders with known numbers, written through :mod:`trpo.run_folder` as a run writes them.
+"""Tiny run folders with known numbers, written through :mod:`trpo.io.run_folder` as a run writes them.
 
 Shared by the analysis and study-status tests (a helper module, so no test module imports
 another).
@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
-from trpo.run_folder import RunFolder
+from trpo.io.run_folder import RunFolder
 
 ENV_IDS = {"hopper": "Hopper-v5", "walker": "Walker2d-v5", "cartpole": "CartPole-v1",
            "inverted_pendulum": "InvertedPendulum-v5"}

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, TINY, network_config
-from trpo import logger as logger_module
+from trpo.io import logger as logger_module
 from trpo.agent import AgentLoadError, TaskError, load_agent
 from trpo.config import Activation, Init, NetworkConfig
 from trpo.evaluate import evaluate_agent, main, play_episode
 from trpo.networks import build_policy
-from trpo.run_folder import CHECKPOINT, RunFolder
+from trpo.io.run_folder import CHECKPOINT, RunFolder
 from trpo.seeding import stream_seeds
 from trpo.train import train
 

@@ -21,7 +21,7 @@ from analysis.report import (aggregate_scores, curve_on_grid, diagnostics_markdo
                              diagnostics_table, final_score, final_table, make_groups,
                              max_of_mean_curve, step_grid)
 from tests.run_folders import sweep, trust_region_sweep, write_run
-from trpo.run_folder import RunFolder
+from trpo.io.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -836,7 +836,7 @@ def test_study_status_lists_an_unreadable_run_instead_of_stopping(tmp_path):
 
 
 def test_study_status_imports_neither_torch_nor_the_trainer(tmp_path):
-    """``--status`` reads run folders through trpo.run_folder alone: it starts at once."""
+    """``--status`` reads run folders through trpo.io.run_folder alone: it starts at once."""
     write_run(tmp_path / "sweep", "env=hopper,seed=0,solver=trpo")
     code = ("import sys; from experiments.__main__ import main; "
             f"main(['quickstart', '--status', '--sweep-dir', {str(tmp_path / 'sweep')!r}]); "

@@ -160,12 +160,17 @@ def test_module_colon_id_env_ids_are_accepted(compose_config):
     ("env.id=no_such_module:Thing-v0", "env.id"),
 ])
 def test_out_of_range_values_raise_one_line_naming_the_key(compose_config, override, key):
+    """The schema's checks, then the environment's (trpo.envs.checks), as a run does them."""
+    from trpo.envs.checks import check_envs
+
     cfg = compose_config([override])
     if key is None:
         validate_config(cfg)
+        check_envs(cfg)
         return
     with pytest.raises(ConfigError) as error:
         validate_config(cfg)
+        check_envs(cfg)
     message = str(error.value)
     assert error.value.key == key
     assert message.startswith(f"{key}=") and "\n" not in message

@@ -18,9 +18,10 @@ import torch
 
 import tests.toy_envs  # noqa: F401  (registers Counter-v0)
 from tests.conftest import ROOT, TINY, run_py, without_timing
-from trpo.checkpoint import CheckpointError, env_state, read_checkpoint, set_env_state
+from trpo.envs.state import env_state, set_env_state
+from trpo.io.checkpoint import CheckpointError, read_checkpoint
 from trpo.config import ConfigError
-from trpo.run_folder import CHECKPOINT, PREVIOUS, RunFolder
+from trpo.io.run_folder import CHECKPOINT, PREVIOUS, RunFolder
 from trpo.train import TrainingError, train
 
 
@@ -386,7 +387,7 @@ def test_a_full_disk_fails_the_run_clearly_and_keeps_the_last_checkpoint(compose
     where possible, and the checkpoint written before it stays loadable."""
     import errno
 
-    from trpo import logger as logger_module
+    from trpo.io import logger as logger_module
 
     real_write = logger_module.CSVWriter.write
 

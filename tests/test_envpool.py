@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trpo.config import ConfigError, EnvBackend, EnvConfig
-from trpo.envs import ENVPOOL_TASKS, make_vector_env
+from trpo.config import ConfigError, EnvConfig
+from trpo.envs import make_vector_env
+from trpo.envs.envpool import ENVPOOL_TASKS
 
 from tests.conftest import TINY
 from trpo.train import train
@@ -31,8 +32,8 @@ envpool = (importlib.import_module("envpool") if sys.platform == "linux"
 
 
 def both(cfg: EnvConfig, num_envs: int, threads: int = 1):
-    return (make_vector_env(cfg, num_envs, workers=threads, backend=EnvBackend.envpool),
-            make_vector_env(cfg, num_envs, backend=EnvBackend.gymnasium))
+    return (make_vector_env(cfg, num_envs, workers=threads, backend="envpool"),
+            make_vector_env(cfg, num_envs, backend="gymnasium"))
 
 
 def random_actions(space, steps: int, num_envs: int, seed: int = 0) -> np.ndarray:
@@ -109,7 +110,7 @@ def test_envpool_results_depend_on_the_seeds_not_on_the_threads():
     actions = random_actions(make_vector_env(cfg, 1).single_action_space, 300, 4)
 
     def observations(threads: int, seeds: list[int]) -> np.ndarray:
-        envs = make_vector_env(cfg, 4, workers=threads, backend=EnvBackend.envpool)
+        envs = make_vector_env(cfg, 4, workers=threads, backend="envpool")
         seen = [envs.reset(seed=seeds)[0]]
         seen += [envs.step(a)[0] for a in actions]
         envs.close()
@@ -120,16 +121,17 @@ def test_envpool_results_depend_on_the_seeds_not_on_the_threads():
     assert not np.array_equal(one_thread[0], observations(1, [9, 6, 7, 8])[0])
 
 
-@pytest.mark.parametrize("cfg,key", [
-    (EnvConfig(id="CartPole-v1", backend=EnvBackend.envpool), "backend"),
-    (EnvConfig(id="Ant-v5", backend=EnvBackend.envpool), "backend"),
-    (EnvConfig(id="Hopper-v5", backend=EnvBackend.envpool, kwargs={"healthy_z_range": [0.5, 2]}),
-     "kwargs"),
+@pytest.mark.parametrize("overrides,key", [
+    (["env=cartpole"], "env.backend"),
+    (["env=ant"], "env.backend"),
+    (["env=hopper", "+env.kwargs.healthy_z_range=[0.5,2]"], "env.kwargs"),
 ])
-def test_a_task_or_setting_envpool_does_not_take_is_refused_naming_the_key(cfg, key):
-    cfg.default_steps = 1000
+def test_a_task_or_setting_envpool_does_not_take_is_refused_naming_the_key(compose_config,
+                                                                         overrides, key):
+    from trpo.envs.checks import check_envs
+
     with pytest.raises(ConfigError) as error:
-        cfg.validate()
+        check_envs(compose_config([*overrides, "env.backend=envpool"]))
     assert error.value.key == key
     assert "\n" not in str(error.value)
 
@@ -145,12 +147,11 @@ def test_a_run_on_envpool_trains_and_resumes_with_new_episodes(compose_config, t
 
 
 def test_envpool_with_async_vector_mode_is_refused_in_one_line(compose_config):
-    from trpo.config import validate_config
+    from trpo.envs.checks import check_envs
 
     with pytest.raises(ConfigError, match="^vector_mode='async' is not allowed: must be sync "
                                           "with env.backend=envpool"):
-        validate_config(compose_config(["env=hopper", "env.backend=envpool",
-                                        "vector_mode=async"]))
+        check_envs(compose_config(["env=hopper", "env.backend=envpool", "vector_mode=async"]))
 
 
 @pytest.mark.slow  # end to end; test_envpool_threads_follow_the_launcher checks the rule

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from tests.conftest import TINY, option_values
-from trpo import logger as logger_module
+from trpo.io import logger as logger_module
 from trpo.config import ConfigError, LoggerConfig, WandbMode, validate_config
-from trpo.logger import WandbWriter
-from trpo.run_folder import RunFolder
+from trpo.io.logger import WandbWriter
+from trpo.io.run_folder import RunFolder
 from trpo.train import train
 
 WITHOUT_LOGGER_MODE = [o for o in TINY if not o.startswith("logger.mode")]

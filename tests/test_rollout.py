@@ -163,7 +163,7 @@ def test_policy_sampling_is_seeded():
 def test_the_lean_sync_vector_env_steps_gymnasiums_sync_vector_env_transitions(env_id):
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-    from trpo.envs import SameStepSyncVectorEnv, env_makers
+    from trpo.envs.gymnasium import SameStepSyncVectorEnv, env_makers
 
     cfg = EnvConfig(id=env_id, max_episode_steps=15)  # truncations as well as terminations
     ours = make_vector_env(cfg, 4)
@@ -188,7 +188,7 @@ def test_the_lean_sync_vector_env_steps_gymnasiums_sync_vector_env_transitions(e
 @pytest.mark.parametrize("env_id, workers", [("Hopper-v5", 2),
                                              ("tests.toy_envs:CounterTerminating-v0", 3)])
 def test_worker_processes_step_the_same_transitions_as_one_sync_vector_env(env_id, workers):
-    from trpo.envs import WorkerVectorEnv
+    from trpo.envs.gymnasium import WorkerVectorEnv
 
     cfg = EnvConfig(id=env_id)
     sync, split = make_vector_env(cfg, 5), make_vector_env(cfg, 5, workers=workers)
@@ -213,7 +213,7 @@ def test_worker_processes_step_the_same_transitions_as_one_sync_vector_env(env_i
 
 
 def test_environment_states_move_between_worker_processes_and_one_process():
-    from trpo.checkpoint import set_vector_env_state, vector_env_state
+    from trpo.envs.state import set_vector_env_state, vector_env_state
 
     cfg = EnvConfig(id="Hopper-v5")
     split, sync = make_vector_env(cfg, 4, workers=2), make_vector_env(cfg, 4)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,9 +20,9 @@ import torch
 
 import tests.toy_envs  # noqa: F401  (registers NaNReward-v0)
 from tests.conftest import ROOT, TINY, run_py, without_timing
-from trpo.checkpoint import read_checkpoint, write_checkpoint_file
+from trpo.io.checkpoint import read_checkpoint, write_checkpoint_file
 from trpo.config import ConfigError, EnvConfig, VectorMode
-from trpo.run_folder import CHECKPOINT, ProgressFile, RunFolder, RunFolderBusy
+from trpo.io.run_folder import CHECKPOINT, ProgressFile, RunFolder, RunFolderBusy
 from trpo.seeding import stream_seeds
 from trpo.train import RunInterrupted, TrainingError, train
 
@@ -109,7 +110,7 @@ def test_a_sweep_skips_a_run_that_another_process_trains_and_says_so(tmp_path):
 
 def test_the_lock_goes_with_the_process_that_held_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
-                               "from trpo.run_folder import RunFolder; "
+                               "from trpo.io.run_folder import RunFolder; "
                                f"RunFolder({str(tmp_path)!r}).lock.acquire(); "
                                "print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -219,12 +220,19 @@ def test_an_old_checkpoint_with_a_damaged_history_is_refused_touching_nothing(tm
 
 
 def test_rows_are_made_durable_before_the_checkpoint_that_covers_them(tmp_path, monkeypatch):
-    order = []
-    monkeypatch.setattr(ProgressFile, "sync", lambda self: order.append("progress.csv synced"))
-    monkeypatch.setattr("trpo.checkpoint.write_checkpoint_file",
-                        lambda *args: order.append("checkpoint written"))
-    RunFolder(tmp_path).save_checkpoint({"iteration": 1})
-    assert order == ["progress.csv synced", "checkpoint written"]
+    """The order of the fsync calls themselves: progress.csv's before the checkpoint's."""
+    folder = RunFolder(tmp_path)
+    folder.progress.append({"iteration": 1, "env_steps": 8})
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    folder.save_checkpoint({"iteration": 1})
+    files = [name for name in synced if name != tmp_path.name]  # the folder's own sync aside
+    assert files[:2] == ["progress.csv", f"{CHECKPOINT}.tmp"]
 
 
 def test_reuse_copies_only_a_run_whose_history_proves_complete(compose_config, tmp_path):
@@ -367,11 +375,11 @@ def test_a_signal_stops_the_run_cleanly_and_the_printed_command_resumes_it_exact
 
 def test_a_stopped_run_finishes_its_wandb_run_as_interrupted(compose_config, tmp_path,
                                                              monkeypatch):
-    import trpo.logger
+    import trpo.io.logger
     import trpo.trainer
 
     closed = []
-    monkeypatch.setattr(trpo.logger.WandbWriter, "close",
+    monkeypatch.setattr(trpo.io.logger.WandbWriter, "close",
                         lambda self, status="completed": (closed.append(status),
                                                           self.run.finish()))
     real_iteration = trpo.trainer.Trainer.train_iteration
@@ -465,7 +473,7 @@ def test_a_config_error_raises_before_the_folder_is_touched(compose_config, tmp_
 def test_a_checkpoint_from_before_solver_fvp_resumes_only_with_the_product_it_used(
         compose_config, tmp_path):
     """Checkpoints written before ``solver.fvp`` existed computed the KL's Hessian."""
-    from trpo.resume import config_changes
+    from trpo.io.resume import config_changes
 
     saved = read_checkpoint_config(compose_config(CARTPOLE))
     del saved["solver"]["fvp"]

@@ -3,7 +3,7 @@
 A finished run has ``agent.pt``; an unfinished one (running, interrupted, failed) has
 checkpoints. :func:`load_agent` takes whichever of them is the latest iteration (``agent.pt``
 on a tie), so a run that finished and was then extended with more ``total_steps`` gives its
-newest policy. Both files are read through :class:`trpo.run_folder.RunFolder`.
+newest policy. Both files are read through :class:`trpo.io.run_folder.RunFolder`.
 
 The agent acts as the trained policy did in training's evaluations: observations are
 normalised with the statistics frozen at that iteration, and actions are clipped to the
@@ -27,7 +27,7 @@ from trpo.config import NetworkConfig
 from trpo.envs import action_clipper, make_env
 from trpo.networks import build_policy
 from trpo.normalization import ObservationNormalizer
-from trpo.run_folder import AGENT, RunFolder
+from trpo.io.run_folder import AGENT, RunFolder
 from trpo.seeding import stream_seed
 from trpo.video import INSTALL_OSMESA
 

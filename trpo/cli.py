@@ -122,7 +122,7 @@ def help_text() -> str:
     comments["env.backend"] = field_comments(schemas.EnvConfig)["backend"]
     defaults = _defaults(schemas.TrainConfig())
     defaults.update({f"critic.{k}": v for k, v in _defaults(schemas.CriticConfig()).items()})
-    defaults["env.backend"] = schemas.EnvConfig.backend.value
+    defaults["env.backend"] = schemas.EnvConfig.backend
     for key, value in defaults.items():
         if key in comments:
             lines.append(f"  {key}={value}".ljust(34) + f" {comments[key]}")
@@ -273,7 +273,7 @@ class SweepSummary(Callback):
 
 
 def sweep_summary(sweep_dir: Path) -> str:
-    from trpo.run_folder import find_run_folders
+    from trpo.io.run_folder import find_run_folders
 
     folders = find_run_folders([sweep_dir]) if sweep_dir.is_dir() else []
     if not folders:

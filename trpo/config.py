@@ -4,16 +4,16 @@ Each YAML under ``conf/`` starts with ``defaults: [/schema/<group>/<schema>@_her
 a misspelt key or a wrong type fails when Hydra composes the config. Ranges that a type cannot
 express (``solver.max_kl > 0``, ``advantage.lam`` in [0, 1], ...) are checked by
 :func:`validate_config`, which the runner calls before it builds any environment; it raises a
-:class:`ConfigError` whose message is one line naming the key and what is allowed.
+:class:`ConfigError` whose message is one line naming the key and what is allowed. What needs
+Gymnasium to check (a registered id, the task's spaces, the backend) is
+:func:`trpo.envs.checks.check_envs`'s, called right after: this module imports no Gymnasium.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import importlib.util
 import math
-import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -81,21 +81,6 @@ class Init(Enum):
 VectorMode = Enum("VectorMode", {"sync": "sync", "async": "async"})
 
 
-class EnvBackend(Enum):
-    """What steps the training environments.
-
-    ``gymnasium``: Gymnasium's own environments, the reference implementation. Their simulator
-    state is saved in checkpoints, so a run resumes exactly.
-    ``envpool``: EnvPool's C++ versions of the same MuJoCo tasks (:data:`trpo.envs.ENVPOOL_TASKS`,
-    checked against Gymnasium by ``tests/test_envpool.py``), stepped by EnvPool's own threads.
-    Their state cannot be read, so a resumed run starts new episodes (with a warning).
-    Evaluation episodes are played in Gymnasium's environments with either backend.
-    """
-
-    gymnasium = "gymnasium"
-    envpool = "envpool"
-
-
 class FisherProduct(Enum):
     """How NPG and TRPO multiply a vector by the Fisher matrix F of the mean KL at θ_old.
 
@@ -133,9 +118,10 @@ class EnvConfig:
     max_episode_steps: Optional[int] = None
     # Keyword arguments passed to ``gymnasium.make`` (and to ``envpool.make_gymnasium``).
     kwargs: Dict[str, Any] = field(default_factory=dict)
-    # What steps the training envs: gymnasium (resumes exactly) or envpool (EnvPool's C++ MuJoCo
-    # tasks on threads of its own; a resumed run starts new episodes). See EnvBackend.
-    backend: EnvBackend = EnvBackend.gymnasium
+    # What steps the training envs, a row of trpo.envs.BACKENDS: gymnasium (Gymnasium's own
+    # environments; resumes exactly) or envpool (EnvPool's C++ MuJoCo tasks on threads of its
+    # own; a resumed run starts new episodes). Evaluation always plays Gymnasium's.
+    backend: str = "gymnasium"
     # Returns that normalise scores across envs in the analysis, (R − random) / (reference −
     # random): D4RL's random and expert returns (Fu et al. 2020) where published, else null
     # (the analysis then normalises by the min and max over the runs compared, and says so).
@@ -160,62 +146,6 @@ class EnvConfig:
             require(self.reference_return > self.random_return, "reference_return",
                     f"must be greater than random_return={self.random_return}",
                     self.reference_return)
-        check_env_id(self.id)
-        check_env_spaces(self)
-        if self.backend is EnvBackend.envpool:
-            from trpo.envs import check_envpool_task
-
-            check_envpool_task(self)
-
-
-def check_env_id(env_id: str) -> None:
-    """Check that ``env_id`` is registered with Gymnasium and its module imports (a Box2D
-    task without Box2D fails here), without building the environment."""
-    import gymnasium
-    from gymnasium.envs.registration import load_env_creator
-
-    module, _, name = env_id.rpartition(":")
-    if module:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ConfigError("id", f"module '{module}' cannot be imported ({error})", env_id)
-    if name not in gymnasium.registry:
-        hint = ", e.g. Hopper-v5, Walker2d-v5, CartPole-v1 (or module:Id)"
-        raise ConfigError("id", f"must be a registered Gymnasium id{hint}", env_id)
-    entry_point = gymnasium.registry[name].entry_point
-    if isinstance(entry_point, str):
-        try:
-            load_env_creator(entry_point)
-        except (ImportError, gymnasium.error.DependencyNotInstalled) as error:
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ConfigError("id", f"its module cannot be imported here ({first})", env_id)
-
-
-def check_env_spaces(cfg: "EnvConfig") -> None:
-    """Build one copy of the task to check its keyword arguments and its spaces (a Box
-    observation; a Box or Discrete action), and close it."""
-    import gymnasium
-
-    kwargs = dict(cfg.kwargs)
-    if cfg.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = cfg.max_episode_steps
-    try:
-        env = gymnasium.make(cfg.id, **kwargs)
-    except TypeError as error:  # an argument the task does not take
-        unexpected = re.search(r"unexpected keyword argument '\w+'", str(error))
-        why = unexpected.group(0) if unexpected else str(error).splitlines()[0]
-        raise ConfigError("kwargs", f"{cfg.id} does not accept them ({why})", dict(cfg.kwargs))
-    except gymnasium.error.Error as error:
-        raise ConfigError("id", f"cannot be made here ({str(error).splitlines()[0]})", cfg.id)
-    try:
-        obs, act = env.observation_space, env.action_space
-    finally:
-        env.close()
-    require(isinstance(obs, gymnasium.spaces.Box), "id",
-            f"must have a Box observation space (a vector of numbers), not {obs}", cfg.id)
-    require(isinstance(act, (gymnasium.spaces.Box, gymnasium.spaces.Discrete)), "id",
-            f"must have a Box or Discrete action space, not {act}", cfg.id)
 
 
 # ---------------------------------------------------------------------------------- network group
@@ -594,11 +524,28 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def result_neutral_keys() -> list[str]:
-    """Every config key, spelled out, that :data:`trpo.run_folder.RESULT_NEUTRAL_KEYS` names
-    (``logger.`` becomes ``logger.mode``, ``logger.project``, ...)."""
-    from trpo.run_folder import RESULT_NEUTRAL_KEYS
+# What a key that the config of an older run lacks meant before the key existed (its value
+# then), for resuming such a run and for telling it apart from newer ones in the analysis.
+VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop", "env.backend": "gymnasium",
+                         "env.gamma": None, "env.max_kl": None,
+                         "solver.cg_damping_per_action_dim": False,
+                         "critic.normalize_targets": False}
 
+# Config keys whose values do not change what a run computes: a run may resume with them
+# changed, studies leave them out of run folder names, and the analysis never draws a line
+# per value. A key ending in "." stands for every key below it.
+RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
+                       "torch_threads", "max_rejected_updates", "critic.background",
+                       "env_workers", "also_sweep", "env.random_return", "env.reference_return")
+
+def is_result_neutral(key: str) -> bool:
+    """Whether changing ``key`` (a flattened config key, ``solver.max_kl``) leaves results alone."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESULT_NEUTRAL_KEYS)
+
+
+def result_neutral_keys() -> list[str]:
+    """Every config key, spelled out, that :data:`RESULT_NEUTRAL_KEYS` names (``logger.``
+    becomes ``logger.mode``, ``logger.project``, ...)."""
     sections = {"logger": LoggerConfig, "critic": CriticConfig}
     keys = []
     for key in RESULT_NEUTRAL_KEYS:
@@ -650,13 +597,10 @@ def validate_config(cfg: DictConfig) -> None:
             raise error.under(group) from None
     top_level = {f.name: cfg[f.name] for f in fields(TrainConfig) if f.name not in SECTIONS}
     TrainConfig(**top_level).validate()
-    backend, mode = (getattr(value, "value", value) for value in (cfg.env.backend,
-                                                                  cfg.vector_mode))
-    require(backend == EnvBackend.gymnasium.value or mode == "sync", "vector_mode",
-            "must be sync with env.backend=envpool (EnvPool has threads of its own)", mode)
+    backend, mode = str(cfg.env.backend), getattr(cfg.vector_mode, "value", cfg.vector_mode)
     if OmegaConf.get_type(cfg.solver) is SB3TRPOConfig:
         # What sb3-contrib's loop cannot do: say so rather than ignore the setting.
-        require(backend == EnvBackend.gymnasium.value, "env.backend",
+        require(backend == "gymnasium", "env.backend",
                 "must be gymnasium with solver=sb3_trpo (sb3-contrib steps Gymnasium's "
                 "environments)", backend)
         require(cfg.advantage._target_ == GAEConfig._target_, "advantage",

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from trpo.agent import Agent, AgentLoadError, TaskError, build_agent, newest_policy
-from trpo.run_folder import RunFolder
+from trpo.io.run_folder import RunFolder
 from trpo.seeding import stream_seeds
 from trpo.video import VideoError, VideoWriter, check_video_path, frame_step, prepare_rendering
 from trpo.video import render as render_frame

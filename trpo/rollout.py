@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trpo.checkpoint import set_vector_env_state, vector_env_state
 from trpo.envs import action_clipper
+from trpo.envs.state import set_vector_env_state, vector_env_state
 from trpo.normalization import ObservationNormalizer, RewardScaler
 from trpo.seeding import stream_seed, stream_seeds
 
@@ -128,7 +128,8 @@ class RolloutCollector:
 
     def state_dict(self) -> dict[str, Any]:
         """The current observations, the episodes under way and the environments' own state
-        (``None`` where they cannot be read: ``vector_mode=async``, ``env.backend=envpool``)."""
+        (``None`` where they cannot be read: ``vector_mode=async``, or a backend without
+        snapshots, :attr:`trpo.envs.backend.Backend.snapshots`)."""
         return {"obs": self.obs, "running_returns": self.running_returns,
                 "running_lengths": self.running_lengths, "total_steps": self.total_steps,
                 "envs": vector_env_state(self.envs)}
@@ -138,9 +139,9 @@ class RolloutCollector:
         (seeded by ``iteration``) and say so."""
         self.total_steps = int(state["total_steps"])
         if state["envs"] is None:
-            log.warning("environment states were not saved (vector_mode=async or "
-                        "env.backend=envpool): the resumed run starts new episodes and will not "
-                        "match an uninterrupted one")
+            log.warning("environment states were not saved (vector_mode=async, or a backend "
+                        "that cannot save them): the resumed run starts new episodes and will "
+                        "not match an uninterrupted one")
             self.obs, _ = self.envs.reset(
                 seed=stream_seeds(self.seed, "train_envs", self.envs.num_envs, iteration))
             self.running_returns = np.zeros(self.envs.num_envs)

@@ -9,7 +9,11 @@ as it would be with ``seed + i``.
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import numpy as np
+import torch
 
 # The roles' keys; a new role takes a new number, so existing streams stay as they are.
 ROLES = {
@@ -34,3 +38,15 @@ def stream_seeds(seed: int, role: str, count: int, *index: int) -> list[int]:
 def stream_seed(seed: int, role: str, *index: int) -> int:
     """One 32-bit seed for ``role`` (and ``index``) of the run seeded ``seed``."""
     return stream_seeds(seed, role, 1, *index)[0]
+
+
+def global_rng_state() -> dict[str, Any]:
+    """Python's, NumPy's and torch's global generators."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])

@@ -1,7 +1,7 @@
 """A run's lifecycle: ``train(cfg, run_dir) -> final return``.
 
 In order: the config is checked (nothing is built or written before it passes); the run folder
-is locked, so one process trains in it; the resume policy (:mod:`trpo.resume`) picks the
+is locked, so one process trains in it; the resume policy (:mod:`trpo.io.resume`) picks the
 checkpoint to go on from; the config is recorded and ``status.json`` says ``running``; the
 :class:`trpo.trainer.Trainer` trains. The run ends ``completed``, ``failed`` (with the error)
 or ``interrupted``: SIGINT or SIGTERM stop it at the end of the iteration under way, with a
@@ -22,9 +22,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from trpo.config import validate_config
-from trpo.logger import make_logger
-from trpo.resume import plan_start, resume
-from trpo.run_folder import RunFolder
+from trpo.envs.checks import check_envs
+from trpo.io.logger import make_logger
+from trpo.io.resume import plan_start, resume
+from trpo.io.run_folder import RunFolder
 from trpo.trainer import StopRequested, Trainer, TrainingError  # noqa: F401  (re-exported)
 
 log = logging.getLogger("trpo")
@@ -90,13 +91,14 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
     ``console_tag`` starts each console line (a sweep's job, ``[#3 hopper trpo s1]``).
 
     Raises, before anything is built or written: :class:`trpo.config.ConfigError` for a bad
-    value, or a checkpoint written with another config; :class:`trpo.run_folder.RunFolderBusy`
-    if another process trains in ``run_dir``; :class:`trpo.checkpoint.CheckpointError` if
+    value, or a checkpoint written with another config; :class:`trpo.io.run_folder.RunFolderBusy`
+    if another process trains in ``run_dir``; :class:`trpo.io.checkpoint.CheckpointError` if
     checkpoints exist but none is usable. While training: :class:`RunInterrupted` on SIGINT or
     SIGTERM, :class:`TrainingError` and the errors of environments. Returns the last
     evaluation's mean return.
     """
     validate_config(cfg)
+    check_envs(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(run_dir)

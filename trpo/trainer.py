@@ -3,7 +3,7 @@
 A :class:`Trainer` holds one run's environments, networks, solver, critic and counters, and
 the metric history (one row per iteration) that its checkpoints carry, so that a resumed run's
 ``progress.csv`` can be rewritten to exactly the rows of an uninterrupted one. Which
-checkpoint to resume from is :mod:`trpo.resume`'s decision; locking, status and signals are
+checkpoint to resume from is :mod:`trpo.io.resume`'s decision; locking, status and signals are
 :mod:`trpo.train`'s.
 """
 
@@ -21,17 +21,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trpo.checkpoint import global_rng_state, nonfinite_entries, set_global_rng_state
-from trpo.config import EnvBackend, VectorMode
+from trpo.io.checkpoint import nonfinite_entries
+from trpo.config import VectorMode
 from trpo.critic import ValueFitter, explained_variance
 from trpo.envs import cores_for_this_run, make_vector_env
-from trpo.logger import MetricWriter
+from trpo.io.logger import MetricWriter
 from trpo.networks import ValueNetwork, build_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler, normalizer_shift_kl
-from trpo.provenance import code_version
+from trpo.io.provenance import code_version
 from trpo.rollout import RolloutCollector, evaluate
-from trpo.run_folder import RunFolder
-from trpo.seeding import stream_seed, stream_seeds
+from trpo.io.run_folder import RunFolder
+from trpo.seeding import global_rng_state, set_global_rng_state, stream_seed, stream_seeds
 from trpo.solvers import PolicyBatch
 
 log = logging.getLogger("trpo")
@@ -83,7 +83,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.vector_mode, cfg.env_workers)
         self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
-                                         backend=EnvBackend.gymnasium)
+                                         backend="gymnasium")
         obs_space, action_space = (self.envs.single_observation_space,
                                    self.envs.single_action_space)
         self.policy = build_policy(obs_space, action_space, cfg.network)

@@ -2,7 +2,7 @@
 
 A row is a flat mapping from metric name to a number, or ``None`` for "not measured in this
 iteration" (written as an empty CSV cell and left out of the W&B step). ``progress.csv``'s
-format belongs to :class:`trpo.run_folder.ProgressFile`; its columns are fixed by the first row.
+format belongs to :class:`trpo.io.run_folder.ProgressFile`; its columns are fixed by the first row.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from trpo.config import LoggerConfig, WandbMode
-from trpo.run_folder import ProgressFile, RunFolder
+from trpo.io.run_folder import ProgressFile, RunFolder
 
 log = logging.getLogger("trpo")
 

@@ -6,7 +6,7 @@ A run folder holds
   written once the folder is locked and the config is known to be valid;
 * ``progress.csv``: one row per iteration, rewritten from the checkpoint's history on resume;
 * ``status.json``: ``running``, ``completed``, ``interrupted`` or ``failed``, with details;
-* ``checkpoint.ckpt`` and ``checkpoint.prev.ckpt`` (format: :mod:`trpo.checkpoint`);
+* ``checkpoint.ckpt`` and ``checkpoint.prev.ckpt`` (format: :mod:`trpo.io.checkpoint`);
 * ``agent.pt``: the trained policy with its observation statistics;
 * ``run.lock``: held with ``flock`` by the one process training in the folder;
 * ``wandb/``: the W&B run (offline by default); ``tensorboard/`` with ``logger.tensorboard``.
@@ -22,7 +22,6 @@ import errno
 import fcntl
 import io
 import json
-import math
 import os
 import socket
 import time
@@ -33,7 +32,8 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from trpo.config import flatten
-from trpo.provenance import code_version
+from trpo.io.atomic import atomic_write, json_safe
+from trpo.io.provenance import code_version
 
 CHECKPOINT = "checkpoint.ckpt"
 PREVIOUS = "checkpoint.prev.ckpt"
@@ -43,30 +43,11 @@ AGENT = "agent.pt"
 LOCK = "run.lock"
 HYDRA = ".hydra"
 
-# What a key that the config of an older run lacks meant before the key existed (its value
-# then), for resuming such a run and for telling it apart from newer ones in the analysis.
-VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop", "env.backend": "gymnasium",
-                         "env.gamma": None, "env.max_kl": None,
-                         "solver.cg_damping_per_action_dim": False,
-                         "critic.normalize_targets": False}
-
-# Config keys whose values do not change what a run computes: a run may resume with them
-# changed, studies leave them out of run folder names, and the analysis never draws a line
-# per value. A key ending in "." stands for every key below it.
-RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
-                       "torch_threads", "max_rejected_updates", "critic.background",
-                       "env_workers", "also_sweep", "env.random_return", "env.reference_return")
-
 # Statuses a run records; ``interrupted`` is also what a ``running`` record becomes once no
 # process holds the folder's lock (the process was killed before it could say so).
 STATUSES = ("running", "completed", "interrupted", "failed")
 
 Row = Mapping[str, Optional[float]]
-
-
-def is_result_neutral(key: str) -> bool:
-    """Whether changing ``key`` (a flattened config key, ``solver.max_kl``) leaves results alone."""
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESULT_NEUTRAL_KEYS)
 
 
 class RunFolderBusy(RuntimeError):
@@ -75,39 +56,6 @@ class RunFolderBusy(RuntimeError):
 
 class HistoryError(RuntimeError):
     """``progress.csv`` cannot be proven to hold a checkpoint's iterations. One line."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, previous: Optional[Path] = None) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and a rename, so a crash
-    leaves the old file or the new one; with ``previous``, the file replaced is kept there."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    if previous is not None and path.exists():
-        os.replace(path, previous)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and ±inf as ``None``, so that the JSON written is valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------- progress.csv
@@ -345,7 +293,7 @@ class RunFolder:
         atomically, so a reader never sees half a file."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-        record = _json_safe({"status": status, **details, "code": code_version(),
+        record = json_safe({"status": status, **details, "code": code_version(),
                              "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
         atomic_write(self.path / STATUS,
                       (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
@@ -374,16 +322,18 @@ class RunFolder:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write ``state`` as the newest checkpoint, keeping the one before it; progress.csv
         is synced first, so the rows a checkpoint covers are on disk before it is."""
-        from trpo.checkpoint import write_checkpoint_file
+        # The checkpoint format needs torch; imported here, so that reading a folder's rows and
+        # status (the analysis, --status) does not.
+        from trpo.io.checkpoint import write_checkpoint_file
 
         self.progress.sync()
         write_checkpoint_file(self.path / CHECKPOINT, self.path / PREVIOUS, state)
 
     def read_checkpoints(self) -> Iterator[tuple[Path, dict[str, Any] | Exception]]:
         """Each existing checkpoint, newest first, as its contents or the
-        :class:`trpo.checkpoint.CheckpointError` saying why it cannot be read (a failed
+        :class:`trpo.io.checkpoint.CheckpointError` saying why it cannot be read (a failed
         checksum, a file of another kind)."""
-        from trpo.checkpoint import CheckpointError, read_checkpoint
+        from trpo.io.checkpoint import CheckpointError, read_checkpoint  # torch, as above
 
         for path in self.checkpoint_paths:
             if path.exists():

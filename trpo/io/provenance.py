@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 # The packages whose versions change what a run computes.
 PACKAGES = ("torch", "numpy", "gymnasium", "mujoco")
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> Optional[str]:

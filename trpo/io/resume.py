@@ -17,11 +17,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from trpo.checkpoint import CheckpointError
+from trpo.io.checkpoint import CheckpointError
 from trpo.config import ConfigError, flatten
-from trpo.provenance import code_differences
-from trpo.run_folder import (VALUES_BEFORE_THE_KEY, HistoryError, RunFolder, find_run_folders,
-                              is_result_neutral)
+from trpo.io.provenance import code_differences
+from trpo.config import VALUES_BEFORE_THE_KEY, is_result_neutral
+from trpo.io.run_folder import HistoryError, RunFolder, find_run_folders
 
 log = logging.getLogger("trpo")
 
