@@ -25,7 +25,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trpo.config import VALUES_BEFORE_THE_KEY, is_result_neutral
+from trpo.config import is_result_neutral
 from trpo.io.run_folder import RunFolder, find_run_folders
 
 log = logging.getLogger("analysis")
@@ -136,8 +136,6 @@ def read_run(folder: RunFolder) -> tuple[Run, Optional[str]]:
     for key in ("env.id", "seed"):
         if config.get(key) is None:
             raise Skip(f"its config has no {key}")
-    for key, value in VALUES_BEFORE_THE_KEY.items():  # a run from before the key existed
-        config.setdefault(key, value)
     read = folder.progress.read()
     if not read.rows or "env_steps" not in read.header:
         raise Skip("; ".join(read.problems) or "progress.csv has no env_steps column")

@@ -201,8 +201,9 @@ def aggregate_scores(groups: list[Group], metric: str, references: dict[str, tup
             values = np.concatenate([v for (e, _), v in raw.items() if e == env])
             low, high = np.nanmin(values), np.nanmax(values)
             bounds[env] = (low, high) if high > low else (low, low + 1.0)
-    how = ("normalised per env as (R − random) / (reference − random), D4RL's reference "
-           "returns" if use_references else "min-max normalised per env over the runs compared")
+    how = ("normalised per env as (R − random) / (reference − random), the fixed returns of "
+           "each env option (conf/env/: D4RL's where published)" if use_references
+           else "min-max normalised per env over the runs compared")
     matrices = {}
     for label in labels:
         columns = [raw[(env, label)] for env in envs]

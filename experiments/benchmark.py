@@ -95,11 +95,11 @@ def worker_ours(env: str, solver: str, iterations: int, out: Path,
     import pandas as pd
 
     from trpo.train import train
-    from trpo.trainer import fit_in_background
+    from trpo.learner import fit_in_background
 
     cfg = compose([f"env={env}", f"solver={solver}", f"env.backend={backend}",
                    f"total_steps={iterations * 2048}",
-                   "logger.mode=offline", "logger.console_every=1000000"])
+                   "logger.writers=[wandb]", "logger.console_every=1000000"])
     train(cfg, out)
     full = pd.read_csv(out / "progress.csv")
     progress = full.iloc[1:]  # the first iteration is start-up

@@ -10,13 +10,13 @@ It is evaluated as this framework's runs are: every ``eval_every`` iterations an
 last, ``eval_episodes`` deterministic episodes (the Gaussian mean) on environments of their own,
 seeded as a TRPO run of the same seed seeds them, with the observation statistics frozen.
 
-sb3-contrib's own loop does the work: :class:`SB3Trainer` calls its ``collect_rollouts`` and
+sb3-contrib's own loop does the work: :class:`SB3Learner` calls its ``collect_rollouts`` and
 ``train`` once per iteration, as ``learn`` does, on the run's ``num_envs`` environments (the zoo
 steps 2 × 1,024: ``num_envs=2``, as the mujoco_suite study sets). Checkpoints hold the networks,
 the critic's optimiser, the normalisation statistics and the counters, not the environments: a
 resumed baseline starts new episodes (with a warning) and does not match an uninterrupted one.
 Checkpoints and ``agent.pt`` also hold the policy in this framework's format
-(:meth:`SB3Trainer.agent`), so ``trpo.load_agent``, ``python -m trpo.evaluate`` and the
+(:meth:`SB3Learner.agent`), so ``trpo.load_agent``, ``python -m trpo.evaluate`` and the
 analysis's videos take a baseline run as any other.
 """
 
@@ -28,18 +28,16 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from trpo.io.checkpoint import nonfinite_entries
 from trpo.config import Activation, Init, VectorMode
 from trpo.critic import explained_variance
 from trpo.envs import env_makers, make_vector_env
-from trpo.io.provenance import code_version
 from trpo.rollout import evaluate
-from trpo.io.run_folder import RunFolder
 from trpo.seeding import global_rng_state, set_global_rng_state, stream_seed, stream_seeds
-from trpo.trainer import Trainer, resident_memory_mb
+from trpo.learner import resident_memory_mb
 
 log = logging.getLogger("trpo")
 
@@ -67,17 +65,16 @@ class _ModeOf(nn.Module):
         return distribution.mode()
 
 
-class SB3Trainer(Trainer):
-    """A run of sb3-contrib's TRPO with the interface :mod:`trpo.train` drives: ``run`` (from
-    :class:`trpo.trainer.Trainer`, which calls :meth:`train_iteration` and checkpoints),
-    ``state_dict`` / ``load_state_dict``, ``agent`` and ``close``."""
+class SB3Learner:
+    """A run of sb3-contrib's TRPO as a :class:`trpo.learner.Learner`: :meth:`iterate`,
+    ``state_dict`` / ``load_state_dict``, ``nonfinite_state``, ``agent`` and ``close``."""
 
-    def __init__(self, cfg: DictConfig, folder: RunFolder):
+    def __init__(self, cfg: DictConfig):
         from sb3_contrib import TRPO
         from stable_baselines3.common.logger import Logger
         from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
-        self.cfg, self.folder = cfg, folder
+        self.cfg = cfg
         torch.set_num_threads(cfg.torch_threads)
         solver, network = cfg.solver, cfg.network
         envs = VecMonitor(DummyVecEnv(env_makers(cfg.env, cfg.num_envs)))
@@ -106,7 +103,6 @@ class SB3Trainer(Trainer):
             seed=stream_seed(cfg.seed, "sb3"), device="cpu", verbose=0)
         self.model.set_logger(Logger(folder=None, output_formats=[]))  # read, never written
         self.callback = None  # sb3's, made when training starts
-        self.start_counters()  # rejected_in_a_row stays 0: sb3 rejects no update for NaNs
 
     def close(self) -> None:
         try:
@@ -119,10 +115,6 @@ class SB3Trainer(Trainer):
     def state_dict(self) -> dict[str, Any]:
         normalizer, agent = self.envs, self.agent()
         return {
-            "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
-            "iteration": self.iteration, "wall_s": self.wall_s,
-            "final_return": self.final_return, "rejected_in_a_row": 0,
-            "wandb_id": self.wandb_id, "code": code_version(), "history": self.history,
             "sb3_policy": self.model.policy.state_dict(),
             "optimizer": self.model.policy.optimizer.state_dict(),
             "normalizer": {"obs_mean": normalizer.obs_rms.mean, "obs_var": normalizer.obs_rms.var,
@@ -148,38 +140,32 @@ class SB3Trainer(Trainer):
         self.envs.ret_rms.count = saved["return_count"]
         self.model.num_timesteps = int(state["num_timesteps"])
         self.model._n_updates = int(state["n_updates"])
-        self.iteration = self.checkpointed_at = int(state["iteration"])
         set_global_rng_state(state["rng"])
-        self.wall_s = float(state["wall_s"])
-        self.final_return = float(state["final_return"])
-        self.wandb_id = state["wandb_id"]
-        self.history = [dict(row) for row in state.get("history", [])]
 
-    def nonfinite_state(self, state: Optional[dict[str, Any]] = None) -> list[str]:
-        state = state or self.state_dict()
+    def nonfinite_state(self, state: dict[str, Any]) -> list[str]:
         return [name for part in ("sb3_policy", "normalizer")
                 for name in nonfinite_entries(state[part], part + ".")]
 
     # ---------------------------------------------------------------------------- training
 
-    def _start(self) -> None:
+    def _start(self, iteration: int) -> None:
         """sb3's set-up for ``learn``: it resets the environments, with the seeds sb3 was given
         on a fresh start and, resumed, with seeds of the iteration (new episodes)."""
         fresh = self.model.num_timesteps == 0
         if not fresh:
             log.warning("the sb3-contrib baseline does not save its environments: the resumed "
                         "run starts new episodes and will not match an uninterrupted one")
-            self.envs.seed(stream_seed(self.cfg.seed, "sb3", self.iteration))
+            self.envs.seed(stream_seed(self.cfg.seed, "sb3", iteration))
         remaining = self.cfg.total_steps - self.model.num_timesteps
         _, self.callback = self.model._setup_learn(remaining, None, reset_num_timesteps=fresh)
         self.callback.on_training_start(locals(), globals())
 
-    def train_iteration(self, is_last: bool) -> dict[str, Optional[float]]:
+    def iterate(self, iteration: int, total_iterations: int) -> dict[str, Optional[float]]:
         """sb3's rollout and update (``collect_rollouts``, ``train``), then this framework's
         evaluation; the row's data, in the interface's columns."""
         cfg, model = self.cfg, self.model
         if self.callback is None:
-            self._start()
+            self._start(iteration)
         iteration_start = tick = time.perf_counter()
         model.collect_rollouts(model.env, self.callback, model.rollout_buffer,
                                n_rollout_steps=model.n_steps)
@@ -206,14 +192,13 @@ class SB3Trainer(Trainer):
             kl = float(per_sample(torch.distributions.kl_divergence(old, new)).mean())
 
         eval_return, eval_s = None, 0.0
-        if self.iteration % cfg.eval_every == 0 or is_last:
+        if iteration % cfg.eval_every == 0 or iteration == total_iterations:
             tick = time.perf_counter()
-            seeds = stream_seeds(cfg.seed, "evaluation", cfg.eval_episodes, self.iteration)
+            seeds = stream_seeds(cfg.seed, "evaluation", cfg.eval_episodes, iteration)
             normalise = (lambda obs: self.envs.normalize_obs(obs).astype(np.float32))
             eval_return = float(evaluate(self.eval_envs, _ModeOf(model.policy), normalise,
                                          seeds, cfg.env.id).mean())
             eval_s = time.perf_counter() - tick
-            self.final_return = eval_return
 
         iteration_s = time.perf_counter() - iteration_start
         values, returns = buffer.values.ravel(), buffer.returns.ravel()
@@ -259,6 +244,4 @@ class SB3Trainer(Trainer):
                 "value": layers("net", "mlp_extractor.value_net", "value_net"),
                 "obs_normalizer": {"mean": torch.as_tensor(rms.mean),
                                    "var": torch.as_tensor(rms.var),
-                                   "count": torch.as_tensor(rms.count)},
-                "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
-                "iteration": self.iteration}
+                                   "count": torch.as_tensor(rms.count)}}

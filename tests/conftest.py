@@ -20,7 +20,7 @@ CONF_DIR = ROOT / "conf"
 # Overrides that make a run finish in about a second: small batches, one critic epoch, one
 # evaluation episode, no W&B.
 TINY = ["total_steps=256", "steps_per_iteration=128", "num_envs=2", "eval_every=1",
-        "eval_episodes=1", "critic.epochs=1", "logger.mode=disabled"]
+        "eval_episodes=1", "critic.epochs=1", "logger.writers=[]"]
 
 
 @pytest.fixture

@@ -65,14 +65,14 @@ def test_a_key_added_past_the_command_line_check_is_refused_by_the_schema(compos
 
 
 def test_a_sweep_tags_each_line_with_its_job_and_ends_with_a_summary(tmp_path):
-    overrides = [o for o in TINY if not o.startswith("logger.mode")]
-    result = run_py("-m", "env=cartpole", "seed=0,1", *overrides, "logger.mode=offline",
+    overrides = [o for o in TINY if not o.startswith("logger.writers")]
+    result = run_py("-m", "env=cartpole", "seed=0,1", *overrides, "logger.writers=[wandb]",
                     "solver._target_=tests.toy_solvers.PoisonedTRPO,trpo.solvers.TRPO",
                     "max_rejected_updates=1", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode != 0  # a job failed
     output = result.stdout + result.stderr
     assert "[#1 cartpole trpo s0] iter    1" in output and "[#3 cartpole trpo s1]" in output
-    assert "wandb:" not in output  # W&B's own lines are off unless logger.wandb_messages=true
+    assert "wandb:" not in output  # W&B's own lines are off unless logger.wandb.messages=true
     summary = result.stderr[result.stderr.index(f"sweep {tmp_path}: 4 runs"):].splitlines()
     assert summary[0] == f"sweep {tmp_path}: 4 runs, 2 failed, 2 completed"
     assert [line.split()[:2] for line in summary[2:6]] == [

@@ -91,13 +91,13 @@ def test_every_advantage_instantiates_to_gae_with_its_lambda(compose_config, adv
     assert (estimator.gamma, estimator.lam) == (0.99, lam)
 
 
-# sb3_trpo names a trainer of its own (solver.trainer), tests/test_sb3_baseline.py.
+# sb3_trpo names a learner of its own (solver.learner), tests/test_sb3_baseline.py.
 @pytest.mark.parametrize("solver", [s for s in options("solver") if s != "sb3_trpo"])
 def test_every_solver_instantiates_with_a_policy(compose_config, solver):
     cfg = compose_config([f"solver={solver}"])
     validate_config(cfg)
     policy = build_policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,)), cfg.network)
-    # As the trainer builds it, with the run's seed.
+    # As the learner builds it, with the run's seed.
     solver = instantiate(cfg.solver, policy=policy, seed=cfg.seed)
     assert isinstance(solver, PolicySolver) and solver.seed == cfg.seed
 
@@ -110,7 +110,7 @@ def test_defaults_are_the_documented_ones(compose_config):
     assert cfg.solver.cg_iters == 25 and cfg.normalize_reward and cfg.normalize_obs
     assert cfg.solver.fvp is FisherProduct.analytic and cfg.solver.fvp_subsample == 1
     assert list(cfg.network.policy_hidden) == [64, 64]
-    assert cfg.logger.mode.value == "offline"
+    assert cfg.logger.wandb.mode.value == "offline"
     assert cfg.total_steps == 1_000_000
 
 

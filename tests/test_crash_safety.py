@@ -157,7 +157,7 @@ def test_resuming_draws_the_fvp_subsets_an_uninterrupted_run_draws(compose_confi
 def test_kill_9_in_the_middle_then_the_same_command_gives_an_uninterrupted_run(tmp_path):
     args = ["env=hopper", "total_steps=7680", "steps_per_iteration=512", "num_envs=2",
             "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=3",
-            "logger.mode=disabled", "solver.max_kl_final=0.002",  # δ's schedule resumes too
+            "logger.writers=[]", "solver.max_kl_final=0.002",  # δ's schedule resumes too
             "critic.background=true"]  # and the killed run's value-fit worker lets the folder go
     assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
 
@@ -189,11 +189,11 @@ def test_a_run_trained_elsewhere_with_the_same_config_is_copied_not_retrained(
     train(compose_config([*base, "name=first_study"]), tmp_path / "first" / "run")
     trained = (tmp_path / "first" / "run" / "progress.csv").read_text()
 
-    def no_training(self, is_last):
+    def no_training(self, iteration, total_iterations):
         raise AssertionError("a reused run must not train")
 
     with monkeypatch.context() as patch:
-        patch.setattr("trpo.trainer.Trainer.train_iteration", no_training)
+        patch.setattr("trpo.learner.OnPolicyLearner.iterate", no_training)
         reuse = [*base, "name=second_study", f"reuse_from={tmp_path}"]
         train(compose_config(reuse), tmp_path / "second" / "run")
         assert (tmp_path / "second" / "run" / "progress.csv").read_text() == trained
@@ -356,13 +356,13 @@ def test_an_unwritable_output_directory_is_named_in_one_line(tmp_path):
 def test_wandb_online_without_a_login_warns_and_trains_on(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["WANDB_DIR"] = str(tmp_path)
-    overrides = [o for o in TINY if not o.startswith("logger.mode")]
+    overrides = [o for o in TINY if not o.startswith("logger.writers")]
     result = subprocess.run([sys.executable, "run.py", "env=cartpole", *overrides,
-                             "logger.mode=online", f"hydra.run.dir={tmp_path / 'run'}"],
+                             "logger.writers=[wandb]", "logger.wandb.mode=online", f"hydra.run.dir={tmp_path / 'run'}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=180, env=env,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "W&B (online) could not start, training goes on with progress.csv only" in (
+    assert "wandb could not start, training goes on without it: UsageError" in (
         result.stderr + result.stdout)
     assert len(pd.read_csv(tmp_path / "run" / "progress.csv")) == 2
 

@@ -8,14 +8,14 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, option_values
+from tests.conftest import TINY
 from trpo.io import logger as logger_module
-from trpo.config import ConfigError, LoggerConfig, WandbMode, validate_config
-from trpo.io.logger import WandbWriter
+from trpo.config import ConfigError
+from trpo.io.logger import RunContext, WandbWriter, check_writers
 from trpo.io.run_folder import RunFolder
 from trpo.train import train
 
-WITHOUT_LOGGER_MODE = [o for o in TINY if not o.startswith("logger.mode")]
+WITHOUT_WRITERS = [o for o in TINY if not o.startswith("logger.writers")]
 
 
 def checkpoint_state(run_dir):
@@ -24,10 +24,11 @@ def checkpoint_state(run_dir):
 
 
 @pytest.mark.parametrize("resume_id", [None, "resumeme1"])
-def test_an_offline_wandb_run_takes_the_id_of_the_run_it_resumes(tmp_path, resume_id):
-    cfg = LoggerConfig(**{**option_values("logger", "wandb"), "mode": WandbMode.offline,
-                          "group": "tests"})
-    writer = WandbWriter(cfg, tmp_path, "name", {}, resume_id=resume_id)
+def test_an_offline_wandb_run_takes_the_id_of_the_run_it_resumes(compose_config, tmp_path,
+                                                                 resume_id):
+    cfg = compose_config(["logger.wandb.group=tests"]).logger
+    run = RunContext(cfg, RunFolder(tmp_path), "name", {}, total_steps=1)
+    writer = WandbWriter.open(run, {"run_id": resume_id} if resume_id else {})
     try:
         assert writer.run.settings.resume == ("allow" if resume_id else None)
         assert resume_id is None or writer.run.id == resume_id
@@ -40,10 +41,10 @@ def test_a_resumed_offline_run_writes_its_wandb_files_under_one_run_id(compose_c
     and ``wandb sync <run dir>/wandb`` (the README's command) picks up both, which wandb syncs
     in order of start time as one run. That the server then shows one run is wandb's part,
     which needs a server to check."""
-    base = ["env=cartpole", *WITHOUT_LOGGER_MODE, "logger.mode=offline"]
+    base = ["env=cartpole", *WITHOUT_WRITERS, "logger.writers=[wandb]"]
     train(compose_config(base), tmp_path)
     train(compose_config([*base, "total_steps=512"]), tmp_path)  # resumes at iteration 2
-    run_id = checkpoint_state(tmp_path)["wandb_id"]
+    run_id = checkpoint_state(tmp_path)["logger"]["wandb"]["run_id"]
     folders = sorted((tmp_path / "wandb").glob("offline-run-*"))
     # offline-run-<time>-<id>, with "-1" after it if the second started within the same second
     assert len(folders) == 2 and all(f"-{run_id}" in f.name for f in folders)
@@ -83,8 +84,8 @@ def assert_tensorboard_matches_progress(run_dir):
 
 
 def test_tensorboard_gets_every_metric_at_its_env_steps(compose_config, tmp_path):
-    train(compose_config(["env=cartpole", *TINY, "total_steps=384", "eval_every=2",
-                          "logger.tensorboard=true"]), tmp_path)
+    train(compose_config(["env=cartpole", *WITHOUT_WRITERS, "total_steps=384", "eval_every=2",
+                          "logger.writers=[tensorboard]"]), tmp_path)
     assert_tensorboard_matches_progress(tmp_path)
     eval_steps = [step for step, _ in tensorboard_scalars(tmp_path / "tensorboard")[
         "eval_return_mean"]]
@@ -103,8 +104,8 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(compose_config, tmp_p
             raise OSError("No space left on device")
         real_write(self, row)
 
-    cfg = compose_config(["env=cartpole", *TINY, "total_steps=768", "checkpoint_every=2",
-                          "logger.tensorboard=true"])
+    cfg = compose_config(["env=cartpole", *WITHOUT_WRITERS, "total_steps=768",
+                          "checkpoint_every=2", "logger.writers=[tensorboard]"])
     with monkeypatch.context() as patch:
         patch.setattr(logger_module.CSVWriter, "write", write)
         with pytest.raises(OSError, match="No space left"):
@@ -122,8 +123,8 @@ def test_tensorboard_turned_on_when_resuming_starts_with_the_rows_before(compose
                                                                           tmp_path):
     train(compose_config(["env=cartpole", *TINY]), tmp_path)
     assert not (tmp_path / "tensorboard").exists()
-    train(compose_config(["env=cartpole", *TINY, "total_steps=512", "logger.tensorboard=true"]),
-          tmp_path)
+    train(compose_config(["env=cartpole", *WITHOUT_WRITERS, "total_steps=512",
+                          "logger.writers=[tensorboard]"]), tmp_path)
     assert_tensorboard_matches_progress(tmp_path)  # iterations 1-4
 
 
@@ -133,7 +134,8 @@ def test_tensorboard_without_its_package_fails_when_the_config_is_checked(compos
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorboard" else real_find_spec(
                             name, *a))
-    message = ("logger.tensorboard=True is not allowed: needs the tensorboard package: "
-               "pip install -e '.[tensorboard]'")
+    message = ("logger.writers=['tensorboard'] is not allowed: tensorboard needs the "
+               "tensorboard package: pip install -e '.[tensorboard]'")
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_config(compose_config(["env=cartpole", *TINY, "logger.tensorboard=true"]))
+        check_writers(compose_config(["env=cartpole", *WITHOUT_WRITERS,
+                                      "logger.writers=[tensorboard]"]).logger)

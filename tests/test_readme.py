@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 # Budget keys set on every run.py command; the rest of each command stays as the README has it.
 TINY_BUDGET = {"total_steps": "512", "steps_per_iteration": "256", "num_envs": "2",
                "eval_every": "1", "eval_episodes": "1", "critic.epochs": "1",
-               "logger.mode": "disabled"}
+               "logger.writers": "[]"}
 
 
 def readme_commands() -> list[str]:

@@ -73,8 +73,8 @@ def test_a_bad_value_exits_with_one_line_and_leaves_no_run_directory(tmp_path):
 
 
 def test_wandb_offline_run_is_written_under_the_run_directory(tmp_path):
-    overrides = [o for o in TINY if not o.startswith("logger.mode")]
-    result = run_py("env=cartpole", *overrides, "logger.mode=offline",
+    overrides = [o for o in TINY if not o.startswith("logger.writers")]
+    result = run_py("env=cartpole", *overrides, "logger.writers=[wandb]",
                     f"hydra.run.dir={tmp_path}", timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -84,7 +84,7 @@ def test_wandb_offline_run_is_written_under_the_run_directory(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("solver", ["trpo", "npg", "kl_penalty", "ppo_clip"])
 def test_cartpole_reaches_the_maximum_return_with_each_solver(tmp_path, solver):
-    result = run_py("env=cartpole", f"solver={solver}", "logger.mode=disabled",
+    result = run_py("env=cartpole", f"solver={solver}", "logger.writers=[]",
                     f"hydra.run.dir={tmp_path}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert pd.read_csv(tmp_path / "progress.csv")["eval_return_mean"].max() == 500.0
@@ -104,7 +104,7 @@ def test_a_study_run_again_reuses_its_folders_and_leaves_finished_runs_alone(tmp
     command = [sys.executable, "-m", "experiments", "quickstart",
                "hydra.sweeper.params.env=cartpole", "hydra.sweeper.params.solver=trpo",
                "hydra.sweeper.params.seed='0,1'", "total_steps=256", "steps_per_iteration=128",
-               "num_envs=2", "hydra/launcher=basic", "logger.mode=disabled",
+               "num_envs=2", "hydra/launcher=basic", "logger.writers=[]",
                "--sweep-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
                "--reps", "50"]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -168,9 +168,9 @@ def test_a_run_that_fails_finishes_its_wandb_run_and_records_the_failure(compose
     import tests.toy_envs  # noqa: F401  (registers NaNReward-v0)
     from trpo.rollout import NonFiniteError
 
-    overrides = [o for o in TINY if not o.startswith("logger.mode")]
+    overrides = [o for o in TINY if not o.startswith("logger.writers")]
     cfg = compose_config(["env=cartpole", "env.id=NaNReward-v0", *overrides,
-                          "logger.mode=offline", "num_envs=1", "steps_per_iteration=8"])
+                          "logger.writers=[wandb]", "num_envs=1", "steps_per_iteration=8"])
     with pytest.raises(NonFiniteError):
         train(cfg, tmp_path)
     assert wandb.run is None

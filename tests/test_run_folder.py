@@ -185,37 +185,22 @@ def test_a_resumed_run_has_the_rows_of_an_uninterrupted_one_whatever_happened_to
 
 
 def forget_history(run_dir):
-    """Make the run's checkpoints look like ones written before checkpoints kept histories
-    (the environments' state then sat beside the collector's)."""
+    """Make the run's checkpoints look like ones written before checkpoints kept histories."""
     for path, state in RunFolder(run_dir).read_checkpoints():
         del state["history"]
-        state["envs"] = state["collector"].pop("envs")
         write_checkpoint_file(path, run_dir / "replaced", state)
         (run_dir / "replaced").unlink()
 
 
-def test_an_old_checkpoint_resumes_when_progress_csv_proves_its_iterations(compose_config,
-                                                                            tmp_path):
-    train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "whole")
-    train(compose_config([*CARTPOLE, "total_steps=512"]), tmp_path / "old")
-    forget_history(tmp_path / "old")
-    damage_garbage_rows(tmp_path / "old" / "progress.csv")  # rows after the checkpoint go
-    train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "old")
-    whole, old = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
-                  for d in ("whole", "old"))
-    pd.testing.assert_frame_equal(whole, old)
-
-
-def test_an_old_checkpoint_with_a_damaged_history_is_refused_touching_nothing(tmp_path):
+def test_a_checkpoint_without_a_history_is_refused_in_one_line_touching_nothing(tmp_path):
     args = [*CARTPOLE, f"hydra.run.dir={tmp_path}"]
     assert run_py(*args).returncode == 0
     forget_history(tmp_path)
-    damage_drop_rows(tmp_path / "progress.csv")
     before = files_of(tmp_path)
     result = run_py(*args, "total_steps=512", timeout=120)
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
-    assert "does not hold iterations 1-2" in line and "cannot be rebuilt" in line
+    assert "carries no history" in line and "resume=false" in line
     assert files_of(tmp_path) == before
 
 
@@ -245,7 +230,7 @@ def test_reuse_copies_only_a_run_whose_history_proves_complete(compose_config, t
     assert RunFolder(tmp_path / "copy").read_status()["reused_from"] == str(
         tmp_path / "done" / "run")
     assert (tmp_path / "copy" / "progress.csv").read_text() == rows
-    # An old twin (no history in its checkpoint) whose progress.csv is short is not copied.
+    # A twin whose checkpoint carries no history is not copied.
     forget_history(tmp_path / "done" / "run")
     (tmp_path / "done" / "run" / "progress.csv").write_text(rows.splitlines(True)[0])
     train(compose_config([*base, f"reuse_from={tmp_path / 'done'}"]), tmp_path / "trained")
@@ -307,18 +292,18 @@ def test_a_diverged_value_network_stops_the_run_and_the_checkpoint_called_intact
 
 def test_a_non_finite_evaluation_fails_the_run_and_status_json_stays_valid_json(
         compose_config, tmp_path, monkeypatch):
-    import trpo.trainer
+    import trpo.learner
 
-    real_make = trpo.trainer.make_vector_env
+    real_make = trpo.learner.make_vector_env
     made = []
 
     def make(cfg, num_envs, mode=VectorMode.sync, workers=None, backend=None):
         made.append(num_envs)
-        if len(made) == 2:  # the Trainer builds the training envs first, then evaluation's
+        if len(made) == 2:  # the learner builds the training envs first, then evaluation's
             cfg = EnvConfig(id="NaNReward-v0")
         return real_make(cfg, num_envs, mode, workers, backend)
 
-    monkeypatch.setattr(trpo.trainer, "make_vector_env", make)
+    monkeypatch.setattr(trpo.learner, "make_vector_env", make)
     with pytest.raises(Exception, match="non-finite evaluation reward"):
         train(compose_config([*CARTPOLE, "env.id=Counter-v0"]), tmp_path)
     status = strict_json(tmp_path / "status.json")
@@ -340,7 +325,7 @@ def test_a_signal_stops_the_run_cleanly_and_the_printed_command_resumes_it_exact
     # Ctrl-C in a terminal sends it: the worker ignores it and the run stops as it would alone.
     args = ["env=hopper", "total_steps=15360", "steps_per_iteration=512", "num_envs=2",
             "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=5",
-            "logger.mode=disabled", "critic.background=true"]
+            "logger.writers=[]", "critic.background=true"]
     assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
     stopped = tmp_path / "stopped"
     process = subprocess.Popen([sys.executable, "run.py", *args, f"hydra.run.dir={stopped}"],
@@ -376,23 +361,23 @@ def test_a_signal_stops_the_run_cleanly_and_the_printed_command_resumes_it_exact
 def test_a_stopped_run_finishes_its_wandb_run_as_interrupted(compose_config, tmp_path,
                                                              monkeypatch):
     import trpo.io.logger
-    import trpo.trainer
+    import trpo.learner
 
     closed = []
     monkeypatch.setattr(trpo.io.logger.WandbWriter, "close",
                         lambda self, status="completed": (closed.append(status),
                                                           self.run.finish()))
-    real_iteration = trpo.trainer.Trainer.train_iteration
+    real_iteration = trpo.learner.OnPolicyLearner.iterate
 
-    def iteration_then_signal(self, is_last):
-        row = real_iteration(self, is_last)
-        if self.iteration == 2:
+    def iteration_then_signal(self, iteration, total_iterations):
+        row = real_iteration(self, iteration, total_iterations)
+        if iteration == 2:
             os.kill(os.getpid(), signal.SIGTERM)
         return row
 
-    monkeypatch.setattr(trpo.trainer.Trainer, "train_iteration", iteration_then_signal)
-    overrides = [o for o in CARTPOLE if not o.startswith("logger.mode")]
-    cfg = compose_config([*overrides, "logger.mode=offline", "total_steps=1024"])
+    monkeypatch.setattr(trpo.learner.OnPolicyLearner, "iterate", iteration_then_signal)
+    overrides = [o for o in CARTPOLE if not o.startswith("logger.writers")]
+    cfg = compose_config([*overrides, "logger.writers=[wandb]", "total_steps=1024"])
     with pytest.raises(RunInterrupted, match="stopped after iteration 2") as stop:
         train(cfg, tmp_path)
     assert stop.value.signal == signal.SIGTERM and closed == ["interrupted"]
@@ -452,10 +437,10 @@ def test_no_two_runs_or_roles_share_a_random_stream():
 
 def test_neighbouring_seeds_start_their_environments_in_different_states(compose_config,
                                                                          tmp_path):
-    from trpo.trainer import Trainer
+    from trpo.learner import OnPolicyLearner
 
-    first, second = (Trainer(compose_config(["env=hopper", *TINY, f"seed={s}"]),
-                             RunFolder(tmp_path / str(s))) for s in (0, 1))
+    first, second = (OnPolicyLearner(compose_config(["env=hopper", *TINY, f"seed={s}"]))
+                     for s in (0, 1))
     try:
         starts = np.concatenate([first.collector.obs, second.collector.obs])
         assert len({tuple(row) for row in starts.round(12)}) == 4
@@ -468,26 +453,6 @@ def test_a_config_error_raises_before_the_folder_is_touched(compose_config, tmp_
     with pytest.raises(ConfigError):
         train(compose_config([*CARTPOLE, "advantage.lam=3"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
-
-
-def test_a_checkpoint_from_before_solver_fvp_resumes_only_with_the_product_it_used(
-        compose_config, tmp_path):
-    """Checkpoints written before ``solver.fvp`` existed computed the KL's Hessian."""
-    from trpo.io.resume import config_changes
-
-    saved = read_checkpoint_config(compose_config(CARTPOLE))
-    del saved["solver"]["fvp"]
-    assert config_changes(saved, compose_config(CARTPOLE)) == ["solver.fvp"]
-    assert config_changes(saved, compose_config([*CARTPOLE, "solver.fvp=double_backprop"])) == []
-    kl_penalty = read_checkpoint_config(compose_config([*CARTPOLE, "solver=kl_penalty"]))
-    assert config_changes(kl_penalty, compose_config([*CARTPOLE, "solver=kl_penalty"])) == []
-
-
-def read_checkpoint_config(cfg):
-    """The config as a checkpoint records it."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def test_zero_gradient_updates_do_not_count_towards_max_rejected_updates(compose_config,

@@ -21,7 +21,7 @@ from trpo.train import train
 
 # Two iterations of 2 envs × 128 steps on Pendulum-v1, each evaluated on 2 episodes.
 SMALL = ["env=pendulum", "total_steps=512", "steps_per_iteration=256", "num_envs=2",
-         "eval_every=1", "eval_episodes=2", "critic.epochs=1", "logger.mode=disabled"]
+         "eval_every=1", "eval_episodes=2", "critic.epochs=1", "logger.writers=[]"]
 
 
 def test_the_baseline_writes_a_run_folder_the_analysis_draws_beside_trpo(tmp_path):

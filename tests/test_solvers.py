@@ -335,14 +335,6 @@ def test_the_solver_state_carries_the_generator_through_a_checkpoint():
         assert torch.equal(drawn(resumed.fvp_states(batch)), before)
 
 
-def test_a_solver_state_without_a_generator_loads_only_when_nothing_is_drawn():
-    """Checkpoints written before the subset was drawn hold an empty solver state."""
-    policy = mlp_policy("gaussian")
-    TRPO(policy, **solver_kwargs("trpo")).load_state_dict({})
-    with pytest.raises(ValueError, match="fvp_generator"):
-        TRPO(policy, **solver_kwargs("trpo", fvp_subsample=5)).load_state_dict({})
-
-
 def test_fvp_subsample_larger_than_the_batch_is_refused():
     policy = mlp_policy("gaussian")
     with pytest.raises(ValueError, match="leaves no state"):

@@ -100,7 +100,6 @@ class WandbMode(Enum):
 
     online = "online"
     offline = "offline"
-    disabled = "disabled"
 
 
 # ------------------------------------------------------------------------------------- env group
@@ -343,13 +342,13 @@ class VPGConfig(FirstOrderConfig):
 @dataclass
 class SB3TRPOConfig:
     """sb3-contrib's TRPO as a reference baseline: rl-baselines3-zoo's settings for MuJoCo, trained
-    by :class:`experiments.sb3_baseline.SB3Trainer` in a run folder like any other (values and
+    by :class:`experiments.sb3_baseline.SB3Learner` in a run folder like any other (values and
     sources in ``conf/solver/sb3_trpo.yaml``; needs the ``bench`` extra). It shares the run's env,
     network, advantage (γ, λ, standardised), critic (lr, epochs, minibatch), observation and
     reward normalisation, num_envs, steps_per_iteration and evaluation settings."""
 
-    # What trains a run of this option instead of trpo.trainer.Trainer.
-    trainer: str = "experiments.sb3_baseline.SB3Trainer"
+    # What trains a run of this option instead of trpo.learner.OnPolicyLearner.
+    learner: str = "experiments.sb3_baseline.SB3Learner"
     # δ enforced by the line search on sb3-contrib's mean KL, which averages KL(π_new ‖ π_old)
     # over the action's dimensions as well as the states: about dims × δ on the whole KL that
     # solver.max_kl bounds for trpo (RESULTS.md, The MuJoCo suite).
@@ -368,20 +367,19 @@ class SB3TRPOConfig:
         _positive(self, "target_kl", "cg_damping")
         require(0 < self.line_search_shrinking_factor < 1, "line_search_shrinking_factor",
                 "must be in (0, 1)", self.line_search_shrinking_factor)
-        require(importlib.util.find_spec("sb3_contrib") is not None, "trainer",
-                "needs sb3-contrib: pip install -c constraints.txt -e '.[bench]'", self.trainer)
+        require(importlib.util.find_spec("sb3_contrib") is not None, "learner",
+                "needs sb3-contrib: pip install -c constraints.txt -e '.[bench]'", self.learner)
 
 
 # ----------------------------------------------------------------------------------- logger group
 
 
 @dataclass
-class LoggerConfig:
-    """Where metrics go: always ``progress.csv`` in the run directory, W&B unless disabled, and
-    TensorBoard if asked for."""
+class WandbConfig:
+    """The W&B writer's settings (``logger.wandb``)."""
 
-    # W&B mode: offline works with no account or network, and ``wandb sync <run dir>/wandb``
-    # uploads the run (one W&B run, however often it was resumed); ``conf/logger/wandb.yaml``.
+    # offline works with no account or network, and ``wandb sync <run dir>/wandb`` uploads the
+    # run (one W&B run, however often it was resumed); online needs ``wandb login``.
     mode: WandbMode = MISSING
     # W&B project and entity (null: the account's default entity).
     project: str = MISSING
@@ -389,20 +387,27 @@ class LoggerConfig:
     # Runs of one experiment share a W&B group.
     group: str = II("name")
     tags: List[str] = field(default_factory=list)
-    # Console line every this many iterations.
-    console_every: int = 1
     # Show W&B's own console messages (where the run is saved, how to sync it); off, the run's
     # lines are the only ones.
-    wandb_messages: bool = False
-    # Also write the metrics as TensorBoard scalars under <run dir>/tensorboard/ (x-axis
-    # env_steps); needs the tensorboard extra, pip install -e '.[tensorboard]'.
-    tensorboard: bool = MISSING
+    messages: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    """Where each iteration's row goes: ``progress.csv`` and the console always, and the writers
+    listed (checked against :mod:`trpo.io.logger`'s writers before a run starts)."""
+
+    # Writers beside progress.csv and the console: wandb (W&B), tensorboard (scalars under
+    # <run dir>/tensorboard/, x-axis env_steps; the tensorboard extra); [] for neither.
+    writers: List[str] = MISSING
+    # Console line every this many iterations.
+    console_every: int = 1
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def validate(self) -> None:
         _positive_int(self, "console_every")
-        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("tensorboard", "needs the tensorboard package: pip install -e "
-                              "'.[tensorboard]'", True)
+        require(len(set(self.writers)) == len(self.writers), "writers",
+                "must name each writer once", list(self.writers))
 
 
 # ------------------------------------------------------------------------------------ top level
@@ -524,13 +529,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-# What a key that the config of an older run lacks meant before the key existed (its value
-# then), for resuming such a run and for telling it apart from newer ones in the analysis.
-VALUES_BEFORE_THE_KEY = {"solver.fvp": "double_backprop", "env.backend": "gymnasium",
-                         "env.gamma": None, "env.max_kl": None,
-                         "solver.cg_damping_per_action_dim": False,
-                         "critic.normalize_targets": False}
-
 # Config keys whose values do not change what a run computes: a run may resume with them
 # changed, studies leave them out of run folder names, and the analysis never draws a line
 # per value. A key ending in "." stands for every key below it.
@@ -545,15 +543,16 @@ def is_result_neutral(key: str) -> bool:
 
 def result_neutral_keys() -> list[str]:
     """Every config key, spelled out, that :data:`RESULT_NEUTRAL_KEYS` names (``logger.``
-    becomes ``logger.mode``, ``logger.project``, ...)."""
+    becomes ``logger.writers``, ``logger.wandb.mode``, ...)."""
+
+    def keys_of(schema: type, prefix: str) -> list[str]:
+        return [key for f in fields(schema) for key in
+                (keys_of(f.default_factory, f"{prefix}{f.name}.")
+                 if is_dataclass(f.default_factory) else [f"{prefix}{f.name}"])]
+
     sections = {"logger": LoggerConfig, "critic": CriticConfig}
-    keys = []
-    for key in RESULT_NEUTRAL_KEYS:
-        if key.endswith("."):
-            keys += [f"{key}{f.name}" for f in fields(sections[key[:-1]])]
-        else:
-            keys.append(key)
-    return keys
+    return [spelled for key in RESULT_NEUTRAL_KEYS for spelled in
+            (keys_of(sections[key[:-1]], key) if key.endswith(".") else [key])]
 
 
 # Sections of the config that hold a schema of their own: the five groups and ``critic``.
@@ -565,7 +564,7 @@ GROUP_SCHEMAS = {
     "advantage": {"gae": GAEConfig, "td": TDConfig, "mc": MonteCarloConfig},
     "solver": {"trpo": TRPOConfig, "npg": NPGConfig, "kl_penalty": KLPenaltyConfig,
                "ppo_clip": PPOClipConfig, "vpg": VPGConfig, "sb3_trpo": SB3TRPOConfig},
-    "logger": {"wandb": LoggerConfig},
+    "logger": {"default": LoggerConfig},
 }
 
 

@@ -50,3 +50,12 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators from the run's seed (the
+    environments are seeded on reset, by their own streams)."""
+    global_seed = stream_seed(seed, "global")
+    random.seed(global_seed)
+    np.random.seed(global_seed)
+    torch.manual_seed(global_seed)

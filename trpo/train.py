@@ -3,7 +3,7 @@
 In order: the config is checked (nothing is built or written before it passes); the run folder
 is locked, so one process trains in it; the resume policy (:mod:`trpo.io.resume`) picks the
 checkpoint to go on from; the config is recorded and ``status.json`` says ``running``; the
-:class:`trpo.trainer.Trainer` trains. The run ends ``completed``, ``failed`` (with the error)
+:class:`trpo.loop.TrainingLoop` trains the run's :class:`trpo.learner.Learner`. The run ends ``completed``, ``failed`` (with the error)
 or ``interrupted``: SIGINT or SIGTERM stop it at the end of the iteration under way, with a
 checkpoint (a second signal stops it at once, its last checkpoint kept), and
 :class:`RunInterrupted` says how to resume. Started again in the same folder, a run resumes
@@ -23,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from trpo.config import validate_config
 from trpo.envs.checks import check_envs
-from trpo.io.logger import make_logger
-from trpo.io.resume import plan_start, resume
+from trpo.io.logger import RunContext, check_writers, make_logger
+from trpo.io.resume import plan_start
 from trpo.io.run_folder import RunFolder
-from trpo.trainer import StopRequested, Trainer, TrainingError  # noqa: F401  (re-exported)
+from trpo.learner import TrainingError, make_learner  # noqa: F401  (TrainingError re-exported)
+from trpo.loop import StopRequested, TrainingLoop
 
 log = logging.getLogger("trpo")
 
@@ -99,6 +100,7 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
     """
     validate_config(cfg)
     check_envs(cfg)
+    check_writers(cfg.logger)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(run_dir)
@@ -109,12 +111,12 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
     folder.lock.acquire()
     try:
         plan = plan_start(cfg, folder)
-        trainer = make_trainer(cfg, folder)
+        loop = TrainingLoop(cfg, folder, make_learner(cfg))
         try:
-            return _train(cfg, folder, trainer, plan, run_name or f"{cfg.env.id}-s{cfg.seed}",
+            return _train(cfg, folder, loop, plan, run_name or f"{cfg.env.id}-s{cfg.seed}",
                           hydra_config, overrides, resume_command, console_tag)
         finally:
-            trainer.close()
+            loop.close()
     finally:
         folder.progress.close()
         folder.lock.release()
@@ -122,23 +124,13 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
             folder.lock.path.unlink(missing_ok=True)
 
 
-def make_trainer(cfg: DictConfig, folder: RunFolder) -> Trainer:
-    """This framework's :class:`Trainer`, or the one a solver option names for itself
-    (``solver.trainer``: the sb3-contrib baseline, :mod:`experiments.sb3_baseline`)."""
-    if cfg.solver.get("trainer"):
-        from hydra.utils import get_class
-
-        return get_class(cfg.solver.trainer)(cfg, folder)
-    return Trainer(cfg, folder)
-
-
-def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume_command,
+def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_command,
            console_tag):
-    started = resume(trainer, plan)
-    if started is not None and plan.reused_from is None:
+    started = loop.resume(plan)
+    if started and plan.reused_from is None:
         log.info("resuming %s from iteration %d (%d environment steps)", folder.path,
-                 trainer.iteration, trainer.iteration * cfg.steps_per_iteration)
-    elif started is None and (folder.path / "progress.csv").exists():
+                 loop.iteration, loop.iteration * cfg.steps_per_iteration)
+    elif not started and (folder.path / "progress.csv").exists():
         log.warning("%s: replacing the rows of a run that stopped before its first checkpoint",
                     folder.progress.path)
         folder.progress.rewrite([])
@@ -146,27 +138,27 @@ def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume
     provenance = ({"reused_from": str(plan.reused_from)} if plan.reused_from is not None
                   else {k: v for k, v in folder.read_status().items() if k == "reused_from"})
     folder.write_config(cfg, hydra_config, overrides)
-    logger = make_logger(cfg.logger, folder, run_name,
-                         OmegaConf.to_container(cfg, resolve=True), cfg.total_steps,
-                         resume_id=trainer.wandb_id, console_tag=console_tag)
-    trainer.wandb_id = logger.wandb_id
+    logger = make_logger(RunContext(cfg.logger, folder, run_name,
+                                    OmegaConf.to_container(cfg, resolve=True), cfg.total_steps,
+                                    console_tag), loop.logger_state)
+    loop.logger_state = logger.state_dict()
     if plan.reused_from is not None:
-        logger.replay(trainer.history)
-    folder.write_status("running", total_steps=cfg.total_steps, iteration=trainer.iteration,
+        logger.replay(loop.history)
+    folder.write_status("running", total_steps=cfg.total_steps, iteration=loop.iteration,
                         **provenance, **cluster_job())
     try:
         with StopSignals() as stop:
-            final_return = trainer.run(logger, stop.requested)
+            final_return = loop.run(logger, stop.requested)
     except (StopRequested, KeyboardInterrupt, SystemExit) as stop_error:
         signum = stop.received or (signal.SIGINT if isinstance(stop_error, KeyboardInterrupt)
                                    else None)  # None: an exit asked for (a cluster's requeue)
-        how = (f"stopped after iteration {trainer.iteration}" if isinstance(
-            stop_error, StopRequested) else f"stopped during iteration {trainer.iteration}")
-        _record_end(logger, folder, "interrupted", iteration=trainer.iteration,
-                    checkpoint_iteration=trainer.checkpointed_at,
+        how = (f"stopped after iteration {loop.iteration}" if isinstance(
+            stop_error, StopRequested) else f"stopped during iteration {loop.iteration}")
+        _record_end(logger, folder, "interrupted", iteration=loop.iteration,
+                    checkpoint_iteration=loop.checkpointed_at,
                     signal=signal.Signals(signum).name if signum else "exit", **provenance)
-        message = (f"interrupted: {how}; the checkpoint of iteration {trainer.checkpointed_at} "
-                   f"is kept in {folder.path}" if trainer.checkpointed_at else
+        message = (f"interrupted: {how}; the checkpoint of iteration {loop.checkpointed_at} "
+                   f"is kept in {folder.path}" if loop.checkpointed_at else
                    f"interrupted: {how}, before the first checkpoint")
         message += f"; to resume: {resume_command or 'run the same command again'}"
         if signum is None:
@@ -174,13 +166,13 @@ def _train(cfg, folder, trainer, plan, run_name, hydra_config, overrides, resume
             raise  # a cluster's requeue (submitit) exits through here
         raise RunInterrupted(message, signum) from None
     except BaseException as error:
-        _record_end(logger, folder, "failed", iteration=trainer.iteration,
+        _record_end(logger, folder, "failed", iteration=loop.iteration,
                     error=f"{type(error).__name__}: {error}", **provenance)
         raise
     logger.close("completed")
-    folder.save_agent(trainer.agent())
+    folder.save_agent(loop.agent())
     folder.write_status("completed", final_eval_return=final_return,
-                        iteration=trainer.iteration, **provenance, **cluster_job())
+                        iteration=loop.iteration, **provenance, **cluster_job())
     return final_return
 
 

@@ -32,7 +32,7 @@ def sweep_of_six(slurm, tmp_path_factory) -> Sweep:
     """2 envs × 3 seeds × 20,000 steps, W&B off."""
     sweep = Sweep(slurm, tmp_path_factory.mktemp("sweep") / "runs",
                   ["env=hopper,walker", "seed=0,1,2", "total_steps=20000",
-                   "logger.mode=disabled", *slurm_launcher(slurm), *TIME_LIMIT])
+                   "logger.writers=[]", *slurm_launcher(slurm), *TIME_LIMIT])
     try:
         sweep.wait(timeout=900)
         yield sweep

@@ -26,7 +26,7 @@ TIME_LIMIT = ["hydra.launcher.timeout_min=10"]
 # a checkpoint after every iteration: 50-90 s on 2 cores.
 LONG_RUN_ITERATIONS = 112
 LONG_RUN = ["env=hopper", "seed=0", f"total_steps={LONG_RUN_ITERATIONS * 2048}",
-            "checkpoint_every=1", "eval_episodes=2", "logger.mode=disabled"]
+            "checkpoint_every=1", "eval_episodes=2", "logger.writers=[]"]
 # Columns that measure time or memory: they differ between two runs of the same config.
 TIMING = ("wall_s", "steps_per_s", "rss_mb")
 

@@ -12,12 +12,11 @@ import re
 from omegaconf import DictConfig
 
 from trpo.config import ConfigError, EnvConfig, require
+from trpo.envs import BACKENDS
 
 
 def check_envs(cfg: DictConfig) -> None:
     """Check ``cfg.env`` and its backend (``cfg`` is the whole run config)."""
-    from trpo.envs import BACKENDS
-
     backend = str(cfg.env.backend)
     require(backend in BACKENDS, "env.backend", f"must be one of {', '.join(BACKENDS)}",
             backend)

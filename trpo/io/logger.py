@@ -1,21 +1,29 @@
-"""Metric logging: one small writer interface, with CSV, W&B, TensorBoard and console back ends.
+"""Metric logging: one small writer interface, with CSV, console, W&B and TensorBoard back ends.
 
 A row is a flat mapping from metric name to a number, or ``None`` for "not measured in this
 iteration" (written as an empty CSV cell and left out of the W&B step). ``progress.csv``'s
 format belongs to :class:`trpo.io.run_folder.ProgressFile`; its columns are fixed by the first row.
+
+``progress.csv`` and the console are always written; ``logger.writers`` names the others. A new
+back end is one :class:`MetricWriter` subclass with a ``name``: it is then a writer that
+``logger.writers`` may list. A writer that must find its own output again after a restart (W&B's
+run id) returns it from :meth:`MetricWriter.state_dict`; checkpoints keep it, and the writer gets
+it back when the run resumes.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import re
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
-from trpo.config import LoggerConfig, WandbMode
+from trpo.config import ConfigError, LoggerConfig
 from trpo.io.run_folder import ProgressFile, RunFolder
 
 log = logging.getLogger("trpo")
@@ -26,16 +34,62 @@ Row = Mapping[str, Optional[float]]
 TENSORBOARD = "tensorboard"
 
 
+@dataclass
+class RunContext:
+    """What a writer may need to open: the logger settings, the run folder, the run's name for
+    display, its resolved config, its budget and the console tag."""
+
+    cfg: LoggerConfig
+    folder: RunFolder
+    run_name: str
+    config: dict[str, Any]
+    total_steps: int
+    console_tag: Optional[str] = None
+
+
 class MetricWriter(ABC):
-    """A destination for one row of metrics per iteration."""
+    """A destination for one row of metrics per iteration.
+
+    A subclass with a ``name`` is an optional writer, listed in ``logger.writers`` by that name
+    and opened by :meth:`open`; :data:`WRITERS` holds them.
+    """
+
+    name: ClassVar[Optional[str]] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name is not None:
+            WRITERS[cls.name] = cls
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise :class:`ConfigError` if this writer cannot run here (a missing package)."""
+
+    @classmethod
+    def open(cls, run: RunContext, state: dict[str, Any]) -> "MetricWriter":
+        """The writer for ``run``; ``state`` is what its :meth:`state_dict` returned before a
+        restart (empty on a fresh start)."""
+        raise NotImplementedError
 
     @abstractmethod
     def write(self, row: Row) -> None:
         """Record one iteration's row."""
 
+    def replay(self, rows: list[Row]) -> None:
+        """Receive rows that ``progress.csv`` already holds (a reused run's history); only a
+        writer that cannot read them from the run folder itself needs them."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this writer needs to go on after a restart (plain data); empty if nothing."""
+        return {}
+
     def close(self, status: str = "completed") -> None:
         """Flush and release; ``status`` is how the run ended: ``completed``, ``interrupted``
         or ``failed``."""
+
+
+# The optional writers by name, filled by MetricWriter's subclasses as they are defined.
+WRITERS: dict[str, type[MetricWriter]] = {}
 
 
 class CSVWriter(MetricWriter):
@@ -60,7 +114,7 @@ class CSVWriter(MetricWriter):
 class WandbWriter(MetricWriter):
     """A W&B run whose x-axis is ``env_steps``; finished on close, also after an error.
 
-    ``resume_id`` continues that run. Online, W&B appends to it. Offline, each process writes
+    Its state is the run's id (``run_id``), with which a resumed run continues it. Online, W&B appends to it. Offline, each process writes
     its own ``wandb/offline-run-<time>-<id>`` folder, all under the run's one id and marked as
     resuming it (wandb >= 0.30), so that ``wandb sync <run dir>/wandb`` uploads them, in order
     of start time, as one W&B run.
@@ -69,23 +123,37 @@ class WandbWriter(MetricWriter):
     # Seconds to wait for W&B to start before training goes on without it.
     INIT_TIMEOUT_S = 60
 
-    def __init__(self, cfg: LoggerConfig, run_dir: Path, run_name: str,
-                 config: dict[str, Any], resume_id: Optional[str] = None):
+    name = "wandb"
+
+    def __init__(self, run: RunContext, resume_id: Optional[str] = None):
         import wandb
 
+        cfg = run.cfg.wandb
         self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=cfg.group, name=run_name,
-            tags=list(cfg.tags), config=config, dir=str(run_dir), mode=cfg.mode.value,
+            project=cfg.project, entity=cfg.entity, group=cfg.group, name=run.run_name,
+            tags=list(cfg.tags), config=run.config, dir=str(run.folder.path),
+            mode=getattr(cfg.mode, "value", cfg.mode),
             id=resume_id, resume="allow" if resume_id else None,
             # A joblib worker runs several jobs in one process: never continue a leftover run.
             reinit="finish_previous",
-            settings=wandb.Settings(quiet=True, silent=not cfg.wandb_messages, console="off",
+            settings=wandb.Settings(quiet=True, silent=not cfg.messages, console="off",
                                     init_timeout=self.INIT_TIMEOUT_S))
         self.run.define_metric("env_steps")
         self.run.define_metric("*", step_metric="env_steps")
 
+    @classmethod
+    def open(cls, run: RunContext, state: dict[str, Any]) -> "WandbWriter":
+        return cls(run, state.get("run_id"))
+
     def write(self, row: Row) -> None:
         self.run.log({k: v for k, v in row.items() if v is not None})
+
+    def replay(self, rows: list[Row]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run.id}
 
     def close(self, status: str = "completed") -> None:
         self.run.summary["run_status"] = status
@@ -102,7 +170,18 @@ class TensorBoardWriter(MetricWriter):
     events yet (TensorBoard turned on when resuming, a reused run) gets ``history`` first.
     """
 
+    name = "tensorboard"
     EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+
+    @classmethod
+    def check(cls) -> None:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("logger.writers", "tensorboard needs the tensorboard package: pip "
+                              "install -e '.[tensorboard]'", ["tensorboard"])
+
+    @classmethod
+    def open(cls, run: RunContext, state: dict[str, Any]) -> "TensorBoardWriter":
+        return cls(run.folder.path / TENSORBOARD, run.folder.progress.read().rows)
 
     def __init__(self, log_dir: Path, history: list[Row] = ()):
         from torch.utils.tensorboard import SummaryWriter
@@ -166,28 +245,26 @@ def _fmt(value: Optional[float], spec: str = ".1f") -> str:
         value, spec)
 
 
-class MetricLogger(MetricWriter):
+class MetricLogger:
     """Sends each row to every writer; closes them all, each even if another fails."""
 
     def __init__(self, writers: list[MetricWriter]):
         self.writers = writers
-
-    @property
-    def wandb_id(self) -> Optional[str]:
-        """The W&B run's id, to resume it after a restart; ``None`` without W&B."""
-        runs = [w.run.id for w in self.writers if isinstance(w, WandbWriter)]
-        return runs[0] if runs else None
 
     def write(self, row: Row) -> None:
         for writer in self.writers:
             writer.write(row)
 
     def replay(self, rows: list[Row]) -> None:
-        """Send rows that ``progress.csv`` already holds to W&B: the history of a reused run."""
+        """Hand rows that ``progress.csv`` already holds to the writers that need them: the
+        history of a reused run."""
         for writer in self.writers:
-            if isinstance(writer, WandbWriter):
-                for row in rows:
-                    writer.write(row)
+            writer.replay(rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each named writer's resume state, by name (a checkpoint's ``logger`` part)."""
+        return {writer.name: state for writer in self.writers
+                if writer.name is not None and (state := writer.state_dict())}
 
     def close(self, status: str = "completed") -> None:
         errors = []
@@ -200,26 +277,33 @@ class MetricLogger(MetricWriter):
             raise errors[0]
 
 
-def make_logger(cfg: LoggerConfig, folder: RunFolder, run_name: str, config: dict[str, Any],
-                total_steps: int, resume_id: Optional[str] = None,
-                console_tag: Optional[str] = None) -> MetricLogger:
-    """``progress.csv`` and the console always; W&B unless ``logger.mode=disabled``;
-    TensorBoard (``<run dir>/tensorboard/``) with ``logger.tensorboard=true``.
+def check_writers(cfg: LoggerConfig) -> None:
+    """Raise :class:`ConfigError` for a writer ``logger.writers`` names that does not exist, or
+    cannot run here; before anything is built or written."""
+    for name in cfg.writers:
+        if name not in WRITERS:
+            raise ConfigError("logger.writers", f"{name} is not a writer; the writers: "
+                              f"{', '.join(WRITERS)} (progress.csv and the console are always "
+                              "on)", list(cfg.writers))
+        WRITERS[name].check()
 
-    If W&B cannot start (no network, no login), training goes on with the local log and a
-    warning; ``wandb sync`` can upload an offline run later. Called once a resumed run's
-    ``progress.csv`` holds its checkpoint's rows: TensorBoard goes on after them.
+
+def make_logger(run: RunContext, state: Optional[dict[str, Any]] = None) -> MetricLogger:
+    """``progress.csv`` and the console always, and the writers ``logger.writers`` lists, each
+    given its part of ``state`` (:meth:`MetricLogger.state_dict` before a restart).
+
+    A listed writer that cannot start (W&B without network or login) is left out with a
+    warning, and training goes on; ``wandb sync`` can upload an offline run later. Called once
+    a resumed run's ``progress.csv`` holds its checkpoint's rows: TensorBoard goes on after them.
     """
+    state = state or {}
     writers: list[MetricWriter] = []
-    if cfg.mode is not WandbMode.disabled:
+    for name in run.cfg.writers:
         try:
-            writers.append(WandbWriter(cfg, folder.path, run_name, config, resume_id))
+            writers.append(WRITERS[name].open(run, state.get(name, {})))
         except Exception as error:
-            log.warning("W&B (%s) could not start, training goes on with progress.csv only: "
-                        "%s: %s", cfg.mode.value, type(error).__name__,
-                        str(error).splitlines()[0] if str(error) else "")
-    if cfg.tensorboard:
-        writers.append(TensorBoardWriter(folder.path / TENSORBOARD, folder.progress.read().rows))
-    writers += [CSVWriter(folder.progress), ConsoleWriter(total_steps, cfg.console_every,
-                                                          console_tag)]
+            log.warning("%s could not start, training goes on without it: %s: %s", name,
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    writers += [CSVWriter(run.folder.progress),
+                ConsoleWriter(run.total_steps, run.cfg.console_every, run.console_tag)]
     return MetricLogger(writers)

@@ -4,8 +4,8 @@ when a finished run elsewhere may be copied instead of trained again.
 A checkpoint carries the run's metric history (every row up to its iteration), so resuming
 rewrites ``progress.csv`` from it: whatever happened to the file (a cut line, rows deleted,
 duplicated or garbled, the file emptied), the resumed run ends with exactly the rows of an
-uninterrupted one. A checkpoint written before histories were kept is resumed only if
-``progress.csv`` still proves iterations 1..N; otherwise the run refuses, touching nothing.
+uninterrupted one. A checkpoint without a history (a format from before 2026-12) is refused,
+touching nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from trpo.config import ConfigError, flatten, is_result_neutral
 from trpo.io.checkpoint import CheckpointError
-from trpo.config import ConfigError, flatten
-from trpo.io.provenance import code_differences
-from trpo.config import VALUES_BEFORE_THE_KEY, is_result_neutral
 from trpo.io.run_folder import HistoryError, RunFolder, find_run_folders
 
 log = logging.getLogger("trpo")
@@ -38,36 +36,23 @@ def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
     """The keys whose values differ between a checkpoint's config and ``current`` and may not."""
     before = flatten(saved)
     after = flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True))
-    for key, value in VALUES_BEFORE_THE_KEY.items():
-        if key in after:
-            before.setdefault(key, value)
     allowed = resumable_changes(current)
     return sorted(k for k in set(before) | set(after)
                   if before.get(k) != after.get(k) and not is_result_neutral(k)
                   and k not in allowed)
 
 
-def proven_history(folder: RunFolder, checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of iterations 1..N of the run that wrote ``checkpoint`` (N its iteration).
-
-    From the checkpoint's own history; for a checkpoint without one, from ``progress.csv`` if
-    it holds each of those iterations exactly once. Raises :class:`HistoryError` otherwise.
-    """
+def proven_history(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of iterations 1..N of the run that wrote ``checkpoint`` (N its iteration), from
+    the history it carries; raises :class:`HistoryError` if it does not hold each of them."""
     iteration = int(checkpoint["iteration"])
     history = checkpoint.get("history")
-    if history is not None:
-        if [int(row["iteration"]) for row in history] != list(range(1, iteration + 1)):
-            raise HistoryError(f"the checkpoint's history does not hold iterations 1-{iteration}")
-        return [dict(row) for row in history]
-    read = folder.progress.read()
-    rows = [row for row in read.rows if row["iteration"] <= iteration]
-    if [row["iteration"] for row in rows] != list(range(1, iteration + 1)):
-        raise HistoryError(
-            f"{folder.progress.path} does not hold iterations 1-{iteration} of its checkpoint "
-            f"exactly once ({'; '.join(read.problems) or 'rows are missing'}), and the "
-            "checkpoint predates kept histories, so its rows cannot be rebuilt; resume=false "
-            "starts afresh beside it")
-    return rows
+    if history is None:
+        raise HistoryError("the checkpoint carries no history of its rows (a format from before "
+                           "2026-12); resume=false starts afresh beside it")
+    if [int(row["iteration"]) for row in history] != list(range(1, iteration + 1)):
+        raise HistoryError(f"the checkpoint's history does not hold iterations 1-{iteration}")
+    return [dict(row) for row in history]
 
 
 @dataclass
@@ -119,47 +104,6 @@ def plan_start(cfg: DictConfig, folder: RunFolder) -> StartPlan:
     return plan
 
 
-def resume(trainer, plan: StartPlan) -> Optional[Candidate]:
-    """Load the first candidate that fits ``trainer`` and rewrite ``progress.csv`` with its
-    history; returns it (``None`` for a fresh start).
-
-    A candidate that does not fit (wrong keys or shapes, non-finite values, a history that
-    cannot be proven) is passed over for the next one, and reported by path once one fits;
-    raises :class:`CheckpointError` naming each if none fits, having written nothing.
-    """
-    problems = list(plan.problems)
-    for candidate in plan.candidates:
-        try:
-            history = proven_history(candidate.folder, candidate.state)
-            trainer.load_state_dict(candidate.state)
-            bad = trainer.nonfinite_state()
-            if bad:
-                raise ValueError(f"non-finite values in {', '.join(bad[:3])}")
-        except HistoryError as error:
-            problem = f"{candidate.path}: {error}"
-        except Exception as error:  # a structurally wrong checkpoint: keys, shapes, types
-            problem = (f"{candidate.path}: does not fit this run ({type(error).__name__}: "
-                       f"{str(error).splitlines()[0] if str(error) else ''})")
-        else:
-            for problem in problems:
-                log.warning("%s", problem)
-            trainer.history = history
-            if plan.reused_from is not None:
-                trainer.wandb_id = None  # a W&B run of its own, to which the history is replayed
-                trainer.checkpoint()  # the twin's final state, as this run's own checkpoint
-            trainer.folder.progress.rewrite(history)
-            trained_by = code_differences(candidate.state.get("code"))
-            if trained_by:
-                log.warning("the checkpoint %s was written by other code (%s): going on assumes "
-                            "the change does not alter what the run computes", candidate.path,
-                            "; ".join(trained_by))
-            return candidate
-        problems.append(problem)
-    if plan.candidates:
-        raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
-    return None
-
-
 def find_finished_twin(search_root: Path, cfg: DictConfig, folder: RunFolder
                        ) -> Optional[tuple[RunFolder, Path, dict[str, Any]]]:
     """A completed run below ``search_root`` (other than ``folder``) whose config computes
@@ -179,7 +123,7 @@ def find_finished_twin(search_root: Path, cfg: DictConfig, folder: RunFolder
         if int(checkpoint["iteration"]) != iterations:
             continue
         try:
-            proven_history(source, checkpoint)
+            proven_history(checkpoint)
         except HistoryError as error:
             log.warning("not reusing %s: %s", source.path, error)
             continue

@@ -9,7 +9,7 @@ A run folder holds
 * ``checkpoint.ckpt`` and ``checkpoint.prev.ckpt`` (format: :mod:`trpo.io.checkpoint`);
 * ``agent.pt``: the trained policy with its observation statistics;
 * ``run.lock``: held with ``flock`` by the one process training in the folder;
-* ``wandb/``: the W&B run (offline by default); ``tensorboard/`` with ``logger.tensorboard``.
+* ``wandb/``: the W&B run (offline by default); ``tensorboard/`` with ``logger.writers=[tensorboard]``.
 
 Training (:mod:`trpo.train`), the analysis and the studies read and write these files only
 through :class:`RunFolder`, so there is one reader of each format.
