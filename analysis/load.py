@@ -25,7 +25,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trpo.config import is_result_neutral
+from trpo.config import CONF_DIR, is_result_neutral
 from trpo.io.run_folder import RunFolder, find_run_folders
 
 log = logging.getLogger("analysis")
@@ -37,7 +37,7 @@ CHOICE_GROUPS = ("ablation", "solver", "advantage", "network")
 # result, and an experiment's choice is the values it sets, which are keys of their own.
 OTHER_CHOICES = ("env", "logger", "experiment")
 # The env options, one YAML each, whose ``id`` says which environment an option stands for.
-ENV_OPTIONS = Path(__file__).resolve().parents[1] / "conf" / "env"
+ENV_OPTIONS = CONF_DIR / "env"
 
 References = tuple[Optional[float], Optional[float]]  # (random return, reference return)
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from analysis.__main__ import main as analyse
-from trpo.config import result_neutral_keys
+from trpo.config import CONF_DIR, result_neutral_keys
 from experiments.status import format_status, planned_run_names, study_status
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+STUDIES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 RESULTS_PAGE = ROOT / "RESULTS.md"
 # Run folders named by their overrides rather than by job number, so that the same run lands in
 # the same folder (and resumes there) whatever else the sweep holds. Keys that do not change what
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     if args.status:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
         names = [name for overrides in study_sweeps(args.study, args.overrides) for name in
-                 planned_run_names(ROOT / "conf", args.study, overrides, NOT_IN_RUN_NAMES)]
+                 planned_run_names(args.study, overrides, NOT_IN_RUN_NAMES)]
         print(format_status(args.study, sweep_dir, study_status(sweep_dir, names)))
         return 0
     sweep_status = 0
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
 def study_sweeps(study: str, overrides: list[str]) -> list[list[str]]:
     """The overrides of each sweep the study runs: its own sweep's, then each of its
     ``also_sweep`` with its own overrides first; ``overrides`` come last in every one."""
-    extra = OmegaConf.load(ROOT / "conf" / "experiment" / f"{study}.yaml").get("also_sweep", [])
+    extra = OmegaConf.load(CONF_DIR / "experiment" / f"{study}.yaml").get("also_sweep", [])
     return [[*own, *overrides] for own in [[], *extra]]
 
 

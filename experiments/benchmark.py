@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trpo.config import compose
+
 ROOT = Path(__file__).resolve().parents[1]
 ENVS = {"hopper": "Hopper-v5", "walker": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
 SOLVERS = ("trpo", "npg", "kl_penalty")
@@ -49,15 +51,6 @@ QUIET_LOAD = 0.5
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    import trpo  # noqa: F401  (registers the schemas)
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
 
 
 # --------------------------------------------------------------------------------- workers
@@ -119,28 +112,19 @@ def worker_ours(env: str, solver: str, iterations: int, out: Path,
 
 
 def sb3_matched(env: str, seed: int = 0):
-    """sb3-contrib TRPO with the settings of this project's default config, on ``env``."""
+    """sb3-contrib TRPO with the settings of this project's default config, on ``env``: the
+    baseline's builder, given default TRPO's CG, line search and 8 × 256 steps."""
     import torch
-    from sb3_contrib import TRPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
+
+    from experiments.sb3_baseline import make_model
 
     torch.set_num_threads(1)
-    cfg = compose([f"env={env}"])
-    envs = VecNormalize(make_vec_env(cfg.env.id, n_envs=cfg.num_envs, seed=seed),
-                        norm_obs=cfg.normalize_obs, norm_reward=cfg.normalize_reward,
-                        clip_obs=cfg.obs_clip, gamma=cfg.advantage.gamma)
-    return TRPO(
-        "MlpPolicy", envs, n_steps=cfg.steps_per_iteration // cfg.num_envs,
-        batch_size=cfg.critic.minibatch_size, n_critic_updates=cfg.critic.epochs,
-        learning_rate=cfg.critic.lr, gamma=cfg.advantage.gamma, gae_lambda=cfg.advantage.lam,
-        cg_max_steps=cfg.solver.cg_iters, cg_damping=cfg.solver.cg_damping,
-        target_kl=cfg.solver.max_kl, line_search_shrinking_factor=cfg.solver.backtrack_factor,
-        line_search_max_iter=cfg.solver.max_backtracks, normalize_advantage=True,
-        policy_kwargs={"net_arch": {"pi": list(cfg.network.policy_hidden),
-                                    "vf": list(cfg.network.value_hidden)},
-                       "activation_fn": torch.nn.Tanh, "log_std_init": cfg.network.log_std_init},
-        seed=seed, device="cpu", verbose=0)
+    trpo = compose([f"env={env}"]).solver
+    cfg = compose([f"env={env}", "solver=sb3_trpo", f"solver.target_kl={trpo.max_kl}",
+                   f"solver.cg_max_steps={trpo.cg_iters}", f"solver.cg_damping={trpo.cg_damping}",
+                   f"solver.line_search_shrinking_factor={trpo.backtrack_factor}",
+                   f"solver.line_search_max_iter={trpo.max_backtracks}"])
+    return make_model(cfg, seed)
 
 
 def worker_sb3(env: str, iterations: int) -> dict:
@@ -165,16 +149,11 @@ def worker_sb3_zoo(env: str, steps: int) -> dict:
     × 1,024 steps, batch 128, 20 critic updates at 1e-3, 25 CG steps, damping 0.1, γ 0.99,
     λ 0.95, VecNormalize), as a zoo user runs it (goal 3)."""
     import torch
-    from sb3_contrib import TRPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
+
+    from experiments.sb3_baseline import make_model
 
     torch.set_num_threads(1)
-    envs = VecNormalize(make_vec_env(ENVS[env], n_envs=2, seed=0), gamma=0.99)
-    model = TRPO("MlpPolicy", envs, n_steps=1024, batch_size=128, n_critic_updates=20,
-                 learning_rate=1e-3, gamma=0.99, gae_lambda=0.95, cg_max_steps=25,
-                 cg_damping=0.1, target_kl=0.01, seed=0, device="cpu", verbose=0)
-    model.learn(steps)
+    make_model(compose([f"env={env}", "solver=sb3_trpo", "num_envs=2"]), seed=0).learn(steps)
     return {"peak_mb": peak_memory_mb()}
 
 

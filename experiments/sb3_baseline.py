@@ -38,16 +38,46 @@ from trpo.envs import env_makers, make_vector_env
 from trpo.rollout import evaluate
 from trpo.seeding import global_rng_state, set_global_rng_state, stream_seed, stream_seeds
 from trpo.learner import resident_memory_mb
+from trpo.networks import ACTIVATIONS
 
 log = logging.getLogger("trpo")
-
-ACTIVATIONS = {Activation.tanh: nn.Tanh, Activation.relu: nn.ReLU, Activation.elu: nn.ELU}
-
 
 def per_sample(values: torch.Tensor) -> torch.Tensor:
     """A distribution's per-dimension values (a diagonal Gaussian's, ``[B, dims]``) summed to one
     per sample; a Categorical's (``[B]``) as they are."""
     return values.sum(-1) if values.dim() > 1 else values
+
+
+def make_model(cfg: DictConfig, seed: int):
+    """sb3-contrib's TRPO for a ``solver=sb3_trpo`` config, on ``cfg.num_envs`` copies of the
+    task in sb3's ``VecNormalize`` (with the run's normalisation settings): the one place the
+    baseline's settings become sb3-contrib's arguments (the baseline and the benchmark build it
+    here)."""
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
+
+    solver, network = cfg.solver, cfg.network
+    envs = VecNormalize(VecMonitor(DummyVecEnv(env_makers(cfg.env, cfg.num_envs))),
+                        norm_obs=cfg.normalize_obs, norm_reward=cfg.normalize_reward,
+                        clip_obs=cfg.obs_clip, gamma=cfg.advantage.gamma)
+    return TRPO(
+        "MlpPolicy", envs, n_steps=cfg.steps_per_iteration // cfg.num_envs,
+        batch_size=cfg.critic.minibatch_size, n_critic_updates=cfg.critic.epochs,
+        learning_rate=cfg.critic.lr, gamma=cfg.advantage.gamma,
+        gae_lambda=cfg.advantage.lam, normalize_advantage=cfg.advantage.normalize,
+        cg_max_steps=solver.cg_max_steps, cg_damping=solver.cg_damping,
+        target_kl=solver.target_kl,
+        line_search_shrinking_factor=solver.line_search_shrinking_factor,
+        line_search_max_iter=solver.line_search_max_iter,
+        sub_sampling_factor=solver.sub_sampling_factor,
+        # Every episode of an iteration is kept for its row (the default keeps 100).
+        stats_window_size=cfg.steps_per_iteration,
+        policy_kwargs={"net_arch": {"pi": list(network.policy_hidden),
+                                    "vf": list(network.value_hidden)},
+                       "activation_fn": ACTIVATIONS[Activation(network.activation)],
+                       "log_std_init": network.log_std_init,
+                       "ortho_init": Init(network.init) is Init.orthogonal},
+        seed=seed, device="cpu", verbose=0)
 
 
 class _ModeOf(nn.Module):
@@ -70,37 +100,14 @@ class SB3Learner:
     ``state_dict`` / ``load_state_dict``, ``nonfinite_state``, ``agent`` and ``close``."""
 
     def __init__(self, cfg: DictConfig):
-        from sb3_contrib import TRPO
         from stable_baselines3.common.logger import Logger
-        from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
         self.cfg = cfg
         torch.set_num_threads(cfg.torch_threads)
-        solver, network = cfg.solver, cfg.network
-        envs = VecMonitor(DummyVecEnv(env_makers(cfg.env, cfg.num_envs)))
-        self.envs = VecNormalize(envs, norm_obs=cfg.normalize_obs,
-                                 norm_reward=cfg.normalize_reward, clip_obs=cfg.obs_clip,
-                                 gamma=cfg.advantage.gamma)
+        self.model = make_model(cfg, stream_seed(cfg.seed, "sb3"))
+        self.envs = self.model.get_env()
         self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
                                          backend="gymnasium")
-        self.model = TRPO(
-            "MlpPolicy", self.envs, n_steps=cfg.steps_per_iteration // cfg.num_envs,
-            batch_size=cfg.critic.minibatch_size, n_critic_updates=cfg.critic.epochs,
-            learning_rate=cfg.critic.lr, gamma=cfg.advantage.gamma,
-            gae_lambda=cfg.advantage.lam, normalize_advantage=cfg.advantage.normalize,
-            cg_max_steps=solver.cg_max_steps, cg_damping=solver.cg_damping,
-            target_kl=solver.target_kl,
-            line_search_shrinking_factor=solver.line_search_shrinking_factor,
-            line_search_max_iter=solver.line_search_max_iter,
-            sub_sampling_factor=solver.sub_sampling_factor,
-            # Every episode of an iteration is kept for its row (the default keeps 100).
-            stats_window_size=cfg.steps_per_iteration,
-            policy_kwargs={"net_arch": {"pi": list(network.policy_hidden),
-                                        "vf": list(network.value_hidden)},
-                           "activation_fn": ACTIVATIONS[Activation(network.activation)],
-                           "log_std_init": network.log_std_init,
-                           "ortho_init": Init(network.init) is Init.orthogonal},
-            seed=stream_seed(cfg.seed, "sb3"), device="cpu", verbose=0)
         self.model.set_logger(Logger(folder=None, output_formats=[]))  # read, never written
         self.callback = None  # sb3's, made when training starts
 

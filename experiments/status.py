@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis.load import CONFIG_ERRORS, run_budget
+from trpo.config import compose
 from trpo.io.run_folder import RunFolder, find_run_folders
 
 # What a planned run can be, in the order the summary counts them. Part-way runs are running
@@ -40,19 +39,13 @@ class RunState:
     detail: str = ""  # a failed run's error
 
 
-def planned_run_names(conf_dir: Path, study: str, overrides: list[str],
+def planned_run_names(study: str, overrides: list[str],
                       excluded_keys: tuple[str, ...]) -> list[str]:
     """The folder names the study's sweep gives its runs (Hydra's ``override_dirname`` of each
     job, without ``excluded_keys``), in the order it launches them."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            hydra_overrides = [o for o in overrides if o.startswith(("hydra.", "hydra/"))]
-            cfg = compose(config_name="config", return_hydra_config=True,
-                          overrides=[f"experiment={study}", *hydra_overrides])
-            params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
-    finally:
-        GlobalHydra.instance().clear()
+    hydra_overrides = [o for o in overrides if o.startswith(("hydra.", "hydra/"))]
+    cfg = compose([f"experiment={study}", *hydra_overrides], return_hydra_config=True)
+    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
     task = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
     parsed = OverridesParser.create().parse_overrides([*params, *task])
     # The basic sweeper's own expansion (what it launches), so the names cannot drift from it;

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-import trpo  # noqa: F401  (registers the config schemas)
+from trpo.config import CONF_DIR, compose  # noqa: F401  (CONF_DIR: for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+
+# One intra-op thread per test process, as every run takes (torch_threads=1): pytest-xdist runs a
+# process per core, and more torch threads than cores wait on each other (a value fit of 0.04 s
+# took 10 s beside a busy core).
+torch.set_num_threads(1)
 
 # Overrides that make a run finish in about a second: small batches, one critic epoch, one
 # evaluation episode, no W&B.
@@ -27,12 +31,7 @@ TINY = ["total_steps=256", "steps_per_iteration=128", "num_envs=2", "eval_every=
 def compose_config():
     """``compose_config(overrides)`` returns the composed config for ``overrides``."""
 
-    def _compose(overrides=()):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-
-    yield _compose
+    yield compose
     GlobalHydra.instance().clear()
 
 
@@ -51,13 +50,7 @@ def without_timing(progress: pd.DataFrame) -> pd.DataFrame:
 
 @functools.cache
 def _option_values(group: str, option: str) -> dict:
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"{group}={option}"])[group]
-            return OmegaConf.to_container(cfg, resolve=True)
-    finally:
-        GlobalHydra.instance().clear()
+    return OmegaConf.to_container(compose([f"{group}={option}"])[group], resolve=True)
 
 
 def option_values(group: str, option: str, **overrides) -> dict:

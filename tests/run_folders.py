@@ -1,11 +1,12 @@
 """Tiny run folders with known numbers, written through :mod:`trpo.io.run_folder` as a run writes them.
 
-Shared by the analysis and study-status tests (a helper module, so no test module imports
-another).
+Shared by the tests of the analysis, the study status, the run folder and the run's lifecycle
+(a helper module, so no test module imports another).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -90,3 +91,10 @@ def trust_region_sweep(root: Path, max_kls=(0.001, 0.01, 0.1), solvers=("trpo", 
                           returns=[0.0, 1000.0 * k + 100 * s + seed],
                           extra={"solver.max_kl": max_kl})
                 n += 1
+
+
+def strict_json(path: Path) -> Any:
+    """``path``'s JSON, refusing NaN and Infinity (which are not JSON)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+    return json.loads(Path(path).read_text(), parse_constant=refuse)

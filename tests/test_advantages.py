@@ -5,6 +5,8 @@ import pytest
 
 from trpo.advantages import GAE, generalized_advantages, monte_carlo, td
 
+pytestmark = pytest.mark.unit
+
 
 def naive_gae(rewards, values, next_values, terminated, episode_end, gamma, lam):
     """The definition, term by term: A_t = Σ_k (γλ)^k δ_{t+k} up to the episode's (or batch's) end."""

@@ -31,22 +31,15 @@ SHORTER = {"pendulum": ["env.max_episode_steps=100"]}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """``runs(env)``: the folder of a finished two-iteration run on ``env`` (trained once)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tests.conftest import CONF_DIR
+    from trpo.config import compose
 
     made = {}
 
     def run(env):
         if env not in made:
-            GlobalHydra.instance().clear()
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose(config_name="config",
-                              overrides=[f"env={env}", *TINY, *SHORTER.get(env, [])])
+            cfg = compose([f"env={env}", *TINY, *SHORTER.get(env, [])])
             made[env] = tmp_path_factory.mktemp(env)
             train(cfg, made[env])
-            GlobalHydra.instance().clear()
         return made[env]
 
     return run

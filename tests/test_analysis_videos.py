@@ -13,7 +13,7 @@ from analysis import videos
 from analysis.__main__ import main
 from analysis.load import load_runs
 from analysis.report import final_score, make_groups
-from tests.conftest import CONF_DIR, TINY
+from tests.conftest import TINY
 from tests.run_folders import write_run
 from trpo.video import VideoError
 
@@ -25,18 +25,12 @@ LABEL = "runs"
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """A folder of two finished two-iteration CartPole runs, seeds 0 and 1 (trained once)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
+    from trpo.config import compose
     from trpo.train import train
 
     root = tmp_path_factory.mktemp("sweep")
     for seed in (0, 1):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["env=cartpole", *TINY, f"seed={seed}"])
-        train(cfg, root / str(seed))
-    GlobalHydra.instance().clear()
+        train(compose(["env=cartpole", *TINY, f"seed={seed}"]), root / str(seed))
     return root
 
 

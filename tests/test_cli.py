@@ -3,12 +3,12 @@
 import pytest
 
 from tests.conftest import TINY, run_py
-from trpo.cli import GROUPS, check_override_keys, help_text, options
+from trpo.cli import GROUPS, check_override_keys, options
 
 
 def test_help_lists_every_group_option_with_a_description_the_main_keys_and_launchers():
     result = run_py("--help", timeout=60)
-    assert result.returncode == 0 and result.stdout.strip() == help_text()
+    assert result.returncode == 0
     text = result.stdout
     assert "schema/" not in text
     lines = [line.strip().removeprefix("* ") for line in text.splitlines()]

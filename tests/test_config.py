@@ -3,13 +3,12 @@
 import gymnasium as gym
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from tests.conftest import CONF_DIR
+from trpo.config import CONF_DIR, compose
 from trpo.advantages import GAE
 from trpo.config import ConfigError, FisherProduct, validate_config
 from trpo.envs import make_vector_env
@@ -234,13 +233,48 @@ def test_schema_errors_are_omegaconf_validation_errors():
 
 @pytest.mark.parametrize("study", options("experiment"))
 def test_every_study_composes_validates_and_declares_a_sweep(compose_config, study):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={study}"],
-                      return_hydra_config=True)
+    cfg = compose([f"experiment={study}"], return_hydra_config=True)
     assert cfg.name == study
     assert cfg.hydra.sweeper.params, "a study names the values it sweeps"
     validate_config(compose_config([f"experiment={study}"]))
+
+
+def stated_values(group: str, option: str, shared: bool = True) -> dict:
+    """What ``conf/<group>/<option>.yaml`` states, with (``shared``) what it takes from
+    ``conf/shared/`` (raw: interpolations as written)."""
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    values = {}
+    for entry in yaml.get("defaults", []):
+        name = str(entry)
+        if shared and name.startswith("/shared/"):
+            values.update(OmegaConf.to_container(OmegaConf.load(
+                CONF_DIR / f"{name.split('@')[0].lstrip('/')}.yaml"), resolve=False))
+    values.update({k: v for k, v in OmegaConf.to_container(yaml, resolve=False).items()
+                   if k != "defaults"})
+    return values
+
+
+# Values two options of a group state alike, each from a source of its own.
+ALIKE_BY_SOURCE = {("solver", "max_grad_norm", "None"): "no clipping: the PPO paper's KL penalty, "
+                                                       "Spinning Up's VPG"}
+
+
+@pytest.mark.parametrize("group", ["network", "advantage", "solver", "logger"])
+def test_no_two_options_of_a_group_state_the_same_value(group):
+    """A value options share is written once, in conf/shared/ (tasks' own values, conf/env/,
+    coincide by nature and are left out)."""
+    from trpo.cli import options
+
+    seen = {}
+    for option in options(group):
+        for key, value in stated_values(group, option, shared=False).items():
+            if (group, key, repr(value)) in ALIKE_BY_SOURCE:
+                continue
+            other = seen.setdefault((key, repr(value)), option)
+            assert other == option, (f"{group}/{option}.yaml and {group}/{other}.yaml both state "
+                                     f"{key}: {value!r}; write it once in conf/shared/")
 
 
 def test_each_default_is_written_once_in_the_option_yaml():
@@ -251,13 +285,13 @@ def test_each_default_is_written_once_in_the_option_yaml():
     from hydra.utils import get_class, get_method
     from omegaconf import MISSING, OmegaConf
 
-    from trpo.cli import CONF_DIR, option_schema, options
+    from trpo.cli import option_schema, options
 
     for group in ("env", "network", "advantage", "solver", "logger"):
         for option in options(group):
             schema = option_schema(group, option)
-            yaml = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
-            stated = set(yaml) - {"defaults"}
+            yaml = stated_values(group, option)
+            stated = set(yaml)
             defaults = {f.name: f.default for f in dataclasses.fields(schema)}
             # A schema default the YAML repeats, rather than sets to a value of its own.
             twice = [k for k in stated if defaults.get(k, MISSING) is not MISSING

@@ -10,6 +10,8 @@ from tests.conftest import network_config
 from trpo.critic import ValueFitter
 from trpo.networks import ValueNetwork
 
+pytestmark = pytest.mark.unit
+
 
 def test_without_normalisation_the_targets_are_the_returns_and_there_are_no_buffers():
     value = ValueNetwork(3, network_config())
@@ -51,7 +53,7 @@ def test_a_fit_on_normalised_targets_predicts_the_returns_and_the_state_carries_
     value = ValueNetwork(2, network_config(), normalize_targets=True)
     obs = torch.randn(512, 2)
     returns = 100.0 + 30.0 * obs[:, 0]  # far from unit scale
-    fitter = ValueFitter(value, 3e-3, 60, 64, seed=1)
+    fitter = ValueFitter(value, 1e-2, 15, 64, seed=1)
     fitter.fit(obs, returns)
     residual = (value(obs) - returns).detach()
     assert float(residual.abs().mean()) < 5.0  # within a sixth of the returns' spread

@@ -1,39 +1,27 @@
 """The run folder can be trusted: nothing of the user's is deleted, one process trains in a
-folder, resuming proves the history, checkpoints hold finite loadable state, stops are a state
-of their own, bad input is refused before anything is written, and seeds never share streams.
-Each test reproduces a defect found by trying to break the project."""
+folder, resuming proves the history, checkpoints hold finite loadable state, and bad input is
+refused before anything is written. Each test reproduces a defect found by trying to break the
+project."""
 
-import json
 import os
-import shlex
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import tests.toy_envs  # noqa: F401  (registers NaNReward-v0)
 from tests.conftest import ROOT, TINY, run_py, without_timing
+from tests.run_folders import strict_json
 from trpo.io.checkpoint import read_checkpoint, write_checkpoint_file
-from trpo.config import ConfigError, EnvConfig, VectorMode
-from trpo.io.run_folder import CHECKPOINT, ProgressFile, RunFolder, RunFolderBusy
-from trpo.seeding import stream_seeds
-from trpo.train import RunInterrupted, TrainingError, train
+from trpo.config import EnvConfig, VectorMode
+from trpo.io.run_folder import CHECKPOINT, RunFolder, RunFolderBusy
+from trpo.train import TrainingError, train
 
 CARTPOLE = ["env=cartpole", *TINY, "checkpoint_every=2", "eval_every=2"]
-
-
-def strict_json(path):
-    """``path``'s JSON, refusing NaN and Infinity (which are not JSON)."""
-    def refuse(constant):
-        raise ValueError(f"{constant} is not valid JSON")
-    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def files_of(folder):
@@ -318,72 +306,6 @@ def test_status_json_writes_nan_as_null(tmp_path):
 # ---------------------------------------------------------------------------------- stopping
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_the_run_cleanly_and_the_printed_command_resumes_it_exactly(tmp_path,
-                                                                                  signum):
-    # With the value fit's worker process, and the signal sent to the whole process group, as
-    # Ctrl-C in a terminal sends it: the worker ignores it and the run stops as it would alone.
-    args = ["env=hopper", "total_steps=15360", "steps_per_iteration=512", "num_envs=2",
-            "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=5",
-            "logger.writers=[]", "critic.background=true"]
-    assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
-    stopped = tmp_path / "stopped"
-    process = subprocess.Popen([sys.executable, "run.py", *args, f"hydra.run.dir={stopped}"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # part-way, between two checkpoints
-        progress = stopped / "progress.csv"
-        if progress.exists() and len(progress.read_text().splitlines()) >= 8:
-            break
-        time.sleep(0.02)
-    os.killpg(process.pid, signum)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signum
-    assert "Traceback" not in stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("interrupted: stopped after iteration ") and "to resume: " in last
-    status = strict_json(stopped / "status.json")
-    assert status["status"] == "interrupted" and status["signal"] == signal.Signals(signum).name
-    assert status["checkpoint_iteration"] == status["iteration"]
-    assert RunFolder(stopped).state() == "interrupted"
-
-    command = shlex.split(last.split("to resume: ", 1)[1])
-    assert command[:2] == ["python", "run.py"]
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole, pieces = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
-                     for d in ("whole", "stopped"))
-    pd.testing.assert_frame_equal(whole, pieces)
-
-
-def test_a_stopped_run_finishes_its_wandb_run_as_interrupted(compose_config, tmp_path,
-                                                             monkeypatch):
-    import trpo.io.logger
-    import trpo.learner
-
-    closed = []
-    monkeypatch.setattr(trpo.io.logger.WandbWriter, "close",
-                        lambda self, status="completed": (closed.append(status),
-                                                          self.run.finish()))
-    real_iteration = trpo.learner.OnPolicyLearner.iterate
-
-    def iteration_then_signal(self, iteration, total_iterations):
-        row = real_iteration(self, iteration, total_iterations)
-        if iteration == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return row
-
-    monkeypatch.setattr(trpo.learner.OnPolicyLearner, "iterate", iteration_then_signal)
-    overrides = [o for o in CARTPOLE if not o.startswith("logger.writers")]
-    cfg = compose_config([*overrides, "logger.writers=[wandb]", "total_steps=1024"])
-    with pytest.raises(RunInterrupted, match="stopped after iteration 2") as stop:
-        train(cfg, tmp_path)
-    assert stop.value.signal == signal.SIGTERM and closed == ["interrupted"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back
-
-
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -425,56 +347,3 @@ def test_a_quoted_output_path_is_the_folder_it_names_and_nothing_else_is_made(tm
 # --------------------------------------------------------------------------------- seeds
 
 
-def test_no_two_runs_or_roles_share_a_random_stream():
-    train_envs = [s for seed in range(10) for s in stream_seeds(seed, "train_envs", 8)]
-    assert len(set(train_envs)) == 80  # with seed + i, env i of s+1 was env i+1 of s
-    evaluation = [s for seed in range(5) for s in stream_seeds(seed, "evaluation", 5, 10)]
-    assert len(set(evaluation)) == 25  # with seed + iteration + j, 9 distinct starts
-    later = [s for seed in range(5) for s in stream_seeds(seed, "evaluation", 5, 20)]
-    assert not set(evaluation) & set(later)
-    assert not set(train_envs) & set(evaluation)
-
-
-def test_neighbouring_seeds_start_their_environments_in_different_states(compose_config,
-                                                                         tmp_path):
-    from trpo.learner import OnPolicyLearner
-
-    first, second = (OnPolicyLearner(compose_config(["env=hopper", *TINY, f"seed={s}"]))
-                     for s in (0, 1))
-    try:
-        starts = np.concatenate([first.collector.obs, second.collector.obs])
-        assert len({tuple(row) for row in starts.round(12)}) == 4
-    finally:
-        first.close()
-        second.close()
-
-
-def test_a_config_error_raises_before_the_folder_is_touched(compose_config, tmp_path):
-    with pytest.raises(ConfigError):
-        train(compose_config([*CARTPOLE, "advantage.lam=3"]), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
-def test_zero_gradient_updates_do_not_count_towards_max_rejected_updates(compose_config,
-                                                                        tmp_path):
-    cfg = compose_config([*CARTPOLE, "total_steps=768", "max_rejected_updates=1",
-                          "solver._target_=tests.toy_solvers.ZeroAdvantageTRPO"])
-    train(cfg, tmp_path)
-    progress = pd.read_csv(tmp_path / "progress.csv")
-    assert progress["zero_gradient"].tolist() == [1.0] * 6
-    assert progress["update_nonfinite"].tolist() == [0.0] * 6
-
-
-def test_status_names_the_slurm_job_of_an_array_task_and_its_restarts(monkeypatch):
-    from trpo.train import cluster_job
-
-    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
-                 "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(name, raising=False)
-    assert cluster_job() == {}
-    monkeypatch.setenv("SLURM_JOB_ID", "105")
-    assert cluster_job() == {"slurm_job_id": "105", "slurm_restart_count": 0}
-    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "104")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
-    assert cluster_job() == {"slurm_job_id": "104_0", "slurm_restart_count": 2}

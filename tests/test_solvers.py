@@ -17,6 +17,8 @@ from trpo.solvers import (TRPO, KLPenalty, NaturalPolicyGradient, PolicyBatch, P
                           conjugate_gradient, double_backprop_fisher_vector_product, flat_grad,
                           linear_schedule, mean_kl, surrogate)
 
+pytestmark = pytest.mark.unit
+
 PRODUCTS = [analytic_fisher_vector_product, double_backprop_fisher_vector_product]
 
 @pytest.fixture(autouse=True)
@@ -643,18 +645,6 @@ def test_non_finite_direction_rejects_the_update_and_keeps_parameters():
     assert math.isnan(metrics["expected_improvement"]) or metrics["expected_improvement"] == 0
 
 
-def test_an_error_in_a_background_value_fit_is_raised_by_wait():
-    from trpo.critic import ValueFitter
-
-    fitter = ValueFitter(torch.nn.Linear(3, 1), lr=1e-3, epochs=1, minibatch_size=4,
-                         background=True)
-    fitter.fit(torch.zeros(8, 5), torch.zeros(8))  # wrong input width: fails in the worker
-    with pytest.raises(RuntimeError):
-        fitter.wait()
-    fitter.wait()  # the error is reported once
-    fitter.close()
-
-
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
 def test_fast_sampling_draws_from_the_policy_distribution(kind):
     """policy.sample (the rollout's path) matches forward(obs): mean and spread of 20k draws."""
@@ -685,29 +675,3 @@ def test_a_zero_gradient_takes_no_step_and_is_not_a_rejection(solver_class, opti
     assert set(normal) == set(metrics) and normal["zero_gradient"] == 0.0
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
-def test_the_value_fit_without_autograd_gives_autograd_s_parameters_to_the_bit(activation):
-    """The written-out backward pass (tanh, relu) is an exact speed-up; elu falls back."""
-    from trpo.critic import ValueFitter, mlp_layers
-    from trpo.networks import ValueNetwork
-
-    torch.manual_seed(0)
-    value = ValueNetwork(11, network_config(activation=activation))
-    twin, initial = copy.deepcopy(value), copy.deepcopy(value)
-    obs, targets = torch.randn(1024, 11), torch.randn(1024)
-    assert (mlp_layers(value) is None) == (activation == "elu")
-    ValueFitter(value, 1e-3, 3, 128, seed=4).fit(obs, targets)
-
-    optimizer = torch.optim.Adam(twin.parameters(), lr=1e-3, fused=True)
-    generator = torch.Generator().manual_seed(4)
-    for _ in range(3):  # the same fit through autograd
-        order = torch.randperm(1024, generator=generator)
-        for first in range(0, 1024, 128):
-            index = order[first:first + 128]
-            loss = torch.nn.functional.mse_loss(twin(obs[index]), targets[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    for fitted, reference, start in zip(value.parameters(), twin.parameters(),
-                                        initial.parameters()):
-        assert torch.equal(fitted, reference) and not torch.equal(fitted, start)

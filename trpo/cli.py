@@ -21,8 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from trpo import config as schemas
+from trpo.config import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Groups with one option per YAML in conf/<group>/, in the order the help lists them.
 GROUPS = ("env", "network", "advantage", "solver", "logger", "ablation", "experiment")
 # Groups whose options are checked against a schema of their own.

@@ -617,5 +617,25 @@ def task_setting(key: str, default: Any, *, _root_: DictConfig) -> Any:
     return default if value is None else value
 
 
+# The project's config folder: conf/config.yaml and one YAML per option, conf/<group>/<option>.yaml.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(overrides: list[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The config ``python run.py OVERRIDES`` trains with, composed outside a Hydra app (tests,
+    studies, the benchmark); with ``return_hydra_config``, Hydra's own node too."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides),
+                                 return_hydra_config=return_hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 register_configs()
 OmegaConf.register_new_resolver("task_setting", task_setting, replace=True)

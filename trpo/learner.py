@@ -24,6 +24,7 @@ from trpo.config import VectorMode
 from trpo.critic import ValueFitter, explained_variance
 from trpo.envs import cores_for_this_run, make_vector_env
 from trpo.io.checkpoint import nonfinite_entries
+from trpo.io.run_folder import Row
 from trpo.networks import ValueNetwork, build_policy
 from trpo.normalization import ObservationNormalizer, RewardScaler, normalizer_shift_kl
 from trpo.rollout import RolloutCollector, evaluate
@@ -32,8 +33,6 @@ from trpo.seeding import (global_rng_state, seed_everything, set_global_rng_stat
 from trpo.solvers import PolicyBatch
 
 log = logging.getLogger("trpo")
-
-Row = dict[str, Optional[float]]
 
 # The parts of an on-policy learner's state that are learnt: each must be finite to be saved or
 # resumed.

@@ -21,14 +21,12 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Optional
 
 from trpo.config import ConfigError, LoggerConfig
-from trpo.io.run_folder import ProgressFile, RunFolder
+from trpo.io.run_folder import ProgressFile, Row, RunFolder
 
 log = logging.getLogger("trpo")
-
-Row = Mapping[str, Optional[float]]
 
 # The TensorBoard event files' folder in a run folder.
 TENSORBOARD = "tensorboard"

@@ -1,0 +1,117 @@
+"""A run's lifecycle (trpo.train, trpo.loop): signals stop it cleanly and resumably, a bad
+value is refused before the folder is touched, the stop rules, and the cluster job it records."""
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, TINY, run_py, without_timing
+from tests.run_folders import strict_json
+from trpo.config import ConfigError
+from trpo.io.run_folder import RunFolder
+from trpo.train import RunInterrupted, train
+
+CARTPOLE = ["env=cartpole", *TINY, "checkpoint_every=2", "eval_every=2"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_run_cleanly_and_the_printed_command_resumes_it_exactly(tmp_path,
+                                                                                  signum):
+    # With the value fit's worker process, and the signal sent to the whole process group, as
+    # Ctrl-C in a terminal sends it: the worker ignores it and the run stops as it would alone.
+    args = ["env=hopper", "total_steps=15360", "steps_per_iteration=512", "num_envs=2",
+            "eval_every=4", "eval_episodes=1", "critic.epochs=2", "checkpoint_every=5",
+            "logger.writers=[]", "critic.background=true"]
+    assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}").returncode == 0
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "run.py", *args, f"hydra.run.dir={stopped}"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # part-way, between two checkpoints
+        progress = stopped / "progress.csv"
+        if progress.exists() and len(progress.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: stopped after iteration ") and "to resume: " in last
+    status = strict_json(stopped / "status.json")
+    assert status["status"] == "interrupted" and status["signal"] == signal.Signals(signum).name
+    assert status["checkpoint_iteration"] == status["iteration"]
+    assert RunFolder(stopped).state() == "interrupted"
+
+    command = shlex.split(last.split("to resume: ", 1)[1])
+    assert command[:2] == ["python", "run.py"]
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole, pieces = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))
+                     for d in ("whole", "stopped"))
+    pd.testing.assert_frame_equal(whole, pieces)
+
+
+def test_a_stopped_run_finishes_its_wandb_run_as_interrupted(compose_config, tmp_path,
+                                                             monkeypatch):
+    import trpo.io.logger
+    import trpo.learner
+
+    closed = []
+    monkeypatch.setattr(trpo.io.logger.WandbWriter, "close",
+                        lambda self, status="completed": (closed.append(status),
+                                                          self.run.finish()))
+    real_iteration = trpo.learner.OnPolicyLearner.iterate
+
+    def iteration_then_signal(self, iteration, total_iterations):
+        row = real_iteration(self, iteration, total_iterations)
+        if iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return row
+
+    monkeypatch.setattr(trpo.learner.OnPolicyLearner, "iterate", iteration_then_signal)
+    overrides = [o for o in CARTPOLE if not o.startswith("logger.writers")]
+    cfg = compose_config([*overrides, "logger.writers=[wandb]", "total_steps=1024"])
+    with pytest.raises(RunInterrupted, match="stopped after iteration 2") as stop:
+        train(cfg, tmp_path)
+    assert stop.value.signal == signal.SIGTERM and closed == ["interrupted"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back
+
+
+def test_a_config_error_raises_before_the_folder_is_touched(compose_config, tmp_path):
+    with pytest.raises(ConfigError):
+        train(compose_config([*CARTPOLE, "advantage.lam=3"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_zero_gradient_updates_do_not_count_towards_max_rejected_updates(compose_config,
+                                                                        tmp_path):
+    cfg = compose_config([*CARTPOLE, "total_steps=768", "max_rejected_updates=1",
+                          "solver._target_=tests.toy_solvers.ZeroAdvantageTRPO"])
+    train(cfg, tmp_path)
+    progress = pd.read_csv(tmp_path / "progress.csv")
+    assert progress["zero_gradient"].tolist() == [1.0] * 6
+    assert progress["update_nonfinite"].tolist() == [0.0] * 6
+
+
+def test_status_names_the_slurm_job_of_an_array_task_and_its_restarts(monkeypatch):
+    from trpo.train import cluster_job
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                 "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    assert cluster_job() == {}
+    monkeypatch.setenv("SLURM_JOB_ID", "105")
+    assert cluster_job() == {"slurm_job_id": "105", "slurm_restart_count": 0}
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "104")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert cluster_job() == {"slurm_job_id": "104_0", "slurm_restart_count": 2}
