@@ -50,9 +50,13 @@ def main(cfg: DictConfig) -> float:
              "beside this run)", 1)
     except RunInterrupted as error:
         fail(str(error), 128 + error.signal)
-    except Exception:
+    except Exception as error:
         remove_if_unused(run_dir)  # a run that failed before it started (an env that cannot be made)
-        raise
+        if sweep or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # a sweep's launcher records the job as failed; HYDRA_FULL_ERROR shows it all
+        first = str(error).splitlines()[0] if str(error) else ""
+        fail(f"error: {type(error).__name__}: {first} (HYDRA_FULL_ERROR=1 shows the traceback)",
+             1)
 
 
 def remove_if_unused(run_dir: Path) -> None:

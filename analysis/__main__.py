@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "of its frames, <task>_<label>_frames.png; a video that cannot be "
                              "made here is a warning saying what to install (default: off, it "
                              "costs an episode per group)")
+    parser.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                        help="with --videos, import MODULE for a task named MODULE:Id (tasks "
+                             "are made only from modules you name)")
     parser.add_argument("--reps", type=whole_number, default=2000,
                         help="bootstrap resamples, at least 1 (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
         save_figure(plot_aggregate(groups, args.metric, references, reps=args.reps,
                                    scores=aggregate), args.out, "aggregate")
     if args.videos:
-        write_videos(groups, args.metric, args.out)
+        write_videos(groups, args.metric, args.out, args.allow_module)
     print((args.out / "final.md").read_text())
     print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}")
     return 0

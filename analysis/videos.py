@@ -18,7 +18,7 @@ import math
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -86,22 +86,25 @@ def read_frames(video: Path, count: int = STRIP_FRAMES) -> np.ndarray:
         reader.close()
 
 
-def write_video(run: Run, path: Path) -> tuple[float, int]:
+def write_video(run: Run, path: Path, allow_modules: Sequence[str] = ()) -> tuple[float, int]:
     """One deterministic episode (seed 0) of ``run``'s agent into the MP4 ``path`` and its
-    strip of frames into ``<path stem>_frames.png``; the episode's return and length.
+    strip of frames into ``<path stem>_frames.png``; the episode's return and length (a task
+    ``module:Id`` only if ``allow_modules`` names the module).
     Raises :class:`trpo.video.VideoError` or :class:`trpo.agent.AgentLoadError` (one line)."""
     from PIL import Image
 
     from trpo import load_agent
     from trpo.evaluate import evaluate_agent
 
-    returns, lengths, _ = evaluate_agent(load_agent(run.path), 1, video=path)
+    returns, lengths, _ = evaluate_agent(load_agent(run.path, allow_modules=allow_modules), 1,
+                                        video=path)
     strip = frame_strip(read_frames(path))
     Image.fromarray(strip).save(path.with_name(f"{path.stem}_frames.png"))
     return float(returns[0]), int(lengths[0])
 
 
-def write_videos(groups: list[Group], metric: str, out: Path) -> list[Path]:
+def write_videos(groups: list[Group], metric: str, out: Path,
+                 allow_modules: Sequence[str] = ()) -> list[Path]:
     """For each group, a video of its best run by final ``metric`` and its strip of frames in
     ``out/videos/`` (:func:`write_video`); the MP4s written. Each choice is logged with the
     run's path; a group whose video cannot be made is left out with a warning, one line per
@@ -128,7 +131,7 @@ def write_videos(groups: list[Group], metric: str, out: Path) -> list[Path]:
         log.info("video of %s: seed %d, the best final %s (%.4g) of %d run%s: %s", name,
                  run.seed, metric, score, group.seeds, "s" * (group.seeds > 1), run.path)
         try:
-            episode_return, length = write_video(run, path)
+            episode_return, length = write_video(run, path, allow_modules)
         except (VideoError, AgentLoadError) as error:
             failed[str(error)].append(name)
             continue

@@ -58,10 +58,10 @@ class TorsoRecorder(gym.Wrapper):
         return result
 
 
-def play_posture(run_dir: Path, seed: int = 0) -> Posture:
+def play_posture(run_dir: Path, seed: int = 0, allow_modules=()) -> Posture:
     """One deterministic episode of the agent of ``run_dir``, reset with ``seed``
     (:func:`trpo.evaluate.play_episode`)."""
-    agent = load_agent(run_dir)
+    agent = load_agent(run_dir, allow_modules=allow_modules)
     task = agent.config.env.id
     if not task.startswith(PLANAR_TASKS):
         raise AgentLoadError(f"{run_dir}: {task} is not a planar task "
@@ -78,6 +78,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--seed", type=int, default=0, help="the episode's reset seed")
+    parser.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                        help="import MODULE for a task named MODULE:Id")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.run_dirs if not d.is_dir()]
     if missing:
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
         return 2
     for n, run_dir in enumerate(args.run_dirs):
         try:
-            p = play_posture(run_dir, args.seed)
+            p = play_posture(run_dir, args.seed, args.allow_module)
         except AgentLoadError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -371,3 +371,41 @@ def test_a_mujoco_video_that_cannot_render_says_what_to_install(runs, tmp_path):
     assert line.startswith("error: MuJoCo cannot render offscreen here (MUJOCO_GL=osmesa: ")
     assert line.endswith("on Debian/Ubuntu: apt-get install libosmesa6 and pip install "
                          "PyOpenGL, then run with MUJOCO_GL=osmesa")
+
+
+# --------------------------------------------------------------- run folders from elsewhere
+
+
+def folder_naming_a_module(runs, root):
+    """A copy of a finished CartPole run whose agent.pt names the task ``shared_run.evil:Evil-v0``,
+    with ``shared_run/evil.py`` beside it: importing it writes ``imported`` (the exploit)."""
+    import shutil
+
+    folder = root / "shared_run"
+    shutil.copytree(runs("cartpole"), folder)
+    agent = torch.load(folder / "agent.pt", weights_only=True)
+    agent["config"]["env"]["id"] = "shared_run.evil:Evil-v0"
+    torch.save(agent, folder / "agent.pt")
+    (folder / CHECKPOINT).unlink()  # agent.pt is then the agent to load
+    (folder / "evil.py").write_text("open('imported', 'w').write('code ran')\n")
+    return folder
+
+
+def test_a_run_folder_naming_a_module_runs_no_code_unless_the_user_names_it(runs, tmp_path):
+    folder = folder_naming_a_module(runs, tmp_path)
+    command = [sys.executable, "-m", "trpo.evaluate", "shared_run", "--episodes", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert "would import module 'shared_run.evil'" in line
+    assert "--allow-module shared_run.evil" in line
+    assert not (tmp_path / "imported").exists()
+    with pytest.raises(AgentLoadError, match="allow_modules"):
+        load_agent(folder)
+    assert not (tmp_path / "imported").exists()
+    # Named by the user, the module is imported (and, registering no Evil-v0, fails as a task).
+    allowed = subprocess.run([*command, "--allow-module", "shared_run.evil"], cwd=tmp_path,
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert (tmp_path / "imported").exists() and allowed.returncode == 1

@@ -56,6 +56,37 @@ def test_a_bad_value_with_the_current_folder_as_run_dir_deletes_nothing(tmp_path
     assert files_of(tmp_path) == before
 
 
+@pytest.mark.parametrize("files", [
+    # another tool's rows and status, under the names a run uses
+    {"progress.csv": "step,loss\n1,0.5\n", "status.json": '{"state": "done"}'},
+    # another Hydra app's record of its own run
+    {".hydra/config.yaml": "lr: 0.1\n", ".hydra/hydra.yaml": "hydra: {}\n",
+     ".hydra/overrides.yaml": "[]\n"},
+    # a folder of the user's
+    {"notes.md": "mine"},
+])
+def test_a_folder_holding_files_this_framework_did_not_write_is_refused_untouched(tmp_path,
+                                                                                   files):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    before = files_of(tmp_path)
+    result = run_py(*CARTPOLE, f"hydra.run.dir={tmp_path}", timeout=120)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "holds files this framework did not write" in line
+    assert files_of(tmp_path) == before and not (tmp_path / "run.lock").exists()
+
+
+def test_an_empty_run_dir_is_refused_when_the_current_folder_holds_files(tmp_path):
+    """``hydra.run.dir=`` (empty) is the current folder: from a checkout, the checkout."""
+    (tmp_path / "notes.md").write_text("mine")
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *CARTPOLE, "hydra.run.dir="],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert files_of(tmp_path) == {Path("notes.md"): b"mine"}
+
+
 def test_a_refused_resume_leaves_the_folder_as_it_was(tmp_path):
     """A changed config is refused; with progress.csv gone, the checkpoints still stay."""
     args = [*CARTPOLE, f"hydra.run.dir={tmp_path}"]

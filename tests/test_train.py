@@ -115,3 +115,30 @@ def test_status_names_the_slurm_job_of_an_array_task_and_its_restarts(monkeypatc
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert cluster_job() == {"slurm_job_id": "104_0", "slurm_restart_count": 2}
+
+
+def test_a_task_that_fails_at_its_first_reset_ends_the_run_at_once_in_one_line(tmp_path):
+    """The value fit's worker process has started when the environments are first reset: it is
+    ended with them, so the process exits instead of waiting for the worker."""
+    run_dir = tmp_path / "run"
+    started = time.time()
+    result = run_py("env=cartpole", "env.id=tests.toy_envs:BuggyReset-v0", *TINY,
+                    "critic.background=true", f"hydra.run.dir={run_dir}", timeout=120)
+    assert time.time() - started < 60
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: RuntimeError: this environment cannot reset")
+    assert not run_dir.exists()  # made by this command, left empty: removed
+
+
+def test_a_resume_with_fewer_total_steps_than_trained_is_refused_touching_nothing(tmp_path):
+    args = [*CARTPOLE, "total_steps=512", f"hydra.run.dir={tmp_path}"]
+    assert run_py(*args).returncode == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+              and p.name != "run.lock"}
+    result = run_py(*CARTPOLE, "total_steps=256", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: total_steps=256 is not allowed: must be at least the 512")
+    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+                      and p.name != "run.lock"}

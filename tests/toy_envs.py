@@ -41,7 +41,15 @@ class NaNRewardEnv(CounterEnv):
         return obs, float("nan") if self.k == 2 else 1.0, terminated, truncated, info
 
 
+class BuggyResetEnv(CounterEnv):
+    """A CounterEnv whose reset raises: a task that fails as a run starts."""
+
+    def reset(self, *, seed=None, options=None):
+        raise RuntimeError("this environment cannot reset")
+
+
 gym.register("Counter-v0", entry_point=CounterEnv, max_episode_steps=3)
+gym.register("BuggyReset-v0", entry_point=BuggyResetEnv, max_episode_steps=3)
 gym.register("CounterTerminating-v0", entry_point=CounterEnv, max_episode_steps=5,
              kwargs={"terminate_at": 2})
 gym.register("NaNReward-v0", entry_point=NaNRewardEnv, max_episode_steps=10)

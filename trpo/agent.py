@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -41,6 +41,22 @@ class AgentLoadError(RuntimeError):
 
 class TaskError(AgentLoadError):
     """The agent loads, but its task cannot be made here (a package or library is missing)."""
+
+
+class UntrustedModuleError(AgentLoadError):
+    """The run's task is ``module:Id``, so making it would import ``module``: code named by the
+    run folder, which may come from anyone. Refused unless the user names the module."""
+
+
+def check_env_module(path: Path, env_id: str, allow_modules: Sequence[str]) -> None:
+    """Raise :class:`UntrustedModuleError` if ``env_id`` (``module:Id``) would import a module
+    that ``allow_modules`` does not name."""
+    module = env_id.rpartition(":")[0]
+    if module and module not in allow_modules:
+        raise UntrustedModuleError(
+            f"{path}: its task {env_id!r} would import module {module!r}, code named by the run "
+            f"folder; if you trust it, name it: --allow-module {module} "
+            f"(load_agent(..., allow_modules=[{module!r}]))")
 
 
 @dataclass
@@ -191,21 +207,27 @@ class Agent:
         return normal.loc + normal.scale * noise
 
 
-def load_agent(run_dir: str | Path, seed: Optional[int] = None) -> Agent:
+def load_agent(run_dir: str | Path, seed: Optional[int] = None,
+               allow_modules: Sequence[str] = ()) -> Agent:
     """The agent of the run in ``run_dir``: from ``agent.pt`` if the run finished, else from
     its newest usable checkpoint (whichever is the later iteration).
 
-    ``seed`` seeds the agent's stochastic actions. Raises :class:`AgentLoadError` (one line)
-    if the folder holds no usable agent.
+    ``seed`` seeds the agent's stochastic actions. A task named ``module:Id`` imports
+    ``module``: it is made only if ``allow_modules`` names it. Raises :class:`AgentLoadError`
+    (one line) if the folder holds no usable agent.
     """
     saved, _ = newest_policy(RunFolder(run_dir))
-    return build_agent(saved, seed)
+    return build_agent(saved, seed, allow_modules)
 
 
-def build_agent(saved: SavedPolicy, seed: Optional[int] = None) -> Agent:
-    """:class:`Agent` of ``saved``; raises :class:`TaskError` if its task cannot be made here,
-    :class:`AgentLoadError` if its weights do not fit the networks its config describes."""
+def build_agent(saved: SavedPolicy, seed: Optional[int] = None,
+                allow_modules: Sequence[str] = ()) -> Agent:
+    """:class:`Agent` of ``saved``; raises :class:`UntrustedModuleError` if its task would
+    import a module ``allow_modules`` does not name, :class:`TaskError` if its task cannot be
+    made here, :class:`AgentLoadError` if its weights do not fit the networks its config
+    describes."""
     env_cfg = OmegaConf.create(saved.config["env"])
+    check_env_module(saved.path, str(env_cfg.id), allow_modules)
     try:
         with make_env(env_cfg) as env:
             spaces = env.observation_space, env.action_space

@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
                    help="episodes in the video, the first K played (default 1)")
     p.add_argument("--stochastic", action="store_true",
                    help="sample actions from the policy instead of taking its mode")
+    p.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                   help="import MODULE for a task named MODULE:Id (a run folder's task is made "
+                        "only from modules you name: a folder from elsewhere could name any)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seeds the episodes' resets and stochastic actions (default 0)")
     return p
@@ -136,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise UsageError(f"--video {error}") from None
         folder = RunFolder(args.run_dir)
         saved, problems = newest_policy(folder)
-        agent = build_agent(saved)
+        agent = build_agent(saved, allow_modules=args.allow_module)
     except TaskError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -101,6 +101,14 @@ class OnPolicyLearner:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        self.envs = self.eval_envs = self.critic = None
+        try:
+            self._build(cfg)
+        except BaseException:  # a task that fails at its first reset: end what was started
+            self.close()
+            raise
+
+    def _build(self, cfg: DictConfig) -> None:
         torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.vector_mode, cfg.env_workers)
@@ -127,11 +135,14 @@ class OnPolicyLearner:
                                           cfg.env.id)
 
     def close(self) -> None:
+        """End the value-fit worker and the environments (those built, if building failed)."""
         try:
-            self.critic.close()
+            if self.critic is not None:
+                self.critic.close()
         finally:
-            self.envs.close()
-            self.eval_envs.close()
+            for envs in (self.envs, self.eval_envs):
+                if envs is not None:
+                    envs.close()
 
     def state_dict(self) -> dict[str, Any]:
         self.critic.wait()  # a background fit's weights, before the value network is read

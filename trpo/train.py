@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from trpo.config import validate_config
+from trpo.config import ConfigError, validate_config
 from trpo.envs.checks import check_envs
 from trpo.io.logger import RunContext, check_writers, make_logger
 from trpo.io.resume import plan_start
@@ -102,8 +102,16 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
     check_envs(cfg)
     check_writers(cfg.logger)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(run_dir)
+    if folder.lock.is_held():  # a run trains there: say so, whatever else the folder holds
+        raise folder.lock.busy()
+    unproven = folder.unproven()
+    if unproven:
+        shown = ", ".join(unproven[:4]) + (", ..." if len(unproven) > 4 else "")
+        raise ConfigError("hydra.run.dir", f"it holds files this framework did not write "
+                          f"({shown}), which a run would replace; use a new or empty folder "
+                          "(nothing was changed)", str(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
     if folder.has_run() and not cfg.resume:
         folder = RunFolder(fresh_run_dir(run_dir))
         log.info("resume=false: starting afresh in %s", folder.path)
@@ -137,6 +145,9 @@ def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_co
     # Where a reused run came from stays in its status when it is started again.
     provenance = ({"reused_from": str(plan.reused_from)} if plan.reused_from is not None
                   else {k: v for k, v in folder.read_status().items() if k == "reused_from"})
+    # The status first: it is what proves the folder this framework's (RunFolder.unproven).
+    folder.write_status("running", total_steps=cfg.total_steps, iteration=loop.iteration,
+                        **provenance, **cluster_job())
     folder.write_config(cfg, hydra_config, overrides)
     logger = make_logger(RunContext(cfg.logger, folder, run_name,
                                     OmegaConf.to_container(cfg, resolve=True), cfg.total_steps,
@@ -144,8 +155,6 @@ def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_co
     loop.logger_state = logger.state_dict()
     if plan.reused_from is not None:
         logger.replay(loop.history)
-    folder.write_status("running", total_steps=cfg.total_steps, iteration=loop.iteration,
-                        **provenance, **cluster_job())
     try:
         with StopSignals() as stop:
             final_return = loop.run(logger, stop.requested)

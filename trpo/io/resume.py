@@ -89,11 +89,17 @@ def plan_start(cfg: DictConfig, folder: RunFolder) -> StartPlan:
     if folder.has_checkpoint() and not plan.candidates:
         raise CheckpointError("no usable checkpoint: " + "; ".join(plan.problems))
     if plan.candidates:
-        changed = config_changes(plan.candidates[0].state["config"], cfg)
+        newest = plan.candidates[0].state
+        changed = config_changes(newest["config"], cfg)
         if changed:
             raise ConfigError("resume", f"the config differs from the checkpoint's in "
                               f"{', '.join(changed)}; resume=false starts afresh in a new "
                               "directory", True)
+        trained = int(newest["iteration"]) * cfg.steps_per_iteration
+        if trained > cfg.total_steps:  # its rows would go past what the config says
+            raise ConfigError("total_steps", f"must be at least the {trained:,} steps the run "
+                              f"in {folder.path} has trained; resume=false starts afresh in a "
+                              "new directory", cfg.total_steps)
         return plan
     if cfg.reuse_from is not None and cfg.resume:  # resume=false asks for a run of its own
         twin = find_finished_twin(Path(cfg.reuse_from), cfg, folder)

@@ -43,6 +43,10 @@ AGENT = "agent.pt"
 LOCK = "run.lock"
 HYDRA = ".hydra"
 
+# Every name a run writes in its folder (its own and its W&B, TensorBoard and Hydra log files).
+OWN_NAMES = (CHECKPOINT, PREVIOUS, PROGRESS, STATUS, AGENT, LOCK, HYDRA, "wandb", "tensorboard",
+             "run.log")
+
 # Statuses a run records; ``interrupted`` is also what a ``running`` record becomes once no
 # process holds the folder's lock (the process was killed before it could say so).
 STATUSES = ("running", "completed", "interrupted", "failed")
@@ -215,13 +219,17 @@ class RunLock:
             os.close(fd)
             if error.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            raise RunFolderBusy(f"{self.path.parent} is in use by {self.holder()}: one process "
-                                "per run folder (wait for it to finish, or stop it)") from None
+            raise self.busy() from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         os.fsync(fd)
         self._fd = fd
+
+    def busy(self) -> RunFolderBusy:
+        """The error saying which process holds the lock."""
+        return RunFolderBusy(f"{self.path.parent} is in use by {self.holder()}: one process "
+                             "per run folder (wait for it to finish, or stop it)")
 
     def release(self) -> None:
         if self._fd is not None:
@@ -282,6 +290,22 @@ class RunFolder:
         """Whether a run has written here: a checkpoint, progress.csv or status.json."""
         return any(p.exists() for p in (*self.checkpoint_paths, self.path / PROGRESS,
                                         self.path / STATUS))
+
+    def unproven(self) -> list[str]:
+        """What in the folder this framework cannot prove it wrote: a name no run writes, or
+        run files (rows, checkpoints, ``.hydra/``) beside no ``status.json`` of a run (a run
+        records its status before anything else). Empty for a missing or empty folder."""
+        try:
+            names = sorted(p.name for p in self.path.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        foreign = [n for n in names if n.removesuffix(".tmp") not in OWN_NAMES]
+        record = self.read_status()
+        ours = record.get("status") in STATUSES and isinstance(record.get("code"), dict)
+        if not ours:
+            foreign += [n for n in names if n in (STATUS, PROGRESS, CHECKPOINT, PREVIOUS, AGENT,
+                                                   HYDRA)]
+        return sorted(set(foreign))
 
     def has_checkpoint(self) -> bool:
         return any(p.exists() for p in self.checkpoint_paths)
