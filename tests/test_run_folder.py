@@ -273,6 +273,7 @@ def test_a_checkpoint_that_does_not_fit_or_is_not_finite_falls_back_to_the_previ
     else:
         state["value"] = {k: torch.full_like(v, float("nan")) for k, v in state["value"].items()}
     write_checkpoint_file(tmp_path / "run" / CHECKPOINT, tmp_path / "run" / "replaced", state)
+    (tmp_path / "run" / "replaced").unlink()  # the file it replaced: not a run's
     train(compose_config([*CARTPOLE, "total_steps=1024"]), tmp_path / "run")
     assert f"{tmp_path / 'run' / CHECKPOINT}: does not fit this run" in caplog.text
     whole, resumed = (without_timing(pd.read_csv(tmp_path / d / "progress.csv"))

@@ -166,7 +166,8 @@ class OnPolicyLearner:
         set_global_rng_state(state["rng"])
 
     def nonfinite_state(self, state: dict[str, Any]) -> list[str]:
-        return [name for part in LEARNT_STATE for name in nonfinite_entries(state[part], part + ".")]
+        return [name for part in LEARNT_STATE
+                for name in nonfinite_entries(state[part], part + ".")]
 
     def iterate(self, iteration: int, total_iterations: int) -> Row:
         """Collect, estimate, update the policy, start the value fit, evaluate; the row's data."""

@@ -1,10 +1,11 @@
 """A run's lifecycle: ``train(cfg, run_dir) -> final return``.
 
-In order: the config is checked (nothing is built or written before it passes); the run folder
-is locked, so one process trains in it; the resume policy (:mod:`trpo.io.resume`) picks the
-checkpoint to go on from; the config is recorded and ``status.json`` says ``running``; the
-:class:`trpo.loop.TrainingLoop` trains the run's :class:`trpo.learner.Learner`. The run ends ``completed``, ``failed`` (with the error)
-or ``interrupted``: SIGINT or SIGTERM stop it at the end of the iteration under way, with a
+In order: the config is checked, and the run folder (one that holds files this framework did
+not write is refused): nothing is built or written before they pass; the run folder is locked,
+so one process trains in it; the resume policy (:mod:`trpo.io.resume`) picks the checkpoint to
+go on from; ``status.json`` says ``running`` and the config is recorded; the
+:class:`trpo.loop.TrainingLoop` trains the run's :class:`trpo.learner.Learner`. The run ends
+``completed``, ``failed`` (with the error) or ``interrupted``: SIGINT or SIGTERM stop it at the end of the iteration under way, with a
 checkpoint (a second signal stops it at once, its last checkpoint kept), and
 :class:`RunInterrupted` says how to resume. Started again in the same folder, a run resumes
 from its last checkpoint; ``resume=false`` starts afresh in a new folder beside it.
