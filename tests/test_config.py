@@ -305,3 +305,24 @@ def test_each_default_is_written_once_in_the_option_yaml():
                 with_defaults = [name for name, p in signature.parameters.items()
                                  if name in stated and p.default is not p.empty]
                 assert not with_defaults, f"{target} has defaults for {with_defaults}"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("solver.cg_damping=inf", "solver.cg_damping"),
+    ("solver.max_kl=1e308", "solver.max_kl"),
+    ("network.log_std_init=700", "network.log_std_init"),
+    ("network.policy_hidden=[100000]", "network.policy_hidden"),
+    ("steps_per_iteration=1099511627776", "steps_per_iteration"),
+    ("eval_episodes=10000000", "eval_episodes"),
+    ("+env.kwargs.frame_skip=0", "env.kwargs"),
+    ("+env.kwargs.xml_file=/etc/passwd", "env.kwargs"),
+])
+def test_values_that_pass_their_type_but_cannot_train_are_refused_naming_the_key(
+        compose_config, override, key):
+    from trpo.envs.checks import check_envs
+
+    cfg = compose_config(["env=hopper", override])
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+        check_envs(cfg)
+    assert error.value.key == key and "\n" not in str(error.value)

@@ -47,6 +47,18 @@ def _positive_int(obj: Any, *names: str) -> None:
         require(value > 0, name, "must be a positive integer", value)
 
 
+# Bounds on values that pass their type but cannot train: a trust region of more than 1 nat per
+# update bounds nothing (the TRPO paper's is 0.01); σ = e^±10 spans any action scale, and
+# beyond it exp overflows or vanishes in float32; a batch of 10^6 steps holds gigabytes of
+# observations for Ant's 105 dimensions; 1,000 evaluation episodes already take longer than a
+# run's training; layers of 10^4 units are far past what the MuJoCo tasks use (64-256).
+MAX_KL_BOUND = 1.0
+LOG_STD_BOUND = 10.0
+MAX_STEPS_PER_ITERATION = 1_000_000
+MAX_EVAL_EPISODES = 1000
+MAX_WIDTH = 10_000
+
+
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -139,6 +151,8 @@ class EnvConfig:
             require(0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1] or null", self.gamma)
         if self.max_kl is not None:
             _positive(self, "max_kl")
+            require(self.max_kl <= MAX_KL_BOUND, "max_kl", f"must be at most {MAX_KL_BOUND}",
+                    self.max_kl)
         if self.max_episode_steps is not None:
             _positive_int(self, "max_episode_steps")
         if self.random_return is not None and self.reference_return is not None:
@@ -167,9 +181,10 @@ class NetworkConfig:
     def validate(self) -> None:
         for name in ("policy_hidden", "value_hidden"):
             widths = list(getattr(self, name))
-            require(len(widths) > 0 and all(w > 0 for w in widths), name,
-                    "must be a non-empty list of positive widths", widths)
-        require(math.isfinite(self.log_std_init), "log_std_init", "must be finite",
+            require(len(widths) > 0 and all(0 < w <= MAX_WIDTH for w in widths), name,
+                    f"must be a non-empty list of widths in [1, {MAX_WIDTH}]", widths)
+        require(math.isfinite(self.log_std_init) and abs(self.log_std_init) <= LOG_STD_BOUND,
+                "log_std_init", f"must be in [-{LOG_STD_BOUND:g}, {LOG_STD_BOUND:g}]",
                 self.log_std_init)
 
 
@@ -242,11 +257,14 @@ class NaturalGradientConfig:
     fvp: FisherProduct = MISSING
 
     def validate(self) -> None:
-        _positive(self, "max_kl")
-        if self.max_kl_final is not None:
-            _positive(self, "max_kl_final")
+        for name in ("max_kl", "max_kl_final"):
+            if getattr(self, name) is not None:
+                _positive(self, name)
+                require(getattr(self, name) <= MAX_KL_BOUND, name,
+                        f"must be at most {MAX_KL_BOUND}", getattr(self, name))
         _positive_int(self, "cg_iters", "fvp_subsample")
-        require(self.cg_damping >= 0, "cg_damping", "must be >= 0", self.cg_damping)
+        require(math.isfinite(self.cg_damping) and self.cg_damping >= 0, "cg_damping",
+                "must be a finite number >= 0", self.cg_damping)
         require(self.cg_residual_tol >= 0, "cg_residual_tol", "must be >= 0", self.cg_residual_tol)
 
 
@@ -505,6 +523,10 @@ class TrainConfig:
                       "eval_episodes", "torch_threads", "checkpoint_every",
                       "max_rejected_updates")
         _positive(self, "obs_clip")
+        require(self.steps_per_iteration <= MAX_STEPS_PER_ITERATION, "steps_per_iteration",
+                f"must be at most {MAX_STEPS_PER_ITERATION:,}", self.steps_per_iteration)
+        require(self.eval_episodes <= MAX_EVAL_EPISODES, "eval_episodes",
+                f"must be at most {MAX_EVAL_EPISODES}", self.eval_episodes)
         require(self.steps_per_iteration % self.num_envs == 0, "steps_per_iteration",
                 f"must be a multiple of num_envs={self.num_envs}", self.steps_per_iteration)
         require(0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2**32)", self.seed)

@@ -68,6 +68,11 @@ def check_env_spaces(cfg: "EnvConfig") -> None:
         raise ConfigError("kwargs", f"{cfg.id} does not accept them ({why})", dict(cfg.kwargs))
     except gymnasium.error.Error as error:
         raise ConfigError("id", f"cannot be made here ({str(error).splitlines()[0]})", cfg.id)
+    except Exception as error:  # a setting the task takes, with a value it cannot run with
+        first = str(error).splitlines()[0] if str(error) else ""
+        key, value = ("kwargs", dict(cfg.kwargs)) if cfg.kwargs else ("id", cfg.id)
+        raise ConfigError(key, f"{cfg.id} cannot be made with them ({type(error).__name__}: "
+                          f"{first})", value)
     try:
         obs, act = env.observation_space, env.action_space
     finally:
