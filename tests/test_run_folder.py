@@ -78,6 +78,21 @@ def test_a_folder_holding_files_this_framework_did_not_write_is_refused_untouche
     assert files_of(tmp_path) == before and not (tmp_path / "run.lock").exists()
 
 
+@pytest.mark.parametrize("link", ["run.lock", ".hydra", "run.log", "progress.csv",
+                                  ".hydra/config.yaml"])
+def test_a_run_folder_with_a_symlink_is_refused_and_nothing_outside_is_written(tmp_path, link):
+    run_dir, outside = tmp_path / "run", tmp_path / "outside"
+    (run_dir / ".hydra").mkdir(parents=True)
+    outside.mkdir()
+    if link == ".hydra":
+        (run_dir / ".hydra").rmdir()
+    (run_dir / link).symlink_to(outside / "target")  # dangling: a write would create it
+    result = run_py(*CARTPOLE, f"hydra.run.dir={run_dir}", timeout=120)
+    assert result.returncode == 2
+    assert "did not write" in result.stderr and link in result.stderr
+    assert list(outside.iterdir()) == []
+
+
 def test_an_empty_run_dir_is_refused_when_the_current_folder_holds_files(tmp_path):
     """``hydra.run.dir=`` (empty) is the current folder: from a checkout, the checkout."""
     (tmp_path / "notes.md").write_text("mine")

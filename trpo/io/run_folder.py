@@ -292,14 +292,20 @@ class RunFolder:
                                         self.path / STATUS))
 
     def unproven(self) -> list[str]:
-        """What in the folder this framework cannot prove it wrote: a name no run writes, or
-        run files (rows, checkpoints, ``.hydra/``) beside no ``status.json`` of a run (a run
-        records its status before anything else). Empty for a missing or empty folder."""
+        """What in the folder this framework cannot prove it wrote: a name no run writes, a
+        symbolic link (a run writes none, and writing through one could reach outside the
+        folder), or run files (rows, checkpoints, ``.hydra/``) beside no ``status.json`` of a
+        run (a run records its status before anything else). Empty for a missing or empty
+        folder."""
         try:
             names = sorted(p.name for p in self.path.iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return []
         foreign = [n for n in names if n.removesuffix(".tmp") not in OWN_NAMES]
+        hydra = self.path / HYDRA
+        inside = sorted(hydra.iterdir()) if hydra.is_dir() and not hydra.is_symlink() else []
+        foreign += [str(p.relative_to(self.path)) for p in
+                    [self.path / n for n in names] + inside if p.is_symlink()]
         record = self.read_status()
         ours = record.get("status") in STATUSES and isinstance(record.get("code"), dict)
         if not ours:
