@@ -264,6 +264,17 @@ def test_bad_input_exits_the_process_with_2_and_one_line(tmp_path):
     assert result.stderr == f"error: no such folder: {tmp_path / 'missing'}\n"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "error: --seed must be an integer in [0, 2**32), got -1"),
+    (["--video", "/proc/x.mp4"], "error: --video /proc/x.mp4: its folder /proc takes no new file"),
+])
+def test_a_bad_seed_or_an_unwritable_video_folder_is_one_line_exit_2(runs, args, message):
+    result = evaluate_cli(runs("cartpole"), "--episodes", 1, *args)
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(message)
+
+
 @pytest.mark.parametrize("case", ["no folder", "empty folder", "another tool", "garbled",
                                   "episodes", "video extension", "video folder", "no run"])
 def test_bad_input_returns_2_with_one_line(runs, tmp_path, capsys, case):

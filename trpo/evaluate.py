@@ -129,6 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser().parse_args(argv)
         if args.episodes < 1:
             raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+        if not 0 <= args.seed < 2**32:
+            raise UsageError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
         if args.video is not None:
             if not 1 <= args.video_episodes <= args.episodes:
                 raise UsageError(f"--video-episodes must be in [1, --episodes={args.episodes}], "

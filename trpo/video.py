@@ -17,6 +17,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -134,11 +135,17 @@ def render(env) -> np.ndarray:
 
 def check_video_path(path: Path) -> None:
     """Raise ``ValueError`` (one line) unless ``path`` has a video extension and its folder
-    exists."""
+    exists and takes a new file (checked by making and removing an empty one beside it)."""
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"{path}: a video must end in {' or '.join(FORMATS)}")
     if not path.parent.is_dir():
         raise ValueError(f"{path}: its folder {path.parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{path}: its folder {path.parent} takes no new file "
+                         f"({error.strerror})") from None
 
 
 def frame_step(fps: float) -> int:
