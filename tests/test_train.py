@@ -142,3 +142,19 @@ def test_a_resume_with_fewer_total_steps_than_trained_is_refused_touching_nothin
     assert line.startswith("error: total_steps=256 is not allowed: must be at least the 512")
     assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
                       and p.name != "run.lock"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["env.id=tests.toy_envs:NaNReward-v0"],
+     "error: NonFiniteError: tests.toy_envs:NaNReward-v0 returned a non-finite reward"),
+    (["solver._target_=tests.toy_solvers.PoisonedTRPO", "max_rejected_updates=2"],
+     "error: TrainingError: 2 policy updates in a row were rejected"),
+])
+def test_a_run_that_cannot_go_on_ends_in_one_line_exit_1_recorded_failed(tmp_path, overrides,
+                                                                         message):
+    result = run_py("env=cartpole", *TINY, "total_steps=512", *overrides,
+                    f"hydra.run.dir={tmp_path}", timeout=120)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(message) and "Traceback" not in result.stdout + result.stderr
+    assert strict_json(tmp_path / "status.json")["status"] == "failed"
