@@ -158,3 +158,23 @@ def test_a_run_that_cannot_go_on_ends_in_one_line_exit_1_recorded_failed(tmp_pat
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(message) and "Traceback" not in result.stdout + result.stderr
     assert strict_json(tmp_path / "status.json")["status"] == "failed"
+
+
+def test_status_json_says_the_iteration_of_the_last_checkpoint_during_a_run(compose_config,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    import trpo.learner
+
+    seen = []
+    real_iteration = trpo.learner.OnPolicyLearner.iterate
+
+    def iteration_then_look(self, iteration, total_iterations):
+        seen.append(strict_json(tmp_path / "status.json"))
+        return real_iteration(self, iteration, total_iterations)
+
+    monkeypatch.setattr(trpo.learner.OnPolicyLearner, "iterate", iteration_then_look)
+    train(compose_config([*CARTPOLE, "total_steps=768", "checkpoint_every=2"]), tmp_path)
+    assert [(s["status"], s["iteration"]) for s in seen] == [
+        ("running", 0), ("running", 0), ("running", 2), ("running", 2), ("running", 4),
+        ("running", 4)]
+    assert seen[-1]["total_steps"] == 768

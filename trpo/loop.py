@@ -83,6 +83,7 @@ class TrainingLoop:
                 f"iteration {self.iteration}; {self.last_checkpoint_note()}")
         self.folder.save_checkpoint(state)
         self.checkpointed_at = self.iteration
+        self.folder.update_status(iteration=self.iteration)  # how far, for --status and monitors
 
     def last_checkpoint_note(self) -> str:
         """Which checkpoint a resumed run would start from (each one saved was finite)."""

@@ -328,6 +328,14 @@ class RunFolder:
         atomic_write(self.path / STATUS,
                       (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
 
+    def update_status(self, **changes: Any) -> None:
+        """Rewrite a ``running`` record with ``changes`` (the iteration a run has reached), its
+        other details kept; nothing if the record says otherwise or there is none."""
+        record = self.read_status()
+        if record.get("status") == "running":
+            details = {k: v for k, v in record.items() if k not in ("status", "code", "updated")}
+            self.write_status("running", **{**details, **changes})
+
     def read_status(self) -> dict[str, Any]:
         """``status.json``'s record; empty if there is none or it cannot be read."""
         try:
