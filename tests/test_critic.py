@@ -49,3 +49,17 @@ def test_the_value_fit_without_autograd_gives_autograd_s_parameters_to_the_bit(a
     for fitted, reference, start in zip(value.parameters(), twin.parameters(),
                                         initial.parameters()):
         assert torch.equal(fitted, reference) and not torch.equal(fitted, start)
+
+
+def test_a_fit_worker_whose_main_process_is_gone_ends_quietly():
+    """As after kill -9 of a run mid-fit: the worker's answer has nowhere to go, and it ends
+    with exit code 0 instead of a BrokenPipeError traceback."""
+    from trpo.critic import ValueFitter
+    from trpo.networks import ValueNetwork
+
+    fitter = ValueFitter(ValueNetwork(3, network_config()), 1e-3, 20, 8, background=True)
+    fitter.fit(torch.randn(2048, 3), torch.randn(2048))  # a fit of a few hundred steps
+    worker = fitter._worker
+    worker.pipe.close()  # the main process's end of the pipe goes, as when it is killed
+    worker.process.join(timeout=60)
+    assert worker.process.exitcode == 0

@@ -207,25 +207,28 @@ def _fit_worker(pipe, setup: dict) -> None:
             command, payload = pipe.recv()
         except (EOFError, OSError):  # the main process is gone
             return
+        if command == "close":
+            return
         try:
             if command == "fit":
                 fitter.value.load_state_dict(_tensors(payload["value"]))
                 fitter._fit(torch.from_numpy(payload["obs"]),
                             torch.from_numpy(payload["targets"]))
-                pipe.send({"value": _plain(fitter.value.state_dict()),
-                           "fit_s": fitter.last_fit_s})
+                answer = {"value": _plain(fitter.value.state_dict()), "fit_s": fitter.last_fit_s}
             elif command == "get_state":
                 state = fitter._own_state()
-                pipe.send({"optimizer": _plain(state["optimizer"]),
-                           "generator": state["generator"].numpy()})
-            elif command == "set_state":
+                answer = {"optimizer": _plain(state["optimizer"]),
+                          "generator": state["generator"].numpy()}
+            else:  # set_state
                 fitter.optimizer.load_state_dict(_tensors(payload["optimizer"]))
                 fitter.generator.set_state(torch.from_numpy(payload["generator"]))
-                pipe.send(None)
-            elif command == "close":
-                return
+                answer = None
         except Exception as error:  # raised in the main process by receive()
-            pipe.send(error)
+            answer = error
+        try:
+            pipe.send(answer)
+        except OSError:  # the main process was killed while this one worked: end quietly
+            return
 
 
 # The activations whose backward pass :func:`mse_gradients` writes out, with the kernel autograd
