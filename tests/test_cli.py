@@ -19,6 +19,12 @@ def test_help_lists_every_group_option_with_a_description_the_main_keys_and_laun
     for key in ("seed=0", "total_steps=", "steps_per_iteration=2048", "critic.epochs=20",
                 "eval_every=10", "checkpoint_every=10"):
         assert f"  {key}" in text
+    assert "Exact TRPO (Schulman et al. 2015)" in text  # not cut at "et al."
+    assert "  logger.writers=[wandb]" in text and "  logger.wandb.mode=offline" in text
+    described = {line.split("=", 1)[0]: line.split(None, 1)[1] for line in lines
+                 if line.startswith(("eval_", "critic."))}
+    assert len({described[k] for k in ("eval_every", "eval_episodes")}) == 2
+    assert len({described[f"critic.{k}"] for k in ("lr", "epochs", "minibatch_size")}) == 3
     for launcher in ("parallel", "slurm", "basic", "submitit_local"):
         assert f"  {launcher} " in text
     assert "python -m experiments STUDY" in text

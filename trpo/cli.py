@@ -50,9 +50,14 @@ def first_comment(path: Path) -> str:
     return _sentence(" ".join(lines))
 
 
+# Abbreviations whose full stop ends no sentence.
+_ABBREVIATIONS = re.compile(r"(?<!\b(?:al|vs|cf))(?<!\be\.g)(?<!\bi\.e)\. ")
+
+
 def _sentence(text: str, width: int = 90) -> str:
-    """The first sentence of ``text``, at most ``width`` characters."""
-    text = text.split(". ")[0].rstrip(".")
+    """The first sentence of ``text`` (not cut at "et al." or "e.g."), at most ``width``
+    characters."""
+    text = _ABBREVIATIONS.split(text)[0].rstrip(".")
     return text if len(text) <= width else text[:width - 1].rsplit(" ", 1)[0] + " …"
 
 
@@ -120,9 +125,14 @@ def help_text() -> str:
     comments = {**field_comments(schemas.TrainConfig),
                 **{f"critic.{k}": v for k, v in field_comments(schemas.CriticConfig).items()}}
     comments["env.backend"] = field_comments(schemas.EnvConfig)["backend"]
+    logger_yaml = OmegaConf.load(CONF_DIR / "logger" / "default.yaml")
+    comments["logger.writers"] = field_comments(schemas.LoggerConfig)["writers"]
+    comments["logger.wandb.mode"] = field_comments(schemas.WandbConfig)["mode"]
     defaults = _defaults(schemas.TrainConfig())
     defaults.update({f"critic.{k}": v for k, v in _defaults(schemas.CriticConfig()).items()})
     defaults["env.backend"] = schemas.EnvConfig.backend
+    defaults["logger.writers"] = "[" + ",".join(logger_yaml.writers) + "]"
+    defaults["logger.wandb.mode"] = logger_yaml.wandb.mode
     for key, value in defaults.items():
         if key in comments:
             lines.append(f"  {key}={value}".ljust(34) + f" {comments[key]}")

@@ -435,10 +435,12 @@ class LoggerConfig:
 class CriticConfig:
     """Regression of the value network on its targets (returns = advantages + values)."""
 
-    # Adam learning rate, epochs over the batch and minibatch size: rl-baselines3-zoo's tuned
-    # sb3-contrib TRPO for MuJoCo (learning_rate 1e-3, n_critic_updates 20, batch_size 128).
+    # Adam's learning rate for the value net: rl-baselines3-zoo's tuned sb3-contrib TRPO for
+    # MuJoCo (learning_rate 1e-3).
     lr: float = 1e-3
+    # Passes over each batch: the zoo's n_critic_updates.
     epochs: int = 20
+    # States per Adam step: the zoo's batch_size.
     minibatch_size: int = 128
     # Regress the value net on returns standardised by their running mean and std, V = mean +
     # std · MLP (Andrychowicz et al. 2021); off, as in rl-baselines3-zoo's settings, whose
@@ -496,8 +498,9 @@ class TrainConfig:
     # Evaluation returns are always the environment's own rewards.
     normalize_reward: bool = True
     # Deterministic evaluation (the policy's mean action) every this many iterations and after
-    # the last: every 20,480 steps by default, 49 points on a 1M-step curve, 5 episodes each.
+    # the last: every 20,480 steps by default, 49 points on a 1M-step curve.
     eval_every: int = 10
+    # Episodes per evaluation, each on an environment of its own, seeded per evaluation.
     eval_episodes: int = 5
     # Torch intra-op threads per run; 1 keeps parallel jobs of a sweep from oversubscribing cores.
     torch_threads: int = 1
