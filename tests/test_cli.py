@@ -1,8 +1,11 @@
 """What ``run.py`` says on the command line: its help, "did you mean", sweep tags and summary."""
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.conftest import TINY, run_py
+from tests.conftest import ROOT, TINY, run_py
 from trpo.cli import GROUPS, check_override_keys, options
 
 
@@ -84,3 +87,23 @@ def test_a_sweep_tags_each_line_with_its_job_and_ends_with_a_summary(tmp_path):
     assert [line.split()[:2] for line in summary[2:6]] == [
         ["0", "failed"], ["1", "completed"], ["2", "failed"], ["3", "completed"]]
     assert summary[6] == f"analyse it: python -m analysis {tmp_path} --out {tmp_path}/analysis"
+
+
+@pytest.mark.parametrize("args, line", [
+    (["env=hoper"], "error: env=hoper is not an option of env; did you mean env=hopper? "
+                    "(options: ant, cartpole,"),
+    (["solver=ppo"], "error: solver=ppo is not an option of solver (options: kl_penalty, npg,"),
+    (["seed=abc"], "error: seed=abc is not allowed: Value 'abc' of type 'str' could not be "
+                   "converted to Integer"),
+    (["logger.wandb.mode=of"], "error: logger.wandb.mode=of is not allowed: Invalid value 'of', "
+                               "expected one of [online, offline]"),
+    (["-m", "seed=0,x"], "error: seed=x is not allowed"),
+])
+def test_a_wrong_option_type_or_enum_value_is_one_line_exit_2_and_nothing_written(tmp_path,
+                                                                                 args, line):
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    [printed] = result.stderr.strip().splitlines()
+    assert printed.startswith(line)
+    assert list(tmp_path.iterdir()) == []

@@ -213,6 +213,66 @@ def _unknown_key(key: str, choices: dict[str, list]) -> Optional[str]:
     return _suggest(key, "the top level", names)
 
 
+def check_group_options(argv: list[str]) -> Optional[str]:
+    """One line naming a group option that does not exist (``env=hoper``), with the closest
+    and every option; ``None`` if each exists (Hydra would say it in many lines, exit 1)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [a for a in argv if "=" in a and not a.startswith("-")])
+    except Exception:
+        return None  # Hydra reports a malformed override itself
+    for override in parsed:
+        group = override.key_or_group
+        if group not in GROUPS or override.is_delete():
+            continue
+        values = (list(override.sweep_iterator()) if override.is_sweep_override()
+                  else [override.value()])
+        known = options(group)
+        for value in map(str, values):
+            if value not in known and not (value == "null" and group in ("ablation",
+                                                                             "experiment")):
+                close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+                hint = f"; did you mean {group}={close[0]}?" if close else ""
+                return (f"error: {group}={value} is not an option of {group}{hint} "
+                        f"(options: {', '.join(known)})")
+    return None
+
+
+def check_value_types(argv: list[str]) -> Optional[str]:
+    """One line naming a value of the wrong type or outside an enum (``seed=abc``,
+    ``logger.wandb.mode=of``), found by composing the config as the run would (each swept
+    value on its own); ``None`` if every value fits its schema."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    task = [a for a in argv if "=" in a and not a.startswith(("-", "hydra.", "hydra/"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(task)
+    except Exception:
+        return None
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    trials = [fixed] + [[*fixed, f"{o.get_key_element()}={v}"] for o in parsed
+                        if o.is_sweep_override() for v in o.sweep_iterator()]
+    for overrides in trials:
+        try:
+            schemas.compose(overrides)
+        except (ConfigCompositionException, OmegaConfBaseException) as composing:
+            error = composing.__cause__ or composing
+            if not isinstance(error, OmegaConfBaseException):
+                return None  # what Hydra says of its own errors is left to it
+            key = getattr(error, "full_key", None) or "a value"
+            given = next((o.split("=", 1)[1] for o in reversed(overrides)
+                          if o.lstrip("+~").split("=", 1)[0] == key), None)
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return f"error: {key}={given} is not allowed: {first}"
+        except Exception:
+            return None  # what Hydra says of its own errors is left to it
+    return None
+
+
 def _suggest(key: str, where: str, names: list[str]) -> str:
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
@@ -258,7 +318,8 @@ def preflight(argv: list[str]) -> None:
     if {"--help", "-h"} & set(argv):
         print(help_text())
         raise SystemExit(0)
-    problem = check_override_keys(argv) or check_output_dirs(argv)
+    problem = (check_group_options(argv) or check_override_keys(argv)
+               or check_value_types(argv) or check_output_dirs(argv))
     if problem:
         print(problem, file=sys.stderr, flush=True)
         raise SystemExit(2)
