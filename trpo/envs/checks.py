@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from trpo.config import ConfigError, EnvConfig, require
 from trpo.envs import BACKENDS
+from trpo.envs.gymnasium import make_env
 
 
 def check_envs(cfg: DictConfig) -> None:
@@ -57,11 +58,8 @@ def check_env_spaces(cfg: "EnvConfig") -> None:
     observation; a Box or Discrete action), and close it."""
     import gymnasium
 
-    kwargs = dict(cfg.kwargs)
-    if cfg.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = cfg.max_episode_steps
     try:
-        env = gymnasium.make(cfg.id, **kwargs)
+        env = make_env(cfg)
     except TypeError as error:  # an argument the task does not take
         unexpected = re.search(r"unexpected keyword argument '\w+'", str(error))
         why = unexpected.group(0) if unexpected else str(error).splitlines()[0]
