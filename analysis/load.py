@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import numpy as np
 import pandas as pd
 import yaml
 from omegaconf import OmegaConf
@@ -155,15 +156,23 @@ def read_run(folder: RunFolder) -> tuple[Run, Optional[str]]:
 
 
 def drop_unmeasured(report: LoadReport, metric: str) -> None:
-    """Move the runs that never logged a number for ``metric`` (every evaluation empty or NaN,
-    or no such column) from ``report.runs`` to ``report.skipped``."""
+    """Move the runs that cannot be scored on ``metric`` from ``report.runs`` to
+    ``report.skipped``: no such column, every value empty or NaN, or an infinite value (which no
+    task returns, and which would make every statistic of its group infinite or NaN)."""
     kept = []
     for run in report.runs:
         if metric not in run.progress:
             report.skipped.append((run.path, f"its progress.csv has no {metric} column"))
-        elif not run.progress[metric].notna().any():
+            continue
+        values = run.progress[metric]
+        infinite = np.isinf(values.to_numpy(dtype=float))
+        if not values.notna().any():
             report.skipped.append((run.path, f"it never logged {metric} as a number (every "
                                              "value is empty or NaN)"))
+        elif infinite.any():
+            step = int(run.progress["env_steps"].to_numpy()[infinite.argmax()])
+            report.skipped.append((run.path, f"it logged {metric}={values[infinite].iloc[0]} "
+                                             f"at {step:,} steps, which no task returns"))
         else:
             kept.append(run)
     report.runs = kept

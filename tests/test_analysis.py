@@ -6,6 +6,7 @@ import random
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -651,6 +652,31 @@ def test_a_run_whose_evaluations_are_all_nan_is_skipped(tmp_path, caplog, capsys
     assert main([str(tmp_path / "nan"), "--out", str(tmp_path / "out2")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no usable runs below")
+
+
+def test_a_run_with_an_infinite_evaluation_is_skipped_by_name_without_warnings(tmp_path, caplog):
+    """Before: the table said `inf [500, nan]` for its group, with numpy's RuntimeWarnings."""
+    sweep(tmp_path, envs=("hopper",), solvers=("trpo",))
+    bad = write_run(tmp_path, "inf", seed=3, returns=[1.0, float("inf"), 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    assert (f"skipped {bad}: it logged eval_return_mean=inf at 200 steps, which no task "
+            "returns") in caplog.text
+    table = (tmp_path / "out" / "final.md").read_text()
+    assert "(n=3)" in table and "inf" not in table and "nan" not in table
+
+
+def test_a_symlinked_run_folder_is_analysed_and_a_link_loop_ends(tmp_path):
+    """Before: a run folder linked into the analysed folder was dropped without a word."""
+    sweep(tmp_path / "elsewhere", envs=("hopper",), solvers=("trpo",), seeds=(0, 1))
+    linked = write_run(tmp_path / "elsewhere", "single", seed=7)
+    (tmp_path / "gathered").mkdir()
+    (tmp_path / "gathered" / "multi").symlink_to(tmp_path / "elsewhere" / "multi")
+    (tmp_path / "gathered" / "seed7").symlink_to(linked)
+    (tmp_path / "gathered" / "loop").symlink_to(tmp_path / "gathered")
+    report = load_runs([tmp_path / "gathered"])
+    assert sorted(run.seed for run in report.runs) == [0, 1, 7]
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -448,12 +448,17 @@ class RunFolder:
 
 def find_run_folders(roots: Iterable[str | Path]) -> list[RunFolder]:
     """Every run folder below ``roots`` (or a root itself): a folder with ``.hydra/config.yaml``
-    or ``status.json``, sorted by path."""
-    found = set()
+    or ``status.json``, by its resolved path, sorted. Symlinked folders are followed (runs
+    gathered from several sweeps by links are found), each real folder once, so a link loop
+    ends."""
+    found, seen = set(), set()
     for root in map(Path, roots):
-        for marker in (f"{HYDRA}/config.yaml", STATUS):
-            if (root / marker).exists():
-                found.add(root.resolve())
-            found.update(p.parent.resolve() if marker == STATUS else p.parent.parent.resolve()
-                         for p in root.rglob(marker))
+        for folder, subfolders, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                subfolders.clear()
+                continue
+            seen.add(real)
+            if STATUS in files or Path(folder, HYDRA, "config.yaml").is_file():
+                found.add(Path(real))
     return [RunFolder(path) for path in sorted(found)]
