@@ -107,3 +107,32 @@ def test_a_wrong_option_type_or_enum_value_is_one_line_exit_2_and_nothing_writte
     [printed] = result.stderr.strip().splitlines()
     assert printed.startswith(line)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("subdir, shared", [
+    ("shared", "('shared': env=cartpole seed=0; env=cartpole seed=1)"),
+    ("${env.id}", "('CartPole-v1': env=cartpole seed=0; env=cartpole seed=1)"),
+])
+def test_two_jobs_of_a_sweep_given_one_folder_are_refused_before_anything_is_written(
+        tmp_path, subdir, shared):
+    """Before: one job was 'skipped', the sweep said '1 runs, 1 completed', exit 0, and a seed
+    never trained (#31 item 7)."""
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "env=cartpole",
+                             "seed=0,1", f"hydra.sweep.subdir={subdir}",
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    [printed] = result.stderr.strip().splitlines()
+    assert printed == (f"error: hydra.sweep.subdir={subdir} gives 2 jobs one folder {shared}, "
+                       "so only one would train; make it differ per job: ${hydra.job.num} or "
+                       "${hydra:job.override_dirname}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("subdir", ["${hydra.job.num}", "${hydra:job.override_dirname}",
+                                    "s${seed}"])
+def test_a_sweep_whose_jobs_have_folders_of_their_own_passes_the_check(subdir):
+    from trpo.cli import check_sweep_folders
+
+    assert check_sweep_folders(["-m", "env=cartpole", "seed=0,1",
+                                f"hydra.sweep.subdir={subdir}"]) is None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trpo import config as schemas
 from trpo.config import CONF_DIR
@@ -312,6 +312,64 @@ def check_output_dirs(argv: list[str]) -> Optional[str]:
     return None
 
 
+def check_sweep_folders(argv: list[str]) -> Optional[str]:
+    """One line if two jobs of a sweep (``-m``) would train in one folder (a
+    ``hydra.sweep.subdir`` that is the same for both: one job would find the other's run and be
+    skipped, and a seed would never train); ``None`` if each job has a folder of its own.
+
+    The jobs are expanded as Hydra's basic sweeper expands them. A subdir naming
+    ``hydra.job.num`` differs by construction; one naming only the job's overrides is computed
+    as Hydra computes ``override_dirname``; any other is resolved on each job's composed config.
+    """
+    if not {"-m", "--multirun"} & set(argv):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    hydra_args = [a for a in overrides if a.startswith(("hydra.", "hydra/"))]
+    task = [a for a in overrides if a not in hydra_args]
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(task)
+        base = schemas.compose([*hydra_args, *(o.input_line for o in parsed
+                                               if not o.is_sweep_override())],
+                               return_hydra_config=True)
+        params = [f"{k}={v}" for k, v in (base.hydra.sweeper.params or {}).items()]
+        [jobs] = BasicSweeper.split_arguments(parser.parse_overrides([*params, *task]),
+                                              max_batch_size=None)
+    except Exception:
+        return None  # a malformed override or config: Hydra says what is wrong with it
+    template = OmegaConf.to_container(base.hydra.sweep, resolve=False)["subdir"]
+    if len(jobs) < 2 or "job.num" in template:
+        return None
+    naming = base.hydra.job.config.override_dirname
+    by_folder: dict[str, list[str]] = {}
+    fields_ = set(re.findall(r"\$\{([^}]*)\}", template))
+    for job in jobs:
+        if fields_ <= {"hydra:job.override_dirname", "hydra.job.override_dirname"}:
+            # Hydra's override_dirname: the job's overrides less the excluded keys, sorted
+            kept = sorted(o.input_line for o in parser.parse_overrides(job)
+                          if o.key_or_group not in naming.exclude_keys)
+            dirname = naming.item_sep.join(kept).replace("=", naming.kv_sep)
+            folder = re.sub(r"\$\{[^}]*\}", lambda _: dirname, template)
+        else:
+            try:
+                cfg = schemas.compose([*hydra_args, *job], return_hydra_config=True)
+                with open_dict(cfg):
+                    cfg.hydra.sweep.subdir = template.replace("${hydra:", "${hydra.")
+                folder = str(cfg.hydra.sweep.subdir)
+            except Exception:
+                return None  # a folder known only once Hydra runs the job
+        by_folder.setdefault(folder, []).append(" ".join(job) or "(no overrides)")
+    for folder, shared in by_folder.items():
+        if len(shared) > 1:
+            return (f"error: hydra.sweep.subdir={template} gives {len(shared)} jobs one folder "
+                    f"({folder!r}: {shared[0]}; {shared[1]}), so only one would train; make it "
+                    "differ per job: ${hydra.job.num} or ${hydra:job.override_dirname}")
+    return None
+
+
 def preflight(argv: list[str]) -> None:
     """What ``run.py`` checks before Hydra starts: ``--help`` prints :func:`help_text`; a key
     no schema has, or an output folder that cannot be written, exits 2 in one line."""
@@ -319,7 +377,8 @@ def preflight(argv: list[str]) -> None:
         print(help_text())
         raise SystemExit(0)
     problem = (check_group_options(argv) or check_override_keys(argv)
-               or check_value_types(argv) or check_output_dirs(argv))
+               or check_value_types(argv) or check_output_dirs(argv)
+               or check_sweep_folders(argv))
     if problem:
         print(problem, file=sys.stderr, flush=True)
         raise SystemExit(2)
