@@ -316,6 +316,8 @@ def test_each_default_is_written_once_in_the_option_yaml():
     ("eval_episodes=10000000", "eval_episodes"),
     ("+env.kwargs.frame_skip=0", "env.kwargs"),
     ("+env.kwargs.xml_file=/etc/passwd", "env.kwargs"),
+    ("+env.kwargs.ctrl_cost_weight=abc", "env.kwargs"),  # used to fail at the first step
+    ("+env.kwargs.reset_noise_scale=nan", "env.kwargs"),
 ])
 def test_values_that_pass_their_type_but_cannot_train_are_refused_naming_the_key(
         compose_config, override, key):

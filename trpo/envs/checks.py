@@ -73,9 +73,31 @@ def check_env_spaces(cfg: "EnvConfig") -> None:
                           f"{first})", value)
     try:
         obs, act = env.observation_space, env.action_space
+        if cfg.kwargs:
+            check_kwargs_run(env, cfg)
     finally:
         env.close()
     require(isinstance(obs, gymnasium.spaces.Box), "id",
             f"must have a Box observation space (a vector of numbers), not {obs}", cfg.id)
     require(isinstance(act, (gymnasium.spaces.Box, gymnasium.spaces.Discrete)), "id",
             f"must have a Box or Discrete action space, not {act}", cfg.id)
+
+
+def check_kwargs_run(env: "gymnasium.Env", cfg: "EnvConfig") -> None:
+    """Reset ``env`` and take one step, so a keyword argument the task accepts but cannot run
+    with (``ctrl_cost_weight=abc`` fails only at the first step; ``reset_noise_scale=nan``
+    gives NaN observations) is refused now rather than part-way into the run."""
+    import numpy as np
+
+    try:
+        first, _ = env.reset(seed=0)
+        env.action_space.seed(0)
+        after, reward, *_ = env.step(env.action_space.sample())
+    except Exception as error:
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise ConfigError("kwargs", f"{cfg.id} cannot run with them ({type(error).__name__}: "
+                          f"{first_line})", dict(cfg.kwargs))
+    finite = np.isfinite(np.asarray(first, dtype=float)).all() and np.isfinite(
+        np.asarray(after, dtype=float)).all() and np.isfinite(float(reward))
+    require(finite, "kwargs", f"{cfg.id} gives non-finite observations or rewards with them",
+            dict(cfg.kwargs))
