@@ -16,7 +16,7 @@ from trpo.io.checkpoint import CheckpointError
 from trpo.cli import job_tag, preflight, print_sweep_summary
 from trpo.config import ConfigError
 from trpo.io.run_folder import RunFolder, RunFolderBusy
-from trpo.train import RunInterrupted, train
+from trpo.train import RunInterrupted, StorageFull, train
 
 # When this command started (shared with the sweep's worker processes): a run folder made
 # since then, and still empty, is one this command made; only such a folder is ever removed.
@@ -50,6 +50,9 @@ def main(cfg: DictConfig) -> float:
              "beside this run)", 1)
     except RunInterrupted as error:
         fail(str(error), 128 + error.signal)
+    except StorageFull as error:  # the folder stays resumable; nothing half-written is left
+        remove_if_unused(run_dir)
+        fail(str(error), 1)
     except Exception as error:
         remove_if_unused(run_dir)  # a run that failed before it started (an env that cannot be made)
         if sweep or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -2,11 +2,13 @@
 value is refused before the folder is touched, the stop rules, and the cluster job it records."""
 
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -178,3 +180,67 @@ def test_status_json_says_the_iteration_of_the_last_checkpoint_during_a_run(comp
         ("running", 0), ("running", 0), ("running", 2), ("running", 2), ("running", 4),
         ("running", 4)]
     assert seen[-1]["total_steps"] == 768
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size)``: a tmpfs of ``size`` (``"300k"``) mounted on a new folder, the way a
+    disk fills; unmounted afterwards. Needs root (CI runs as root)."""
+    mounts = []
+
+    def mount(size: str, options: str = "") -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs",
+                               str(point)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+FILLING = ["env=cartpole", "total_steps=2560", "steps_per_iteration=128", "num_envs=2",
+           "eval_every=1", "eval_episodes=1", "critic.epochs=1", "logger.writers=[]",
+           "checkpoint_every=1"]
+
+
+def test_a_full_disk_stops_the_run_in_one_line_leaving_a_folder_that_resumes(small_disk):
+    """Before: a traceback-free but unhelpful `OSError: [Errno 28]`, `*.tmp` files left behind,
+    and Python's "--- Logging error ---" tracebacks from run.log (#31 item 9)."""
+    disk = small_disk("300k")
+    run_dir = disk / "run"
+    result = run_py(*FILLING, f"hydra.run.dir={run_dir}", timeout=120)
+    assert result.returncode == 1
+    [line] = [x for x in result.stderr.splitlines() if "] - iter" not in x]
+    assert re.fullmatch(
+        rf"error: {run_dir} cannot be written \(No space left on device: {run_dir}/"
+        r"checkpoint\.ckpt\); the run stopped after iteration \d+; the checkpoint of iteration "
+        r"\d+ is kept; once there is room, resume: python run\.py .*", line), line
+    assert not list(run_dir.rglob("*.tmp"))
+    folder = RunFolder(run_dir)
+    assert folder.read_status()["status"] == "interrupted" and folder.state() == "interrupted"
+
+    subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+    resumed = run_py(*FILLING, f"hydra.run.dir={run_dir}", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert folder.state() == "completed"
+    assert folder.progress.read().iterations() == list(range(1, 21))
+
+
+def test_a_disk_full_at_the_start_leaves_no_folder_and_a_read_only_one_is_refused(small_disk):
+    full = small_disk("4k") / "run"
+    result = run_py(*FILLING, f"hydra.run.dir={full}", timeout=120)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {full} cannot be written (No space left on device: ")
+    assert not full.exists()
+
+    read_only = small_disk("1m", ",ro") / "run"
+    result = run_py(*FILLING, f"hydra.run.dir={read_only}", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: hydra.run.dir={read_only} cannot be written: "
+                                     "Read-only file system")

@@ -305,6 +305,8 @@ def check_output_dirs(argv: list[str]) -> Optional[str]:
         problem = None
         if not existing.is_dir():
             problem = "Not a directory"
+        elif os.statvfs(existing).f_flag & os.ST_RDONLY:
+            problem = "Read-only file system"
         elif not os.access(existing, os.W_OK | os.X_OK):
             problem = "Permission denied"
         if problem:

@@ -13,6 +13,7 @@ from its last checkpoint; ``resume=false`` starts afresh in a new folder beside 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trpo.config import ConfigError, validate_config
 from trpo.envs.checks import check_envs
+from trpo.io.atomic import is_storage_error
 from trpo.io.logger import RunContext, check_writers, make_logger
 from trpo.io.resume import plan_start
 from trpo.io.run_folder import RunFolder
@@ -40,6 +42,11 @@ class RunInterrupted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signal = signum
+
+
+class StorageFull(Exception):
+    """The run folder's storage refused a write (full, read-only, over quota); the run stopped
+    and its folder can resume from its last checkpoint. ``str(error)`` is one line."""
 
 
 class StopSignals:
@@ -117,20 +124,43 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
         folder = RunFolder(fresh_run_dir(run_dir))
         log.info("resume=false: starting afresh in %s", folder.path)
     was_empty = not any(folder.path.iterdir())
-    folder.lock.acquire()
+    try:
+        folder.lock.acquire()
+    except OSError as error:
+        if is_storage_error(error):
+            raise StorageFull(storage_message(folder, error, None, resume_command)) from None
+        raise
+    loop = None
     try:
         plan = plan_start(cfg, folder)
         loop = TrainingLoop(cfg, folder, make_learner(cfg))
-        try:
-            return _train(cfg, folder, loop, plan, run_name or f"{cfg.env.id}-s{cfg.seed}",
-                          hydra_config, overrides, resume_command, console_tag)
-        finally:
-            loop.close()
+        return _train(cfg, folder, loop, plan, run_name or f"{cfg.env.id}-s{cfg.seed}",
+                      hydra_config, overrides, resume_command, console_tag)
+    except OSError as error:
+        if is_storage_error(error):
+            raise StorageFull(storage_message(folder, error, loop, resume_command)) from None
+        raise
     finally:
-        folder.progress.close()
+        if loop is not None:
+            loop.close()
+        with contextlib.suppress(OSError):  # rows a full disk refused were reported already
+            folder.progress.close()
         folder.lock.release()
         if was_empty and not folder.has_run():  # it failed before it started: leave no trace
             folder.lock.path.unlink(missing_ok=True)
+
+
+def storage_message(folder: RunFolder, error: OSError, loop: Optional[TrainingLoop],
+                    resume_command: Optional[str]) -> str:
+    """One line: which write the storage refused, where the run stopped, how to resume."""
+    if loop is None or not loop.checkpointed_at:
+        where = "before its first checkpoint"
+    else:
+        where = (f"after iteration {loop.iteration}; the checkpoint of iteration "
+                 f"{loop.checkpointed_at} is kept")
+    return (f"error: {folder.path} cannot be written ({error.strerror}: "
+            f"{error.filename or 'a file of the run'}); the run stopped {where}; once there "
+            f"is room, resume: {resume_command or 'run the same command again'}")
 
 
 def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_command,
@@ -176,8 +206,12 @@ def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_co
             raise  # a cluster's requeue (submitit) exits through here
         raise RunInterrupted(message, signum) from None
     except BaseException as error:
-        _record_end(logger, folder, "failed", iteration=loop.iteration,
-                    error=f"{type(error).__name__}: {error}", **provenance)
+        if is_storage_error(error):  # the storage's fault: the run can resume once it has room
+            _record_end(logger, folder, "interrupted", iteration=loop.iteration,
+                        checkpoint_iteration=loop.checkpointed_at, **provenance)
+        else:
+            _record_end(logger, folder, "failed", iteration=loop.iteration,
+                        error=f"{type(error).__name__}: {error}", **provenance)
         raise
     logger.close("completed")
     folder.save_agent(loop.agent())
@@ -194,7 +228,10 @@ def _record_end(logger, folder: RunFolder, status: str, **details) -> None:
         try:
             record()
         except Exception as secondary:
-            log.error("while recording that the run %s: %s", status, secondary)
+            # On a full disk this fails too; a "running" record whose lock is free already
+            # reads as interrupted, so only other failures are worth a line.
+            if not is_storage_error(secondary):
+                log.error("while recording that the run %s: %s", status, secondary)
 
 
 def cluster_job() -> dict[str, Any]:

@@ -22,8 +22,10 @@ import errno
 import fcntl
 import io
 import json
+import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from trpo.config import flatten
-from trpo.io.atomic import atomic_write, json_safe
+from trpo.io.atomic import atomic_write, is_storage_error, json_safe
 from trpo.io.provenance import code_version
 
 CHECKPOINT = "checkpoint.ckpt"
@@ -52,6 +54,17 @@ OWN_NAMES = (CHECKPOINT, PREVIOUS, PROGRESS, STATUS, AGENT, LOCK, HYDRA, "wandb"
 STATUSES = ("running", "completed", "interrupted", "failed")
 
 Row = Mapping[str, Optional[float]]
+
+
+class RunLogHandler(logging.FileHandler):
+    """``run.log``'s handler (``hydra.job_logging`` in ``conf/config.yaml``): a line the storage
+    refuses (a full disk) is dropped without Python's "--- Logging error ---" traceback; the
+    run's next checked write reports the disk in one line and stops it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if is_storage_error(sys.exc_info()[1]):
+            return
+        super().handleError(record)
 
 
 class RunFolderBusy(RuntimeError):
