@@ -134,14 +134,19 @@ def test_a_task_that_fails_at_its_first_reset_ends_the_run_at_once_in_one_line(t
 
 
 def test_a_resume_with_fewer_total_steps_than_trained_is_refused_touching_nothing(tmp_path):
-    args = [*CARTPOLE, "total_steps=512", f"hydra.run.dir={tmp_path}"]
+    # 500 steps train 4 whole iterations of 128 (512 steps); the same command again is a
+    # finished run, not a shrinking one (a bug once refused every rerun of a finished study).
+    args = [*CARTPOLE, "total_steps=500", f"hydra.run.dir={tmp_path}"]
     assert run_py(*args).returncode == 0
+    again = run_py(*args, timeout=120)
+    assert again.returncode == 0, again.stderr
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
               and p.name != "run.lock"}
-    result = run_py(*CARTPOLE, "total_steps=256", f"hydra.run.dir={tmp_path}", timeout=120)
+    result = run_py(*CARTPOLE, "total_steps=384", f"hydra.run.dir={tmp_path}", timeout=120)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: total_steps=256 is not allowed: must be at least the 512")
+    assert line.startswith(f"error: total_steps=384 is not allowed: must be at least 385: the "
+                           f"run in {tmp_path} has trained 4 iterations of 128 steps")
     assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
                       and p.name != "run.lock"}
 

@@ -10,6 +10,8 @@ touching nothing.
 
 from __future__ import annotations
 
+import math
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,11 +97,16 @@ def plan_start(cfg: DictConfig, folder: RunFolder) -> StartPlan:
             raise ConfigError("resume", f"the config differs from the checkpoint's in "
                               f"{', '.join(changed)}; resume=false starts afresh in a new "
                               "directory", True)
-        trained = int(newest["iteration"]) * cfg.steps_per_iteration
-        if trained > cfg.total_steps:  # its rows would go past what the config says
-            raise ConfigError("total_steps", f"must be at least the {trained:,} steps the run "
-                              f"in {folder.path} has trained; resume=false starts afresh in a "
-                              "new directory", cfg.total_steps)
+        # A run trains total_steps in whole iterations, rounded up (TrainingLoop); rows past
+        # that would be more than the config says.
+        iterations = math.ceil(cfg.total_steps / cfg.steps_per_iteration)
+        trained = int(newest["iteration"])
+        if trained > iterations:
+            raise ConfigError("total_steps", f"must be at least "
+                              f"{(trained - 1) * cfg.steps_per_iteration + 1:,}: the run in "
+                              f"{folder.path} has trained {trained} iterations of "
+                              f"{cfg.steps_per_iteration:,} steps; resume=false starts afresh "
+                              "in a new directory", cfg.total_steps)
         return plan
     if cfg.reuse_from is not None and cfg.resume:  # resume=false asks for a run of its own
         twin = find_finished_twin(Path(cfg.reuse_from), cfg, folder)
