@@ -3,9 +3,29 @@
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
+
+
+def stop_on_signal(signum: int, frame) -> None:
+    """SIGINT or SIGTERM before a run holds its folder: while the imports and checks run,
+    nothing has been written, so the command ends at once in one line; once the job has started,
+    a ``KeyboardInterrupt`` unwinds it (``main`` removes a folder it left empty). A run replaces
+    this handler with its own while it trains (``trpo.train.StopSignals``)."""
+    if not JOB_STARTED:
+        os.write(2, b"interrupted before the run started: nothing was written\n")
+        os._exit(128 + signum)
+    global RECEIVED
+    RECEIVED = signum
+    raise KeyboardInterrupt
+
+
+JOB_STARTED, RECEIVED = False, signal.SIGINT
+if __name__ == "__main__":  # the command itself, not a sweep's worker importing this module
+    signal.signal(signal.SIGINT, stop_on_signal)
+    signal.signal(signal.SIGTERM, stop_on_signal)
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -50,6 +70,12 @@ def main(cfg: DictConfig) -> float:
              "beside this run)", 1)
     except RunInterrupted as error:
         fail(str(error), 128 + error.signal)
+    except KeyboardInterrupt:  # a signal before the run's own handlers took over
+        remove_if_unused(run_dir)
+        if sweep:
+            raise
+        fail("interrupted before training started: run the same command again to start it",
+             128 + RECEIVED)
     except StorageFull as error:  # the folder stays resumable; nothing half-written is left
         remove_if_unused(run_dir)
         fail(str(error), 1)
@@ -75,9 +101,14 @@ def fail(message: str, code: int) -> None:
 if __name__ == "__main__":
     preflight(sys.argv[1:])  # --help, a misspelt key, an output folder that cannot be written
     os.environ.setdefault(INVOCATION_START, repr(time.time()))
+    JOB_STARTED = True
     try:
         main()
     except KeyboardInterrupt:  # the sweep's own process; its jobs stop at a checkpoint
-        fail("interrupted: run the same command again to resume every unfinished run", 130)
+        fail("interrupted: run the same command again to resume every unfinished run",
+             128 + RECEIVED)
     finally:
         print_sweep_summary()
+        # The work is done or reported; a signal now would only break the exit's clean-up.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -249,3 +249,49 @@ def test_a_disk_full_at_the_start_leaves_no_folder_and_a_read_only_one_is_refuse
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: hydra.run.dir={read_only} cannot be written: "
                                      "Read-only file system")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_training_ends_the_command_in_one_line_leaving_no_folder(tmp_path,
+                                                                                 signum):
+    """Before: a KeyboardInterrupt traceback and exit -2 while the imports ran, exit -15 and a
+    folder holding only run.lock for a SIGTERM as the run started (#31 item 10)."""
+    marker, run_dir = tmp_path / "made", tmp_path / "run"
+    command = [sys.executable, "run.py", "env.id=tests.toy_envs:SlowMake-v0",
+               f"+env.kwargs.marker={marker}", "logger.writers=[]", f"hydra.run.dir={run_dir}"]
+    # While the imports and checks run: nothing is written yet.
+    early = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    time.sleep(0.4)  # past Python's start (the handler is set first), before the imports end
+    early.send_signal(signum)
+    _, stderr = early.communicate(timeout=60)
+    assert early.returncode == 128 + signum
+    assert stderr.strip() == "interrupted before the run started: nothing was written"
+    # In the job, making the task, before the run's own handlers take over.
+    started = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    started.send_signal(signum)
+    _, stderr = started.communicate(timeout=60)
+    assert started.returncode == 128 + signum
+    assert stderr.strip() == ("interrupted before training started: run the same command "
+                              "again to start it")
+    assert not run_dir.exists()
+
+
+def test_a_signal_while_a_finished_run_saves_its_agent_lets_it_complete(compose_config, tmp_path,
+                                                                         monkeypatch):
+    """Before: a SIGINT just after the last iteration gave exit 130, -2 or an atexit traceback,
+    and no agent.pt (#31 item 10)."""
+    save_agent = RunFolder.save_agent
+
+    def interrupted_save(folder, agent):
+        os.kill(os.getpid(), signal.SIGINT)
+        save_agent(folder, agent)
+
+    monkeypatch.setattr(RunFolder, "save_agent", interrupted_save)
+    train(compose_config(["env=cartpole", *TINY]), tmp_path)
+    folder = RunFolder(tmp_path)
+    assert folder.state() == "completed" and folder.agent_path.exists()

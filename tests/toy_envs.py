@@ -1,5 +1,8 @@
 """Tiny environments with known dynamics, registered on import (``tests.toy_envs:Counter-v0``)."""
 
+import time
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 
@@ -48,8 +51,19 @@ class BuggyResetEnv(CounterEnv):
         raise RuntimeError("this environment cannot reset")
 
 
+class SlowMakeEnv(CounterEnv):
+    """A CounterEnv that, when made, creates the file ``marker`` and then waits ``seconds``: a
+    window in which a test knows the run has started but not yet begun training."""
+
+    def __init__(self, marker, seconds=30.0):
+        super().__init__()
+        Path(marker).touch()
+        time.sleep(seconds)
+
+
 gym.register("Counter-v0", entry_point=CounterEnv, max_episode_steps=3)
 gym.register("BuggyReset-v0", entry_point=BuggyResetEnv, max_episode_steps=3)
 gym.register("CounterTerminating-v0", entry_point=CounterEnv, max_episode_steps=5,
              kwargs={"terminate_at": 2})
 gym.register("NaNReward-v0", entry_point=NaNRewardEnv, max_episode_steps=10)
+gym.register("SlowMake-v0", entry_point=SlowMakeEnv, max_episode_steps=3)

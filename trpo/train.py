@@ -186,9 +186,14 @@ def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_co
     loop.logger_state = logger.state_dict()
     if plan.reused_from is not None:
         logger.replay(loop.history)
+    stop = StopSignals()
     try:
-        with StopSignals() as stop:
+        with stop:  # also over the completion: a first signal there lets the run complete
             final_return = loop.run(logger, stop.requested)
+            logger.close("completed")
+            folder.save_agent(loop.agent())
+            folder.write_status("completed", final_eval_return=final_return,
+                                iteration=loop.iteration, **provenance, **cluster_job())
     except (StopRequested, KeyboardInterrupt, SystemExit) as stop_error:
         signum = stop.received or (signal.SIGINT if isinstance(stop_error, KeyboardInterrupt)
                                    else None)  # None: an exit asked for (a cluster's requeue)
@@ -213,10 +218,6 @@ def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_co
             _record_end(logger, folder, "failed", iteration=loop.iteration,
                         error=f"{type(error).__name__}: {error}", **provenance)
         raise
-    logger.close("completed")
-    folder.save_agent(loop.agent())
-    folder.write_status("completed", final_eval_return=final_return,
-                        iteration=loop.iteration, **provenance, **cluster_job())
     return final_return
 
 
