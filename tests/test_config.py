@@ -316,6 +316,7 @@ def test_each_default_is_written_once_in_the_option_yaml():
     ("eval_episodes=10000000", "eval_episodes"),
     ("+env.kwargs.frame_skip=0", "env.kwargs"),
     ("+env.kwargs.xml_file=/etc/passwd", "env.kwargs"),
+    ("env.max_episode_steps=0", "env.max_episode_steps"),
     ("+env.kwargs.ctrl_cost_weight=abc", "env.kwargs"),  # used to fail at the first step
     ("+env.kwargs.reset_noise_scale=nan", "env.kwargs"),
 ])
