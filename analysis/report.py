@@ -12,12 +12,12 @@ import pandas as pd
 
 from analysis import stats
 from analysis.load import CHOICE_GROUPS, OTHER_CHOICES, Run, group_label
+from trpo import scores
 from trpo.config import is_result_neutral
+from trpo.scores import FINAL_WINDOW
 
 log = logging.getLogger("analysis")
 
-# A run's final score averages its metric over the last FINAL_WINDOW of its environment steps.
-FINAL_WINDOW = 0.1
 # Points of the common step grid on which seeds are aggregated.
 GRID_POINTS = 100
 # Solver options that are reference baselines: a pairwise comparison reads P(line > baseline).
@@ -26,17 +26,10 @@ BASELINES = ("sb3_trpo",)
 
 def final_score(progress: pd.DataFrame, metric: str = "eval_return_mean",
                 window: float = FINAL_WINDOW) -> float:
-    """Mean of ``metric`` over the rows in the last ``window`` of the run's environment steps.
-
-    The window is ``env_steps ≥ (1 − window)·last env_steps``; if no logged value of the
-    metric falls in it, the last logged value is used. NaN if the metric was never logged.
-    """
-    logged = progress.dropna(subset=[metric])
-    if logged.empty:
-        return math.nan
-    last_step = progress["env_steps"].iloc[-1]
-    in_window = logged[logged["env_steps"] >= (1 - window) * last_step]
-    return float((in_window if not in_window.empty else logged.iloc[-1:])[metric].mean())
+    """A run's final score on ``metric`` (:func:`trpo.scores.final_score`): the mean over the
+    rows in the last ``window`` of its environment steps, else its last logged value."""
+    return scores.final_score(progress["env_steps"].to_numpy(float),
+                              progress[metric].to_numpy(float), window)
 
 
 def evaluations(progress: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:

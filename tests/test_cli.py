@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, TINY, run_py
+from tests.run_folders import write_run
+from trpo.io.run_folder import RunFolder
 from trpo.cli import GROUPS, check_override_keys, options
 
 
@@ -84,9 +87,33 @@ def test_a_sweep_tags_each_line_with_its_job_and_ends_with_a_summary(tmp_path):
     assert "wandb:" not in output  # W&B's own lines are off unless logger.wandb.messages=true
     summary = result.stderr[result.stderr.index(f"sweep {tmp_path}: 4 runs"):].splitlines()
     assert summary[0] == f"sweep {tmp_path}: 4 runs, 2 failed, 2 completed"
-    assert [line.split()[:2] for line in summary[2:6]] == [
-        ["0", "failed"], ["1", "completed"], ["2", "failed"], ["3", "completed"]]
-    assert summary[6] == f"analyse it: python -m analysis {tmp_path} --out {tmp_path}/analysis"
+    poisoned = "solver._target_=tests.toy_solvers.PoisonedTRPO"
+    assert [(line.split()[:2], line.split()[-2:]) for line in summary[2:6]] == [
+        (["0", "failed"], ["seed=0", poisoned]),
+        (["1", "completed"], ["seed=0", "solver._target_=trpo.solvers.TRPO"]),
+        (["2", "failed"], ["seed=1", poisoned]),
+        (["3", "completed"], ["seed=1", "solver._target_=trpo.solvers.TRPO"])]
+    assert summary[7] == f"analyse it: python -m analysis {tmp_path} --out {tmp_path}/analysis"
+
+
+def test_the_sweep_summary_sorts_jobs_as_numbers_and_scores_runs_as_the_analysis(tmp_path):
+    """Before: runs sorted as text (0, 1, 10, 11, 2), named by job number only, scored by
+    their last evaluation (#30 item 7)."""
+    from analysis.report import final_score
+    from trpo.cli import sweep_summary
+
+    for job in range(12):
+        returns = [10.0 * i + job for i in range(20)]  # last 10%: 180 + job; last: 190 + job
+        folder = write_run(tmp_path, str(job), seed=job % 3, returns=returns)
+        (folder / ".hydra" / "overrides.yaml").write_text(
+            f"- env=hopper\n- seed={job % 3}\n- solver.max_kl={0.01 * (1 + job // 3)}\n")
+    lines = sweep_summary(tmp_path).splitlines()
+    assert [line.split()[0] for line in lines[2:14]] == [str(job) for job in range(12)]
+    for job, line in enumerate(lines[2:14]):
+        rows = pd.DataFrame(RunFolder(tmp_path / str(job)).progress.read().rows)
+        assert line.split()[2] == f"{final_score(rows):.1f}" == f"{180.0 + job:.1f}"
+        assert line.split()[3:] == [f"seed={job % 3}", f"solver.max_kl={0.01 * (1 + job // 3)}"]
+    assert "env=hopper" not in "\n".join(lines[2:14])  # shared by every run: not repeated
 
 
 @pytest.mark.parametrize("args, line", [

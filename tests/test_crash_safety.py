@@ -381,13 +381,15 @@ def test_unusable_checkpoints_stop_the_command_in_one_line(tmp_path):
     assert (tmp_path / "progress.csv").read_bytes() == before
 
 
-def test_a_full_disk_fails_the_run_clearly_and_keeps_the_last_checkpoint(compose_config,
+def test_a_full_disk_stops_the_run_clearly_and_keeps_the_last_checkpoint(compose_config,
                                                                          tmp_path, monkeypatch):
-    """No space left while writing progress.csv: the OSError surfaces, the failure is recorded
-    where possible, and the checkpoint written before it stays loadable."""
+    """No space left while writing progress.csv: the run stops with one line saying where, its
+    status says interrupted (it resumes once there is room), and the checkpoint written before
+    stays loadable. tests/test_train.py fills a real disk."""
     import errno
 
     from trpo.io import logger as logger_module
+    from trpo.train import StorageFull
 
     real_write = logger_module.CSVWriter.write
 
@@ -398,8 +400,10 @@ def test_a_full_disk_fails_the_run_clearly_and_keeps_the_last_checkpoint(compose
 
     monkeypatch.setattr(logger_module.CSVWriter, "write", write)
     cfg = compose_config(["env=cartpole", *TINY, "total_steps=1024", "checkpoint_every=2"])
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageFull, match=r"cannot be written \(No space left on device: a file "
+                                          r"of the run\); the run stopped at iteration 3; the "
+                                          r"checkpoint of iteration 2 is kept"):
         train(cfg, tmp_path)
     assert newest_readable_checkpoint(tmp_path)["iteration"] == 2
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
     assert len(pd.read_csv(tmp_path / "progress.csv")) == 2

@@ -223,7 +223,7 @@ def test_a_full_disk_stops_the_run_in_one_line_leaving_a_folder_that_resumes(sma
     [line] = [x for x in result.stderr.splitlines() if "] - iter" not in x]
     assert re.fullmatch(
         rf"error: {run_dir} cannot be written \(No space left on device: {run_dir}/"
-        r"checkpoint\.ckpt\); the run stopped after iteration \d+; the checkpoint of iteration "
+        r"checkpoint\.ckpt\); the run stopped at iteration \d+; the checkpoint of iteration "
         r"\d+ is kept; once there is room, resume: python run\.py .*", line), line
     assert not list(run_dir.rglob("*.tmp"))
     folder = RunFolder(run_dir)

@@ -396,7 +396,7 @@ def job_tag(choices: dict[str, Any], seed: int, job_number: int) -> str:
 
 class SweepSummary(Callback):
     """At a sweep's end (also when a job failed), one line per run: its state, final score and
-    folder, then the command that analyses the sweep. ``run.py`` prints it."""
+    what it swept, then the command that analyses the sweep. ``run.py`` prints it."""
 
     sweep_dir: Optional[Path] = None
 
@@ -405,26 +405,53 @@ class SweepSummary(Callback):
 
 
 def sweep_summary(sweep_dir: Path) -> str:
+    """The sweep's runs in job order (folder names compared as numbers: 2 before 10), each
+    with its state, its final score as the analysis computes it (:func:`trpo.scores.
+    final_score`) and the overrides that set it apart from the sweep's other runs."""
     from trpo.io.run_folder import find_run_folders
+    from trpo.scores import FINAL_WINDOW, final_score
 
     folders = find_run_folders([sweep_dir]) if sweep_dir.is_dir() else []
     if not folders:
         return f"sweep {sweep_dir}: no runs"
     rows = []
-    for folder in folders:
-        record = folder.read_status()
-        score = record.get("final_eval_return")
-        score = "-" if score is None or (isinstance(score, float) and math.isnan(score)) else (
-            f"{score:.1f}")
-        rows.append((folder.state(), score, str(folder.path.relative_to(sweep_dir))))
-    counts = {s: sum(r[0] == s for r in rows) for s in dict.fromkeys(r[0] for r in rows)}
-    width = max(3, *(len(r[2]) for r in rows))
+    for folder in sorted(folders, key=lambda f: natural_key(str(f.path))):
+        progress = folder.progress.read().rows
+        score = final_score([row.get("env_steps") for row in progress],
+                            [row.get("eval_return_mean") for row in progress]
+                            ) if progress else math.nan
+        rows.append((folder.state(), "-" if math.isnan(score) else f"{score:.1f}",
+                     folder.path.relative_to(sweep_dir), read_overrides(folder.path)))
+    shared = set.intersection(*(set(overrides) for *_, overrides in rows))
+    named = [(state, score, str(path), " ".join(o for o in overrides if o not in shared))
+             for state, score, path, overrides in rows]
+    counts = {s: sum(r[0] == s for r in named) for s in dict.fromkeys(r[0] for r in named)}
+    width = max(3, *(len(r[2]) for r in named))
     lines = [f"sweep {sweep_dir}: {len(rows)} runs, "
              + ", ".join(f"{n} {state}" for state, n in counts.items()),
-             f"  {'run':<{width}}  {'state':<11} final score"]
-    lines += [f"  {path:<{width}}  {state:<11} {score}" for state, score, path in rows]
-    lines.append(f"analyse it: python -m analysis {sweep_dir} --out {sweep_dir}/analysis")
+             f"  {'run':<{width}}  {'state':<11} {'final score':<11}  overrides",
+             *(f"  {path:<{width}}  {state:<11} {score:<11}  {overrides}"
+               for state, score, path, overrides in named),
+             f"final score: the mean evaluation return over a run's last {FINAL_WINDOW:.0%} of "
+             "steps, as the analysis computes it",
+             f"analyse it: python -m analysis {sweep_dir} --out {sweep_dir}/analysis"]
     return "\n".join(lines)
+
+
+def natural_key(text: str) -> list:
+    """``text`` split into numbers and the rest, so that ``run2`` sorts before ``run10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", text)]
+
+
+def read_overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides a run recorded in ``.hydra/overrides.yaml`` (none if it has
+    none or they cannot be read)."""
+    try:
+        recorded = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    except Exception:  # no such file or not YAML: the run is listed without them
+        return []
+    return [str(o) for o in recorded] if OmegaConf.is_list(recorded) else []
 
 
 def print_sweep_summary() -> None:

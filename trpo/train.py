@@ -156,7 +156,7 @@ def storage_message(folder: RunFolder, error: OSError, loop: Optional[TrainingLo
     if loop is None or not loop.checkpointed_at:
         where = "before its first checkpoint"
     else:
-        where = (f"after iteration {loop.iteration}; the checkpoint of iteration "
+        where = (f"at iteration {loop.iteration}; the checkpoint of iteration "
                  f"{loop.checkpointed_at} is kept")
     return (f"error: {folder.path} cannot be written ({error.strerror}: "
             f"{error.filename or 'a file of the run'}); the run stopped {where}; once there "

@@ -1,0 +1,26 @@
+"""A run's final score, the one number the analysis, the sweep summary and the studies report.
+
+It averages the evaluations over the last 10% of the run's environment steps rather than
+taking the last one: one evaluation of a few episodes swings by hundreds on MuJoCo tasks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# The share of a run's environment steps, at its end, whose evaluations the final score averages.
+FINAL_WINDOW = 0.1
+
+
+def final_score(env_steps: np.ndarray, values: np.ndarray, window: float = FINAL_WINDOW) -> float:
+    """Mean of ``values`` (NaN where a row logged none) over the rows with
+    ``env_steps ≥ (1 − window)·env_steps[-1]``; the last logged value if none falls there; NaN
+    if none was ever logged. ``env_steps`` and ``values`` are a run's rows, in order."""
+    env_steps, values = np.asarray(env_steps, float), np.asarray(values, float)
+    logged = ~np.isnan(values)
+    if not logged.any():
+        return math.nan
+    in_window = logged & (env_steps >= (1 - window) * env_steps[-1])
+    return float(values[in_window].mean() if in_window.any() else values[logged][-1])
