@@ -22,8 +22,8 @@ import pandas as pd  # noqa: E402
 
 from analysis import stats  # noqa: E402
 from analysis.load import CHOICE_GROUPS, values_label  # noqa: E402
-from analysis.report import (METRIC_LABELS, Aggregate, Group, aggregate_scores,  # noqa: E402
-                             curve_on_grid, evaluations, in_a_sentence, step_grid)
+from analysis.report import (METRIC_LABELS, MIN_SEEDS, Aggregate, Group,  # noqa: E402
+                             aggregate_scores, curve_on_grid, evaluations, in_a_sentence, step_grid)
 
 log = logging.getLogger("analysis")
 
@@ -176,7 +176,7 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
         ax_iqm.set_yticks(range(len(labels)), labels)
         ax_iqm.set_ylim(-0.7, len(labels) - 0.3)
         ax_iqm.set_xlabel("IQM of normalised score")
-        ax_iqm.set_title(f"IQM across {len(envs)} env{'s' * (len(envs) > 1)}")
+        ax_iqm.set_title(f"IQM across {len(envs)} envs" if len(envs) > 1 else f"IQM on {envs[0]}")
 
         for y, (a, b) in enumerate(pairs):
             probability, low, high = scores.improvement[(a, b)]
@@ -211,11 +211,26 @@ def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple
         runs_text = (f"{next(iter(counts.values()))} seeds per line"
                      if len(set(counts.values())) == 1 else
                      ", ".join(f"{label}: {n} seeds" for label, n in counts.items()))
-        fig.text(0.5, -0.02, f"Final {metric} {scores.how}; 95% stratified-bootstrap CIs "
-                 f"({runs_text}).",
-                 ha="center", va="top", fontsize=7, wrap=True)
+        few = min(counts.values(), default=MIN_SEEDS) < MIN_SEEDS
+        caption = caption_lines([f"Final {metric} {scores.how}", "95% stratified-bootstrap CIs",
+                                 runs_text + (f" (fewer than {MIN_SEEDS}: the intervals are "
+                                              "provisional)" if few else "")])
+        fig.text(0.5, -0.02, caption + ".", ha="center", va="top", fontsize=7)
         fig.tight_layout()
     return fig
+
+
+def caption_lines(parts: list[str], width: int = 130) -> str:
+    """``parts`` joined by "; ", a new line started only between parts, so that a caption never
+    breaks inside a parenthesis as matplotlib's own wrapping did."""
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) > width:
+            lines[-1] += ";"
+            lines.append(part)
+        else:
+            lines[-1] += "; " + part
+    return "\n".join(lines)
 
 
 def swept_numeric_keys(table: pd.DataFrame, keys: list[str]) -> list[str]:

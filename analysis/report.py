@@ -18,6 +18,10 @@ from trpo.scores import FINAL_WINDOW
 
 log = logging.getLogger("analysis")
 
+# Fewer seeds than this and a table or figure says its intervals are provisional: Agarwal et al.
+# (2021) show bootstrap CIs over 3 runs or fewer under-cover, and Henderson et al. (2018) ask
+# for at least 5 runs per setting.
+MIN_SEEDS = 5
 # Points of the common step grid on which seeds are aggregated.
 GRID_POINTS = 100
 # Solver options that are reference baselines: a pairwise comparison reads P(line > baseline).
@@ -215,6 +219,18 @@ def aggregate_scores(groups: list[Group], metric: str, references: dict[str, tup
     return Aggregate(envs, how, matrices, iqm, improvement)
 
 
+def small_sample_note(seeds: dict[str, int]) -> str:
+    """A sentence naming the groups with fewer than :data:`MIN_SEEDS` seeds (``seeds``: label
+    to count), or ``""`` if none has."""
+    few = {label: n for label, n in seeds.items() if n < MIN_SEEDS}
+    if not few:
+        return ""
+    named = ", ".join(f"{label} (n={n})" for label, n in few.items())
+    return (f"Few seeds: {named}. With fewer than {MIN_SEEDS} runs a bootstrap interval shows "
+            "which runs were drawn more than how uncertain the result is (an interval like "
+            "[0.00, 0.00] means every resample agreed); read these as provisional.")
+
+
 def aggregate_markdown(aggregate: Aggregate, metric: str) -> str:
     """The aggregate's numbers: each line's IQM of normalised final scores, and each pair's
     probability of improvement, with 95% CIs."""
@@ -232,6 +248,8 @@ def aggregate_markdown(aggregate: Aggregate, metric: str) -> str:
     lines += ["", f"Final {metric} {aggregate.how}; probability of improvement: the chance that "
               "a run of the first line beats a run of the second on an env, averaged over envs "
               "(Agarwal et al. 2021); 95% stratified-bootstrap CIs."]
+    note = small_sample_note({label: m.shape[0] for label, m in aggregate.matrices.items()})
+    lines += ["", note] if note else []
     return "\n".join(lines) + "\n"
 
 
@@ -379,6 +397,9 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     lines.append(f"Final {metric}: interquartile mean over seeds of each run's mean over its "
                  f"last {FINAL_WINDOW:.0%} of environment steps, with 95% stratified-bootstrap "
                  "confidence intervals; n = seeds; best IQM per env in bold.")
+    note = small_sample_note({f"{row.env}/{row.group}": int(row.seeds)
+                              for row in table.itertuples()})
+    lines += ["", note] if note else []
     return "\n".join(lines) + "\n"
 
 

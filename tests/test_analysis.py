@@ -871,3 +871,27 @@ def test_study_status_imports_neither_torch_nor_the_trainer(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1 completed" in done.stdout
+
+
+def test_tables_and_the_console_say_when_a_group_has_fewer_than_five_seeds(tmp_path, caplog):
+    """Before: two seeds gave `P(npg > trpo) = 0.00 [0.00, 0.00]` with no word on sample size
+    (#30 item 9)."""
+    sweep(tmp_path / "few", envs=("hopper", "walker"), seeds=(0, 1))
+    assert main([str(tmp_path / "few"), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    for name in ("final.md", "aggregate.md"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "Few seeds: " in text and "(n=2)" in text and "provisional" in text, name
+    assert "fewer than 5 seeds in Hopper-v5/npg (2)" in caplog.text
+    sweep(tmp_path / "enough", envs=("hopper",), seeds=tuple(range(5)))
+    assert main([str(tmp_path / "enough"), "--out", str(tmp_path / "out5"), "--reps", "20"]) == 0
+    assert "Few seeds" not in (tmp_path / "out5" / "final.md").read_text()
+
+
+def test_a_caption_breaks_only_between_its_parts():
+    from analysis.figures import caption_lines
+
+    parts = ["Final return normalised per env by (random, reference) returns", "95% CIs",
+             "npg: 2 seeds, trpo: 2 seeds (fewer than 5: the intervals are provisional)"]
+    lines = caption_lines(parts, width=80).splitlines()
+    assert lines == [parts[0] + "; " + parts[1] + ";", parts[2]]
+    assert all(line.count("(") == line.count(")") for line in lines)
