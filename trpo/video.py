@@ -107,8 +107,27 @@ def prepare_rendering(env) -> None:
     the OpenGL back end for MuJoCo, SDL's dummy video driver for pygame."""
     if is_mujoco(env):
         choose_mujoco_gl()
+        follow_the_agent(env)
     elif not has_display():
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws without a window
+
+
+def follow_the_agent(env) -> None:
+    """Make a MuJoCo task's camera track its agent. Gymnasium's renderer passes camera id -1
+    at every frame, which resets the camera to a free one, so a task's ``trackbodyid`` is
+    ignored and a hopper runs out of the frame. Here the camera tracks that body (the task's
+    root body, 1, if it names none), at the task's distance and angle. A camera the user chose
+    (``camera_id``/``camera_name``) is left alone. Call before the first frame."""
+    import mujoco
+
+    renderer = env.unwrapped.mujoco_renderer
+    if renderer.camera_id not in (None, -1):
+        return
+    config = dict(renderer.default_cam_config or {})
+    config.setdefault("trackbodyid", 1)
+    config["type"] = mujoco.mjtCamera.mjCAMERA_TRACKING
+    renderer.default_cam_config = config
+    renderer.camera_id = None  # the viewer then keeps the camera type set above
 
 
 def render(env) -> np.ndarray:
