@@ -12,8 +12,8 @@ from analysis.figures import (plot_aggregate, plot_curves, plot_sensitivity, sav
                               swept_numeric_keys)
 from analysis.load import detect_group_keys, drop_unmeasured, load_runs, task_references
 from analysis.report import (MIN_SEEDS, aggregate_markdown, aggregate_scores,
-                             diagnostics_markdown, diagnostics_table, final_table, make_groups,
-                             write_tables)
+                             diagnostics_markdown, diagnostics_table, few_seeds, final_table,
+                             make_groups, write_tables)
 from analysis.videos import write_videos
 
 log = logging.getLogger("analysis")
@@ -116,8 +116,8 @@ def main(argv=None) -> int:
     few = {f"{env}/{label}": n for (env, label), n in sorted(seed_counts.items())
            if n < MIN_SEEDS}
     if few:
-        log.warning("fewer than %d seeds in %s: the intervals are provisional", MIN_SEEDS,
-                    ", ".join(f"{k} ({n})" for k, n in few.items()))
+        log.warning("fewer than %d seeds: %s; the intervals are provisional", MIN_SEEDS,
+                    few_seeds(few, len(seed_counts)))
     log.info("%d runs in %d envs; lines by %s", len(runs), len({r.env for r in runs}),
              ", ".join(keys) or "(nothing differs: one line per env)")
 

@@ -225,10 +225,20 @@ def small_sample_note(seeds: dict[str, int]) -> str:
     few = {label: n for label, n in seeds.items() if n < MIN_SEEDS}
     if not few:
         return ""
-    named = ", ".join(f"{label} (n={n})" for label, n in few.items())
-    return (f"Few seeds: {named}. With fewer than {MIN_SEEDS} runs a bootstrap interval shows "
+    return (f"Few seeds: {few_seeds(few, len(seeds))}. With fewer than {MIN_SEEDS} runs a bootstrap interval shows "
             "which runs were drawn more than how uncertain the result is (an interval like "
             "[0.00, 0.00] means every resample agreed); read these as provisional.")
+
+
+def few_seeds(few: dict[str, int], groups: int) -> str:
+    """``few`` (label to seed count) named, or summarised when it is long: "npg (n=2)", or
+    "21 of 25 groups have 3 seeds (Ant-v5/none, ...)"."""
+    if len(few) <= 4:
+        return ", ".join(f"{label} (n={n})" for label, n in few.items())
+    counts = sorted(set(few.values()))
+    have = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return (f"{len(few)} of {groups} groups have {have} seeds "
+            f"({', '.join(list(few)[:2])}, ...)")
 
 
 def aggregate_markdown(aggregate: Aggregate, metric: str) -> str:

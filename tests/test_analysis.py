@@ -881,7 +881,7 @@ def test_tables_and_the_console_say_when_a_group_has_fewer_than_five_seeds(tmp_p
     for name in ("final.md", "aggregate.md"):
         text = (tmp_path / "out" / name).read_text()
         assert "Few seeds: " in text and "(n=2)" in text and "provisional" in text, name
-    assert "fewer than 5 seeds in Hopper-v5/npg (2)" in caplog.text
+    assert "fewer than 5 seeds: Hopper-v5/npg (n=2), Hopper-v5/trpo (n=2), " in caplog.text
     sweep(tmp_path / "enough", envs=("hopper",), seeds=tuple(range(5)))
     assert main([str(tmp_path / "enough"), "--out", str(tmp_path / "out5"), "--reps", "20"]) == 0
     assert "Few seeds" not in (tmp_path / "out5" / "final.md").read_text()
