@@ -103,7 +103,8 @@ def train(cfg: DictConfig, run_dir: str | Path, run_name: Optional[str] = None, 
     value, or a checkpoint written with another config; :class:`trpo.io.run_folder.RunFolderBusy`
     if another process trains in ``run_dir``; :class:`trpo.io.checkpoint.CheckpointError` if
     checkpoints exist but none is usable. While training: :class:`RunInterrupted` on SIGINT or
-    SIGTERM, :class:`TrainingError` and the errors of environments. Returns the last
+    SIGTERM, :class:`StorageFull` when the folder's storage refuses a write,
+    :class:`TrainingError` and the errors of environments. Returns the last
     evaluation's mean return.
     """
     validate_config(cfg)

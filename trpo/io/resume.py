@@ -10,9 +10,8 @@ touching nothing.
 
 from __future__ import annotations
 
-import math
-
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
