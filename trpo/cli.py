@@ -347,9 +347,9 @@ def check_sweep_folders(argv: list[str]) -> Optional[str]:
         return None
     naming = base.hydra.job.config.override_dirname
     by_folder: dict[str, list[str]] = {}
-    fields_ = set(re.findall(r"\$\{([^}]*)\}", template))
+    interpolations = set(re.findall(r"\$\{([^}]*)\}", template))
     for job in jobs:
-        if fields_ <= {"hydra:job.override_dirname", "hydra.job.override_dirname"}:
+        if interpolations <= {"hydra:job.override_dirname", "hydra.job.override_dirname"}:
             # Hydra's override_dirname: the job's overrides less the excluded keys, sorted
             kept = sorted(o.input_line for o in parser.parse_overrides(job)
                           if o.key_or_group not in naming.exclude_keys)
