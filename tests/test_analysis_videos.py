@@ -79,7 +79,8 @@ def test_a_video_that_cannot_be_made_is_one_warning_and_the_rest_is_written(
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="analysis"):
         assert main([str(sweep), "--out", str(out), "--videos", "--reps", "10"]) == 0
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and not r.getMessage().startswith("fewer than 5 seeds")]  # a 1-2 seed sweep
     assert warnings == [f"no video of {TASK}/{LABEL}: {message}"]
     assert (out / "final.md").exists() and (out / "curves.png").exists()
     assert list((out / "videos").iterdir()) == []
@@ -90,7 +91,8 @@ def test_a_run_without_an_agent_is_warned_about_by_path_and_the_rest_is_written(
     run = write_run(tmp_path / "sweep", "0", env="cartpole")  # progress, no agent.pt
     out = tmp_path / "out"
     assert main([str(tmp_path / "sweep"), "--out", str(out), "--videos", "--reps", "10"]) == 0
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and not r.getMessage().startswith("fewer than 5 seeds")]  # a 1-2 seed sweep
     assert warnings == [f"no video of {TASK}/trpo: {run} has no agent.pt or checkpoint yet: "
                         "the run has not reached its first checkpoint"]
     assert (out / "final.md").exists() and list((out / "videos").iterdir()) == []
