@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from analysis.__main__ import main as analyse
 from trpo.config import CONF_DIR, result_neutral_keys
-from experiments.status import format_status, planned_run_names, study_status
+from experiments.status import format_status, mark_runs_to_copy, planned_runs, study_status
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -65,9 +65,12 @@ def main(argv=None) -> int:
 
     if args.status:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
-        names = [name for overrides in study_sweeps(args.study, args.overrides) for name in
-                 planned_run_names(args.study, overrides, NOT_IN_RUN_NAMES)]
-        print(format_status(args.study, sweep_dir, study_status(sweep_dir, names)))
+        runs = [run for overrides in study_sweeps(args.study, args.overrides)
+                for run in planned_runs(args.study, overrides, NOT_IN_RUN_NAMES)]
+        states = study_status(sweep_dir, [run.name for run in runs])
+        if not args.no_reuse:
+            mark_runs_to_copy(states, runs, args.study, reuse_root(sweep_dir, args.overrides))
+        print(format_status(args.study, sweep_dir, states))
         return 0
     sweep_status = 0
     if args.analyse_only:
@@ -94,6 +97,13 @@ def main(argv=None) -> int:
     if status == 0 and args.out is None and refresh_results_page(RESULTS_PAGE, args.study, out):
         print(f"updated the {args.study} section of {RESULTS_PAGE.name}")
     return sweep_status or status
+
+
+def reuse_root(sweep_dir: Path, overrides: list[str]) -> Path:
+    """Where the study's runs look for finished twins to copy: the user's ``reuse_from=``
+    (relative to the repository, where the sweep runs), else the sweep folder's parent."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("reuse_from=")]
+    return ROOT / given[-1] if given else sweep_dir.parent
 
 
 def study_sweeps(study: str, overrides: list[str]) -> list[list[str]]:

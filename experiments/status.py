@@ -2,8 +2,9 @@
 
 Lists every run the study's sweep makes, by the folder it gets, as completed, copied from
 another study (``reuse_from``), part-way (running, or interrupted and waiting to be resumed, with
-the share of its steps done), failed (with its error) or not started, and estimates the training
-time left from the study's own finished runs. Nothing is started or changed. Run folders are read
+the share of its steps done), failed (with its error), to be copied (not started, but a finished
+run with its config is below the reuse folder) or not started, and estimates the training time
+left from the study's own finished runs. Nothing is started or changed. Run folders are read
 through :mod:`trpo.io.run_folder` alone (no torch, no trainer).
 """
 
@@ -19,12 +20,13 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis.load import CONFIG_ERRORS, run_budget
-from trpo.config import compose
+from trpo.config import compose, trains_the_same
 from trpo.io.run_folder import RunFolder, find_run_folders
 
 # What a planned run can be, in the order the summary counts them. Part-way runs are running
 # or interrupted (the study's command resumes them from their last checkpoint).
-STATES = ("completed", "copied", "running", "interrupted", "failed", "unknown", "not started")
+STATES = ("completed", "copied", "running", "interrupted", "failed", "unknown", "to be copied",
+          "not started")
 PART_WAY = ("running", "interrupted")
 
 
@@ -36,13 +38,21 @@ class RunState:
     state: str  # one of STATES
     done: float  # fraction of its steps logged, 0 to 1
     wall_s: Optional[float]  # training time so far (progress.csv); None if not started
-    detail: str = ""  # a failed run's error
+    detail: str = ""  # a failed run's error; the folder a run to be copied comes from
 
 
-def planned_run_names(study: str, overrides: list[str],
-                      excluded_keys: tuple[str, ...]) -> list[str]:
-    """The folder names the study's sweep gives its runs (Hydra's ``override_dirname`` of each
-    job, without ``excluded_keys``), in the order it launches them."""
+@dataclass
+class PlannedRun:
+    """A run the study's sweep launches: the folder name it gets and the job's overrides."""
+
+    name: str
+    overrides: list[str]
+
+
+def planned_runs(study: str, overrides: list[str],
+                 excluded_keys: tuple[str, ...]) -> list[PlannedRun]:
+    """The runs the study's sweep launches, in order, each named by its folder (Hydra's
+    ``override_dirname`` of the job, without ``excluded_keys``)."""
     hydra_overrides = [o for o in overrides if o.startswith(("hydra.", "hydra/"))]
     cfg = compose([f"experiment={study}", *hydra_overrides], return_hydra_config=True)
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
@@ -51,8 +61,8 @@ def planned_run_names(study: str, overrides: list[str],
     # The basic sweeper's own expansion (what it launches), so the names cannot drift from it;
     # a private module of Hydra's, checked end to end by tests/test_run.py.
     [jobs] = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return [",".join(sorted(o for o in job if o.split("=", 1)[0].lstrip("+~")
-                            not in excluded_keys)) for job in jobs]
+    return [PlannedRun(",".join(sorted(o for o in job if o.split("=", 1)[0].lstrip("+~")
+                                       not in excluded_keys)), list(job)) for job in jobs]
 
 
 def study_status(sweep_dir: Path, names: list[str]) -> list[RunState]:
@@ -61,6 +71,28 @@ def study_status(sweep_dir: Path, names: list[str]) -> list[RunState]:
     folders = ({folder.path.name: folder for folder in find_run_folders([sweep_dir])}
                if sweep_dir.is_dir() else {})
     return [run_state(name, folders.get(name)) for name in names]
+
+
+def mark_runs_to_copy(states: list[RunState], runs: list[PlannedRun], study: str,
+                      reuse_root: Path) -> None:
+    """Mark each run not started whose config a finished run below ``reuse_root`` trained
+    as "to be copied", naming that run: what the study's sweep would copy rather than train
+    (the sweep also checks the finished run's checkpoint, which needs torch)."""
+    waiting = [(state, run) for state, run in zip(states, runs) if state.state == "not started"]
+    if not waiting or not reuse_root.is_dir():
+        return
+    finished = []
+    for folder in find_run_folders([reuse_root]):
+        if folder.state() == "completed":
+            try:
+                finished.append((folder.path, folder.read_resolved_config()))
+            except CONFIG_ERRORS:
+                continue
+    for state, run in waiting:
+        cfg = compose([f"experiment={study}", *run.overrides])
+        source = next((path for path, saved in finished if trains_the_same(saved, cfg)), None)
+        if source is not None:
+            state.state, state.detail = "to be copied", f"from {source}"
 
 
 def run_state(name: str, folder: Optional[RunFolder]) -> RunState:
@@ -89,8 +121,8 @@ def remaining_hours(states: list[RunState]) -> Optional[float]:
     if not trained:
         return None
     per_run = statistics.median(trained)
-    return sum((1 - s.done) * per_run for s in states if s.state not in ("completed", "copied")
-               ) / 3600
+    return sum((1 - s.done) * per_run for s in states
+               if s.state not in ("completed", "copied", "to be copied")) / 3600
 
 
 def format_status(study: str, sweep_dir: Path, states: list[RunState]) -> str:
@@ -101,18 +133,21 @@ def format_status(study: str, sweep_dir: Path, states: list[RunState]) -> str:
     summary = [f"{counts['completed']} completed", f"{counts['copied']} copied",
                f"{part_way} part-way" + (f" ({', '.join(f'{counts[s]} {s}' for s in PART_WAY)})"
                                          if part_way else "")]
-    summary += [f"{counts[state]} {state}" for state in ("failed", "unknown") if counts[state]]
+    summary += [f"{counts[state]} {state}" for state in ("failed", "unknown", "to be copied")
+                if counts[state]]
     summary.append(f"{counts['not started']} not started")
     lines = [f"{study}: {len(states)} runs in {sweep_dir}: " + ", ".join(summary)]
-    width = max(len(s.name) for s in states)
+    width, state_width = (max(len(getattr(s, key)) for s in states) for key in ("name", "state"))
     for s in states:
-        detail = f"{s.done:5.0%}" if s.state in (*PART_WAY, "failed", "unknown") else ""
-        if s.detail:
-            detail += f"  {s.detail[:100]}"
-        lines.append(f"  {s.name:<{width}}  {s.state:<11} {detail}".rstrip())
+        detail = f"{s.done:5.0%}  " if s.state in (*PART_WAY, "failed", "unknown") else ""
+        detail += s.detail if s.state == "to be copied" else s.detail[:100]
+        lines.append(f"  {s.name:<{width}}  {s.state:<{max(state_width, 11)}} {detail}".rstrip())
     hours = remaining_hours(states)
     if all(s.state in ("completed", "copied") for s in states):
         lines.append("every run has finished")
+    elif all(s.state in ("completed", "copied", "to be copied") for s in states):
+        lines.append(f"nothing left to train: the study's command copies the "
+                     f"{counts['to be copied']} runs to be copied")
     elif hours is None:
         lines.append("time left: no estimate until one of its runs has finished here")
     else:

@@ -128,6 +128,15 @@ def test_a_study_run_again_reuses_its_folders_and_leaves_finished_runs_alone(tmp
 
     # Another study with the same runs (here: the same one in another folder) copies them.
     command[command.index("--sweep-dir") + 1] = str(tmp_path / "again")
+    status = subprocess.run([*command, "--status"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert [line.split() for line in status.stdout.splitlines()[1:3]] == [
+        [name, "to", "be", "copied", "from", str(tmp_path / "runs" / name)] for name in names]
+    assert "0 copied, 0 part-way, 2 to be copied, 0 not started" in status.stdout
+    no_reuse = subprocess.run([*command, "--status", "--no-reuse"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert "2 not started" in no_reuse.stdout, no_reuse.stderr[-3000:]
     third = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-3000:]
     for name in names:

@@ -580,6 +580,31 @@ def result_neutral_keys() -> list[str]:
             (keys_of(sections[key[:-1]], key) if key.endswith(".") else [key])]
 
 
+def resumable_changes(current: DictConfig) -> tuple[str, ...]:
+    """Keys that may differ between a checkpoint's config and ``current``: the result-neutral
+    ones and ``total_steps`` (to extend a run), unless δ's schedule is spread over it."""
+    if current.solver.get("max_kl_final") is not None:
+        return ()
+    return ("total_steps",)
+
+
+def trains_the_same(saved: dict[str, Any], current: DictConfig) -> bool:
+    """Whether a finished run with config ``saved`` (resolved, nested) is the run ``current``
+    asks for, so that it can be copied rather than trained again: the same total_steps and no
+    change but result-neutral keys."""
+    return saved.get("total_steps") == current.total_steps and not config_changes(saved, current)
+
+
+def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
+    """The keys whose values differ between a checkpoint's config and ``current`` and may not."""
+    before = flatten(saved)
+    after = flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True))
+    allowed = resumable_changes(current)
+    return sorted(k for k in set(before) | set(after)
+                  if before.get(k) != after.get(k) and not is_result_neutral(k)
+                  and k not in allowed)
+
+
 # Sections of the config that hold a schema of their own: the five groups and ``critic``.
 SECTIONS = ("env", "network", "advantage", "solver", "logger", "critic")
 

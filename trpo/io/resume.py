@@ -16,31 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from trpo.config import ConfigError, flatten, is_result_neutral
+from trpo.config import ConfigError, config_changes, trains_the_same
 from trpo.io.checkpoint import CheckpointError
 from trpo.io.run_folder import HistoryError, RunFolder, find_run_folders
 
 log = logging.getLogger("trpo")
-
-
-def resumable_changes(current: DictConfig) -> tuple[str, ...]:
-    """Keys that may differ between a checkpoint's config and ``current``: the result-neutral
-    ones and ``total_steps`` (to extend a run), unless δ's schedule is spread over it."""
-    if current.solver.get("max_kl_final") is not None:
-        return ()
-    return ("total_steps",)
-
-
-def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
-    """The keys whose values differ between a checkpoint's config and ``current`` and may not."""
-    before = flatten(saved)
-    after = flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True))
-    allowed = resumable_changes(current)
-    return sorted(k for k in set(before) | set(after)
-                  if before.get(k) != after.get(k) and not is_result_neutral(k)
-                  and k not in allowed)
 
 
 def proven_history(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,7 +112,7 @@ def find_finished_twin(search_root: Path, cfg: DictConfig, folder: RunFolder
         if not isinstance(checkpoint, dict):
             continue  # damaged, or none: not one to copy
         saved = checkpoint["config"]
-        if saved.get("total_steps") != cfg.total_steps or config_changes(saved, cfg):
+        if not trains_the_same(saved, cfg):
             continue
         if int(checkpoint["iteration"]) != iterations:
             continue

@@ -426,11 +426,16 @@ class RunFolder:
     def has_config(self) -> bool:
         return (self.path / HYDRA / "config.yaml").exists()
 
+    def read_resolved_config(self) -> dict[str, Any]:
+        """The config the run trained with, resolved, as nested dicts (the form a checkpoint
+        holds); raises on an unreadable file."""
+        return OmegaConf.to_container(OmegaConf.load(self.path / HYDRA / "config.yaml"),
+                                      resolve=True)
+
     def read_config(self) -> dict[str, Any]:
         """The resolved config, flattened (``solver.max_kl``), plus the Hydra group choices as
         ``env``, ``solver``, ... (the option names, ``hopper``); raises on an unreadable file."""
-        saved = OmegaConf.load(self.path / HYDRA / "config.yaml")
-        config = flatten(OmegaConf.to_container(saved, resolve=True))
+        config = flatten(self.read_resolved_config())
         choices = self.read_choices()
         for group, choice in choices.items():
             if choice is not None and "/" not in group and not group.startswith("hydra"):
