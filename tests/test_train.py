@@ -187,6 +187,21 @@ def test_status_json_says_the_iteration_of_the_last_checkpoint_during_a_run(comp
     assert seen[-1]["total_steps"] == 768
 
 
+def test_a_finished_run_ends_with_its_final_score_folder_and_agent(compose_config, tmp_path,
+                                                                   caplog):
+    """Before, a run that finished printed nothing after its last iteration (#30 item 4)."""
+    from analysis.report import final_score
+
+    caplog.set_level("INFO", logger="trpo")
+    train(compose_config([*CARTPOLE, "total_steps=1280"]), tmp_path)
+    last = caplog.records[-1].getMessage()
+    score = final_score(pd.read_csv(tmp_path / "progress.csv"))
+    assert last.startswith(f"finished: final score {score:.1f} (mean evaluation return over "
+                           "the last 10% of steps); ")
+    assert f"agent {tmp_path}/agent.pt" in last and (tmp_path / "agent.pt").exists()
+    assert last.endswith(f"python -m trpo.evaluate {tmp_path} --video {tmp_path}.mp4")
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """``small_disk(size)``: a tmpfs of ``size`` (``"300k"``) mounted on a new folder, the way a

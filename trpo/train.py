@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import shlex
 import signal
 import threading
 from pathlib import Path
@@ -31,6 +33,7 @@ from trpo.io.resume import plan_start
 from trpo.io.run_folder import RunFolder
 from trpo.learner import TrainingError, make_learner  # noqa: F401  (TrainingError re-exported)
 from trpo.loop import StopRequested, TrainingLoop
+from trpo.scores import FINAL_WINDOW, final_score
 
 log = logging.getLogger("trpo")
 
@@ -195,6 +198,7 @@ def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_co
             folder.save_agent(loop.agent())
             folder.write_status("completed", final_eval_return=final_return,
                                 iteration=loop.iteration, **provenance, **cluster_job())
+        log.info("%s", closing_line(folder.path, loop.history))
     except (StopRequested, KeyboardInterrupt, SystemExit) as stop_error:
         signum = stop.received or (signal.SIGINT if isinstance(stop_error, KeyboardInterrupt)
                                    else None)  # None: an exit asked for (a cluster's requeue)
@@ -220,6 +224,17 @@ def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_co
                         error=f"{type(error).__name__}: {error}", **provenance)
         raise
     return final_return
+
+
+def closing_line(run_dir: Path, history: list[dict[str, Any]]) -> str:
+    """What a finished run prints last: its final score as the analysis computes it, where its
+    folder and agent are, and the command that watches the agent."""
+    shown = os.path.relpath(run_dir) if run_dir.is_relative_to(Path.cwd()) else str(run_dir)
+    score = final_score([row["env_steps"] for row in history],
+                        [row.get("eval_return_mean", math.nan) for row in history])
+    return (f"finished: final score {score:.1f} (mean evaluation return over the last "
+            f"{FINAL_WINDOW:.0%} of steps); run folder {shown}, agent {shown}/agent.pt; watch "
+            f"it: python -m trpo.evaluate {shlex.quote(shown)} --video {shlex.quote(shown)}.mp4")
 
 
 def _record_end(logger, folder: RunFolder, status: str, **details) -> None:
