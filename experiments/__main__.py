@@ -2,7 +2,9 @@
 
 A study is ``conf/experiment/STUDY.yaml``. Its runs go to ``multirun/STUDY/``, one folder per
 run named by its overrides (``env=hopper,seed=0,solver=trpo``), and its figures and tables to
-``experiments/results/STUDY/``. The folder is fixed, so running the same command again resumes
+``results/STUDY/``; neither is tracked, so a study leaves the clone as it was.
+``--update-results`` writes them to the committed ``experiments/results/STUDY/`` instead and
+refreshes the study's section of RESULTS.md. The run folder is fixed, so running the same command again resumes
 every unfinished run from its last checkpoint and skips the finished ones: a long study spans
 sessions. A study may list further sweeps into the same folder (``also_sweep``: mujoco_suite's
 sb3-contrib baseline over 5 seeds), run in turn after its own. Extra arguments are Hydra
@@ -56,12 +58,19 @@ def main(argv=None) -> int:
                         help="list the study's runs and how far each has got, with an estimate "
                              "of the training time left; starts nothing")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="where the figures and tables go (default: experiments/results/STUDY)")
+                        help="where the figures and tables go (default: results/STUDY, not "
+                             "tracked)")
+    parser.add_argument("--update-results", action="store_true",
+                        help="write the figures and tables to the committed "
+                             "experiments/results/STUDY and refresh the study's section of "
+                             "RESULTS.md (what a maintainer commits)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--videos", action="store_true",
                         help="also record each group's best seed (analysis --videos); the "
                              "study's RESULTS.md section then shows a strip of its frames")
     args = parser.parse_args(argv)
+    if args.update_results and args.out:
+        parser.error("--update-results writes to experiments/results/STUDY: leave out --out")
 
     if args.status:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
@@ -91,10 +100,11 @@ def main(argv=None) -> int:
             if status:
                 print(f"the sweep exited with {status} (a run failed); going on, then analysing "
                       "the runs that finished", file=sys.stderr)
-    out = args.out or ROOT / "experiments" / "results" / args.study
+    committed = ROOT / "experiments" / "results"  # what RESULTS.md shows
+    out = args.out or (committed if args.update_results else ROOT / "results") / args.study
     status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps),
                       *(["--videos"] if args.videos else [])])
-    if status == 0 and args.out is None and refresh_results_page(RESULTS_PAGE, args.study, out):
+    if status == 0 and args.update_results and refresh_results_page(RESULTS_PAGE, args.study, out):
         print(f"updated the {args.study} section of {RESULTS_PAGE.name}")
     return sweep_status or status
 

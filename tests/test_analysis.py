@@ -760,14 +760,26 @@ def test_two_values_or_a_choice_make_no_final_score_figure(tmp_path):
     assert keys == ["solver", "solver.max_kl"] and swept_numeric_keys(table, keys) == []
 
 
-def test_experiments_entry_point_analyses_existing_runs_into_results(tmp_path, monkeypatch):
+def test_a_study_leaves_the_committed_results_alone_unless_asked_to_update_them(tmp_path,
+                                                                               monkeypatch):
+    """Before, every study rewrote experiments/results/ and RESULTS.md (#30 item 3)."""
     import experiments.__main__ as entry
 
     sweep(tmp_path / "runs")
     monkeypatch.setattr(entry, "ROOT", tmp_path)
+    begin, end = entry.block_markers("quickstart")
+    page = f"# Results\n{begin}\n| committed |\n{end}\n"
+    (tmp_path / "RESULTS.md").write_text(page)
+    monkeypatch.setattr(entry, "RESULTS_PAGE", tmp_path / "RESULTS.md")
     assert entry.main(["quickstart", "--analyse-only", str(tmp_path / "runs"),
                        "--reps", "50"]) == 0
+    assert (tmp_path / "results" / "quickstart" / "final.md").exists()
+    assert not (tmp_path / "experiments").exists()
+    assert (tmp_path / "RESULTS.md").read_text() == page
+    assert entry.main(["quickstart", "--analyse-only", str(tmp_path / "runs"),
+                       "--reps", "50", "--update-results"]) == 0
     assert (tmp_path / "experiments" / "results" / "quickstart" / "final.md").exists()
+    assert "| committed |" not in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_results_page_blocks_are_replaced_and_the_prose_kept(tmp_path, monkeypatch):
