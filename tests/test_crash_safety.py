@@ -93,7 +93,10 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 # ---------------------------------------------------------------------------- environments
 
 
-@pytest.mark.parametrize("env_id", ["Hopper-v5", "CartPole-v1", "Counter-v0"])
+# Ant-v5 and Humanoid-v5 read positions derived from the state before they step: before, a
+# restored one's first reward differed.
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Ant-v5", "Humanoid-v5", "CartPole-v1",
+                                    "Counter-v0"])
 def test_an_environment_state_restores_its_future_exactly(env_id):
     env = gym.make(env_id)
     env.reset(seed=0)

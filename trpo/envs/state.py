@@ -16,6 +16,14 @@ import numpy as np
 
 _PLAIN = (bool, int, float, str, type(None), np.ndarray, np.generic)
 
+# MuJoCo's positions, frames and forces derived from the state, which a task may read before it
+# steps (Ant-v5 reads its torso's position, Humanoid-v5 its centre of mass). After
+# mj_step they describe the state before the last substep, so mj_forward on a restored state
+# would not give them back: they are saved beside it.
+MUJOCO_DERIVED = ("xpos", "xquat", "xmat", "xipos", "ximat", "xanchor", "xaxis", "geom_xpos",
+                  "geom_xmat", "site_xpos", "site_xmat", "subtree_com", "cinert", "cdof", "cvel",
+                  "cacc", "cfrc_int", "cfrc_ext")
+
 
 def _plain_attributes(obj: Any) -> dict[str, Any]:
     """The attributes of ``obj`` that are plain data (numbers, strings, arrays, tuples of them)."""
@@ -47,6 +55,8 @@ def env_state(env: gym.Env) -> dict[str, Any]:
         physics = np.empty(mujoco.mj_stateSize(unwrapped.model, spec))
         mujoco.mj_getState(unwrapped.model, unwrapped.data, physics, spec)
         state["mujoco"] = physics
+        state["mujoco_derived"] = {name: getattr(unwrapped.data, name).copy()
+                                   for name in MUJOCO_DERIVED}
     return state
 
 
@@ -65,6 +75,8 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
         mujoco.mj_setState(unwrapped.model, unwrapped.data, state["mujoco"],
                            mujoco.mjtState.mjSTATE_INTEGRATION)
         mujoco.mj_forward(unwrapped.model, unwrapped.data)
+        for name, value in state.get("mujoco_derived", {}).items():
+            getattr(unwrapped.data, name)[...] = value
 
 
 def vector_env_state(envs: gym.vector.VectorEnv) -> Optional[dict[str, Any]]:
