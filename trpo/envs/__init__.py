@@ -18,10 +18,12 @@ import numpy as np
 from trpo.config import EnvConfig, VectorMode
 from trpo.envs import envpool as envpool_backend
 from trpo.envs import gymnasium as gymnasium_backend
+from trpo.envs import mujoco_batch as mujoco_backend
 from trpo.envs.backend import Backend
 from trpo.envs.gymnasium import env_makers, episode_limit, make_env  # noqa: F401  (the API)
 
 BACKENDS: dict[str, Backend] = {"gymnasium": gymnasium_backend.BACKEND,
+                                 "mujoco": mujoco_backend.BACKEND,
                                  "envpool": envpool_backend.BACKEND}
 
 
