@@ -17,8 +17,9 @@ machine, interleaved (A B A B ...) and repeated, medians quoted:
    sb3-contrib with rl-baselines3-zoo's TRPO settings for the same steps, each timed from start
    to exit as a user times it: the speed-up theirs / ours.
 
-``--envpool`` adds ``env.backend=envpool`` to each: TRPO and the raw envs in goal 1, a sweep and
-a whole process of its own in goals 2 and 3.
+``--backends`` names the simulators measured (``env.backend``; default: Gymnasium's and the
+batched MuJoCo backend, ``envpool`` where installed): the raw envs and TRPO on each in goal 1,
+a sweep and a whole process on each in goals 2 and 3.
 
 Speed figures need a quiet machine: the load average is printed at the start and the end, with
 a warning when other work was running. Tables go to ``experiments/results/benchmark/``.
@@ -40,9 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from trpo.config import compose
+from trpo.envs.envpool import ENVPOOL_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
-ENVS = {"hopper": "Hopper-v5", "walker": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
+ENVS = {"hopper": "Hopper-v5", "walker": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5",
+        "ant": "Ant-v5"}
+BACKENDS = ("gymnasium", "mujoco", "envpool")
 SOLVERS = ("trpo", "npg", "kl_penalty")
 # A 1-minute load average above this at the start means other work shares the cores.
 QUIET_LOAD = 0.5
@@ -58,7 +62,7 @@ def peak_memory_mb() -> float:
 
 def worker_raw(env: str, steps: int, backend: str = "gymnasium") -> dict:
     """Random actions through the default 8 training envs (Gymnasium's: one process on one core;
-    EnvPool's: its threads on the cores a run may use)."""
+    the MuJoCo batch's and EnvPool's: their threads on the cores a run may use)."""
     import torch
 
     from trpo.envs import make_vector_env
@@ -200,15 +204,17 @@ def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
         # Interleave the measurements so slow drifts of a noisy machine hit all of them alike.
         samples: dict[str, list[dict]] = {}
         for repeat in range(args.repeats):
-            plan = [("raw env", ("raw", env, str(args.iterations * 2048)))]
-            plan += [(f"ours {s}", ("ours", env, s, str(args.iterations),
-                                    str(scratch / f"{env}-{s}-{repeat}"))) for s in args.solvers]
-            if args.envpool:
-                plan.append(("raw env envpool", ("raw", env, str(args.iterations * 2048),
-                                                 "envpool")))
-                plan += [(f"ours {s} envpool", ("ours", env, s, str(args.iterations),
-                                                str(scratch / f"{env}-{s}-envpool-{repeat}"),
-                                                "envpool")) for s in args.solvers if s == "trpo"]
+            plan = []
+            for backend in args.backends:
+                if backend == "envpool" and ENVS[env] not in ENVPOOL_TASKS:
+                    continue
+                # The other solvers differ from TRPO in the update alone: on the first backend.
+                solvers = args.solvers if backend == args.backends[0] else ["trpo"]
+                plan.append((f"raw env {backend}",
+                             ("raw", env, str(args.iterations * 2048), backend)))
+                plan += [(f"ours {s} {backend}", ("ours", env, s, str(args.iterations),
+                                                  str(scratch / f"{env}-{s}-{backend}-{repeat}"),
+                                                  backend)) for s in solvers]
             if with_sb3:
                 plan.append(("sb3-contrib trpo", ("sb3", env, str(args.iterations))))
             for name, worker_args in plan:
@@ -218,9 +224,10 @@ def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
         median = {name: float(np.median([s["steps_per_s"] for s in runs]))
                   for name, runs in samples.items()}
         for name, runs in samples.items():
-            raw = "raw env envpool" if name.endswith("envpool") else "raw env"
+            backend = name.rsplit(" ", 1)[-1]  # sb3-contrib steps Gymnasium's envs
+            raw = f"raw env {backend if backend in BACKENDS else 'gymnasium'}"
             rows.append({"env": ENVS[env], "what": name, "steps_per_s": median[name],
-                         "vs_raw_env": median[name] / median[raw],
+                         "vs_raw_env": median[name] / median.get(raw, float("nan")),
                          "vs_sb3_trpo": (median[name] / median["sb3-contrib trpo"]
                                          if with_sb3 else float("nan")),
                          "peak_mb": max(s["peak_mb"] for s in runs), "repeats": len(runs)})
@@ -330,8 +337,9 @@ def main(argv=None) -> int:
                              "the zoo's sb3-contrib run")
     parser.add_argument("--whole-steps", type=int, default=204_800,
                         help="environment steps of goal 3's runs (default: %(default)s)")
-    parser.add_argument("--envpool", action="store_true",
-                        help="also measure env.backend=envpool (TRPO in goal 1; goals 2 and 3)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS,
+                        default=["gymnasium", "mujoco"],
+                        help="the env.backend values measured (default: %(default)s)")
     parser.add_argument("--no-runs", action="store_true",
                         help="leave out goal 1 (with --sweep or --whole)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "benchmark")
@@ -370,7 +378,7 @@ def main(argv=None) -> int:
         print("\nPer-iteration time of this project's runs (median ms per 2048 steps; eval is "
               "the mean per iteration):")
         print(breakdown.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
-    backends = ["gymnasium", "envpool"] if args.envpool else ["gymnasium"]
+    backends = args.backends
     if args.sweep and with_sb3:
         sweeps = measure_sweep(args.sweep_repeats or args.repeats, args.sweep_steps, backends)
         pd.DataFrame(sweeps).to_csv(args.out / "sweep.csv", index=False)
