@@ -166,7 +166,8 @@ def check(run_cfg: DictConfig) -> None:
     """The batch steps in this process, on threads of its own: ``vector_mode`` must be sync."""
     mode = getattr(run_cfg.vector_mode, "value", run_cfg.vector_mode)
     require(mode == "sync", "vector_mode",
-            "must be sync with env.backend=mujoco (the batch has threads of its own)", mode)
+            "must be sync with env.backend=mujoco (the batch has threads of its own); "
+            "env.backend=gymnasium steps async", mode)
 
 
 BACKEND = Backend(name="mujoco", make=make, check=check, threaded=True, snapshots=True,
