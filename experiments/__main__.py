@@ -19,6 +19,9 @@ lists the study's runs as finished, copied, part-way or not started, with the ti
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
             command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={args.study}",
                        f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *reuse, *overrides]
             print("running:", " ".join(command), flush=True)
-            status = subprocess.call(command, cwd=ROOT)
+            status = run_sweep(command)
             sweep_status = sweep_status or status
             if status in INTERRUPTED:  # asked to stop: the next sweep waits for the next call
                 print(f"the sweep was interrupted ({status}); analysing the runs that finished. "
@@ -107,6 +110,26 @@ def main(argv=None) -> int:
     if status == 0 and args.update_results and refresh_results_page(RESULTS_PAGE, args.study, out):
         print(f"updated the {args.study} section of {RESULTS_PAGE.name}")
     return sweep_status or status
+
+
+def run_sweep(command: list[str]) -> int:
+    """Run one sweep (``run.py -m``) to its end in a process group of its own, and its exit code.
+
+    SIGINT or SIGTERM sent to this command goes to the whole group once, the sweep's job
+    processes included, so every run stops at its next checkpoint and none is left training on
+    its own (before, a signal to this command alone killed run.py and orphaned its workers)."""
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+
+    def forward(signum, frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return process.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def reuse_root(sweep_dir: Path, overrides: list[str]) -> Path:

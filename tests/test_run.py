@@ -1,13 +1,19 @@
 """``run.py`` end to end, as a user runs it: tiny budgets, real environments, real processes."""
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, TINY, run_py, without_timing
+from trpo.io.run_folder import RunFolder
 from trpo.train import train
 
 INTERFACE_COLUMNS = ["iteration", "env_steps", "wall_s", "return_mean", "eval_return_mean", "kl"]
@@ -154,13 +160,49 @@ def test_a_study_stops_at_an_interrupted_sweep_and_goes_on_past_a_failed_one(
     import experiments.__main__ as entry
 
     commands = []
-    monkeypatch.setattr(entry.subprocess, "call",
-                        lambda command, cwd: commands.append(command) or exit_code)
+    monkeypatch.setattr(entry, "run_sweep", lambda command: commands.append(command) or exit_code)
     monkeypatch.setattr(entry, "analyse", lambda argv: 0)
     assert entry.main(["mujoco_suite", "--sweep-dir", str(tmp_path), "--out",
                        str(tmp_path / "out")]) == exit_code
     assert len(commands) == sweeps_run
     assert ("solver=sb3_trpo" in commands[-1]) == (sweeps_run == 2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_a_study_stops_every_process_of_its_sweep_at_a_checkpoint(tmp_path, signum):
+    """Before, a signal to ``python -m experiments`` alone killed run.py and left its joblib
+    workers training with no one to report to."""
+    study = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "quickstart", "hydra.sweeper.params.env=cartpole",
+         "hydra.sweeper.params.solver=trpo", "hydra.sweeper.params.seed='0,1'",
+         "total_steps=1000000", "steps_per_iteration=128", "num_envs=2", "checkpoint_every=1",
+         "logger.writers=[]", "--sweep-dir", str(tmp_path / "runs"), "--out",
+         str(tmp_path / "out")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "runs").glob("*/checkpoint*.ckpt"))) < 2:
+        assert time.time() < deadline and study.poll() is None, "the runs never checkpointed"
+        time.sleep(0.2)
+    os.kill(study.pid, signum)  # the study's process alone, as a scheduler or `kill` sends it
+    try:
+        output = study.communicate(timeout=120)[0]
+    finally:  # what would be left training if the signal did not reach them
+        for pid in processes_with_files_below(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+    assert study.returncode in (130, 143), output[-3000:]
+    assert processes_with_files_below(tmp_path) == [], "processes of the sweep still running"
+    for run in (tmp_path / "runs").glob("*seed=*"):
+        assert RunFolder(run).state() == "interrupted", output[-3000:]
+
+
+def processes_with_files_below(folder: Path) -> list[int]:
+    """The processes holding a file below ``folder`` open (a run holds its run.log)."""
+    pids = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd).startswith(str(folder)) for fd in fd_dir.iterdir()):
+                pids.append(int(fd_dir.parent.name))
+    return pids
 
 
 def test_async_vector_mode_trains(compose_config, tmp_path):
