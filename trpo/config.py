@@ -133,7 +133,7 @@ class EnvConfig:
     # environments), mujoco (Gymnasium's MuJoCo v5 locomotion tasks with their physics stepped
     # as one batch on threads: the same transitions bit for bit, the default of those env
     # options) or envpool (EnvPool's C++ MuJoCo tasks on threads of its own; a resumed run
-    # starts new episodes). Evaluation always plays Gymnasium's.
+    # starts new episodes). Evaluation plays mujoco's where it trains, else Gymnasium's.
     backend: str = "gymnasium"
     # Returns that normalise scores across envs in the analysis, (R − random) / (reference −
     # random): D4RL's random and expert returns (Fu et al. 2020) where published, else null

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from trpo.config import VectorMode
 from trpo.critic import ValueFitter, explained_variance
-from trpo.envs import cores_for_this_run, make_vector_env
+from trpo.envs import cores_for_this_run, evaluation_backend, make_vector_env
 from trpo.io.checkpoint import nonfinite_entries
 from trpo.io.run_folder import Row
 from trpo.networks import ValueNetwork, build_policy
@@ -113,7 +113,7 @@ class OnPolicyLearner:
         seed_everything(cfg.seed)
         self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.vector_mode, cfg.env_workers)
         self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
-                                         backend="gymnasium")
+                                         backend=evaluation_backend(cfg.env))
         obs_space, action_space = (self.envs.single_observation_space,
                                    self.envs.single_action_space)
         self.policy = build_policy(obs_space, action_space, cfg.network)
