@@ -18,8 +18,8 @@ machine, interleaved (A B A B ...) and repeated, medians quoted:
    to exit as a user times it: the speed-up theirs / ours.
 
 ``--backends`` names the simulators measured (``env.backend``; default: Gymnasium's and the
-batched MuJoCo backend, ``envpool`` where installed): the raw envs and TRPO on each in goal 1,
-a sweep and a whole process on each in goals 2 and 3.
+batched MuJoCo backend): the raw envs and TRPO on each in goal 1, a sweep and a whole process on
+each in goals 2 and 3.
 
 Speed figures need a quiet machine: the load average is printed at the start and the end, with
 a warning when other work was running. Tables go to ``experiments/results/benchmark/``.
@@ -41,12 +41,11 @@ from pathlib import Path
 import numpy as np
 
 from trpo.config import compose
-from trpo.envs.envpool import ENVPOOL_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVS = {"hopper": "Hopper-v5", "walker": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5",
         "ant": "Ant-v5"}
-BACKENDS = ("gymnasium", "mujoco", "envpool")
+BACKENDS = ("gymnasium", "mujoco")
 SOLVERS = ("trpo", "npg", "kl_penalty")
 # A 1-minute load average above this at the start means other work shares the cores.
 QUIET_LOAD = 0.5
@@ -62,7 +61,7 @@ def peak_memory_mb() -> float:
 
 def worker_raw(env: str, steps: int, backend: str = "gymnasium") -> dict:
     """Random actions through the default 8 training envs (Gymnasium's: one process on one core;
-    the MuJoCo batch's and EnvPool's: their threads on the cores a run may use)."""
+    the MuJoCo batch's: its threads on the cores a run may use)."""
     import torch
 
     from trpo.envs import make_vector_env
@@ -206,8 +205,6 @@ def measure(args: argparse.Namespace, scratch: Path, with_sb3: bool
         for repeat in range(args.repeats):
             plan = []
             for backend in args.backends:
-                if backend == "envpool" and ENVS[env] not in ENVPOOL_TASKS:
-                    continue
                 # The other solvers differ from TRPO in the update alone: on the first backend.
                 solvers = args.solvers if backend == args.backends[0] else ["trpo"]
                 plan.append((f"raw env {backend}",

@@ -34,7 +34,7 @@ from torch import nn
 from trpo.io.checkpoint import nonfinite_entries
 from trpo.config import Activation, Init, VectorMode
 from trpo.critic import explained_variance
-from trpo.envs import env_makers, evaluation_backend, make_vector_env
+from trpo.envs import env_makers, make_vector_env
 from trpo.rollout import evaluate
 from trpo.seeding import global_rng_state, set_global_rng_state, stream_seed, stream_seeds
 from trpo.learner import resident_memory_mb
@@ -106,8 +106,7 @@ class SB3Learner:
         torch.set_num_threads(cfg.torch_threads)
         self.model = make_model(cfg, stream_seed(cfg.seed, "sb3"))
         self.envs = self.model.get_env()
-        self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
-                                         backend=evaluation_backend(cfg.env))
+        self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync)
         self.model.set_logger(Logger(folder=None, output_formats=[]))  # read, never written
         self.callback = None  # sb3's, made when training starts
 

@@ -115,3 +115,45 @@ def test_a_task_it_does_not_step_runs_on_gymnasium_saying_so(caplog):
     assert type(envs).__name__ == "SameStepSyncVectorEnv"
     [line] = [r.getMessage() for r in caplog.records if "backend=mujoco" in r.getMessage()]
     assert line.endswith("CartPole-v1 runs on Gymnasium's backend")
+
+
+@pytest.mark.slow  # end to end; test_the_batch_threads_follow_the_launcher checks the rule
+def test_the_batch_takes_a_single_runs_cores_and_one_per_job_of_a_parallel_sweep(tmp_path):
+    from tests.conftest import run_py
+    from trpo.envs import cores_for_this_run
+
+    tiny = ["env=hopper", *TINY]
+    single = run_py(*tiny, f"hydra.run.dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr[-2000:]
+    cores = min(cores_for_this_run(), 2)  # at most one thread per env (TINY has 2)
+    assert f"2 Hopper-v5 environments on {cores} thread" in single.stdout + single.stderr
+    sweep = run_py("-m", *tiny, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert (sweep.stdout + sweep.stderr).count("2 Hopper-v5 environments on 1 thread") == 2
+
+
+@pytest.mark.parametrize("mode,launcher,slurm,expected", [
+    ("RUN", {}, None, 4),
+    ("RUN", {}, "3", 3),                                  # a SLURM job: its CPUs per task
+    ("MULTIRUN", {"n_jobs": -1}, None, 1),                # joblib: every core, a job each
+    ("MULTIRUN", {"n_jobs": 2}, None, 2),
+    ("MULTIRUN", {"n_jobs": -2}, None, 1),                # all cores but one: 3 jobs at once
+    ("MULTIRUN", {"cpus_per_task": 2}, None, 2),          # submitit, local or on SLURM
+    ("MULTIRUN", {}, None, 4),                            # the basic launcher: one at a time
+])
+def test_the_batch_threads_follow_the_launcher(monkeypatch, mode, launcher, slurm, expected):
+    import joblib
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from trpo.envs import cores_for_this_run
+
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 4)
+    if slurm is None:
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm)
+    fake = OmegaConf.create({"mode": RunMode[mode], "launcher": launcher})
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: fake))
+    assert cores_for_this_run() == expected

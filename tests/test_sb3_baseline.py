@@ -86,7 +86,7 @@ def test_the_baseline_resumes_from_its_checkpoint_with_new_episodes(compose_conf
 
 
 @pytest.mark.parametrize("override, key", [
-    ("env.backend=envpool", "env.backend"), ("advantage=td", "advantage"),
+    ("advantage=td", "advantage"),
     ("vector_mode=async", "vector_mode"), ("env_workers=2", "vector_mode"),
     ("solver.line_search_shrinking_factor=1.5", "solver.line_search_shrinking_factor")])
 def test_settings_the_baseline_cannot_run_are_refused_in_one_line(compose_config, override, key):

@@ -127,13 +127,12 @@ class EnvConfig:
     default_steps: int = MISSING
     # Time limit in steps; null keeps the limit registered with the id (1000 for MuJoCo tasks).
     max_episode_steps: Optional[int] = None
-    # Keyword arguments passed to ``gymnasium.make`` (and to ``envpool.make_gymnasium``).
+    # Keyword arguments passed to ``gymnasium.make``.
     kwargs: Dict[str, Any] = field(default_factory=dict)
     # What steps the training envs, a row of trpo.envs.BACKENDS: gymnasium (Gymnasium's own
-    # environments), mujoco (Gymnasium's MuJoCo v5 locomotion tasks with their physics stepped
-    # as one batch on threads: the same transitions bit for bit, the default of those env
-    # options) or envpool (EnvPool's C++ MuJoCo tasks on threads of its own; a resumed run
-    # starts new episodes). Evaluation plays mujoco's where it trains, else Gymnasium's.
+    # environments) or mujoco (Gymnasium's MuJoCo v5 locomotion tasks with their physics
+    # stepped as one batch on threads: the same transitions bit for bit, the default of those
+    # env options). Evaluation plays on the same backend.
     backend: str = "gymnasium"
     # Returns that normalise scores across envs in the analysis, (R − random) / (reference −
     # random): D4RL's random and expert returns (Fu et al. 2020) where published, else null
@@ -485,10 +484,10 @@ class TrainConfig:
     # How they are stepped: sync in this process (exact resume), async in subprocesses.
     vector_mode: VectorMode = VectorMode.sync
     # Cores that step the training envs, with the same transitions however many: the MuJoCo
-    # batch's threads (env.backend=mujoco), EnvPool's (envpool), or processes that each step a
-    # share of Gymnasium's sync envs. null: with mujoco and EnvPool, the cores this run may use
-    # (all of a single run's; one per job of a parallel sweep; SLURM's CPUs per task); with
-    # Gymnasium, 1, this process (worker processes measured slower on 2 cores: README, Speed).
+    # batch's threads (env.backend=mujoco), or processes that each step a share of Gymnasium's
+    # sync envs. null: with mujoco, the cores this run may use (all of a single run's; one per
+    # job of a parallel sweep; SLURM's CPUs per task); with Gymnasium, 1, this process (worker
+    # processes measured slower on 2 cores: README, Speed).
     env_workers: Optional[int] = None
     # Running mean/std observation normalisation (SB3 VecNormalize, as in the zoo's TRPO settings).
     normalize_obs: bool = True
@@ -661,12 +660,9 @@ def validate_config(cfg: DictConfig) -> None:
             raise error.under(group) from None
     top_level = {f.name: cfg[f.name] for f in fields(TrainConfig) if f.name not in SECTIONS}
     TrainConfig(**top_level).validate()
-    backend, mode = str(cfg.env.backend), getattr(cfg.vector_mode, "value", cfg.vector_mode)
+    mode = getattr(cfg.vector_mode, "value", cfg.vector_mode)
     if OmegaConf.get_type(cfg.solver) is SB3TRPOConfig:
         # What sb3-contrib's loop cannot do: say so rather than ignore the setting.
-        require(comparable({"env.backend": backend})["env.backend"] == "gymnasium",
-                "env.backend", "must be gymnasium or mujoco (the same transitions) with "
-                "solver=sb3_trpo (sb3-contrib steps Gymnasium's environments)", backend)
         require(cfg.advantage._target_ == GAEConfig._target_, "advantage",
                 "must be gae with solver=sb3_trpo (sb3-contrib estimates GAE only)",
                 cfg.advantage._target_)

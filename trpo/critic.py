@@ -142,8 +142,9 @@ class _FitWorker:
 
     def __init__(self, fitter: ValueFitter):
         # fork: the worker starts in milliseconds with this process's modules (forkserver and
-        # spawn import them again, about 3 s). The trainer makes its fitter before W&B, EnvPool
-        # or anything else has started a thread, so the fork copies no thread's held lock.
+        # spawn import them again, about 3 s). The trainer makes its fitter before W&B, the
+        # MuJoCo batch (threads from its first reset) or anything else has started a thread,
+        # so the fork copies no thread's held lock.
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.pipe, there = context.Pipe()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from trpo.config import VectorMode
 from trpo.critic import ValueFitter, explained_variance
-from trpo.envs import cores_for_this_run, evaluation_backend, make_vector_env
+from trpo.envs import cores_for_this_run, make_vector_env
 from trpo.io.checkpoint import nonfinite_entries
 from trpo.io.run_folder import Row
 from trpo.networks import ValueNetwork, build_policy
@@ -112,8 +112,7 @@ class OnPolicyLearner:
         torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.vector_mode, cfg.env_workers)
-        self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync,
-                                         backend=evaluation_backend(cfg.env))
+        self.eval_envs = make_vector_env(cfg.env, cfg.eval_episodes, VectorMode.sync)
         obs_space, action_space = (self.envs.single_observation_space,
                                    self.envs.single_action_space)
         self.policy = build_policy(obs_space, action_space, cfg.network)
@@ -170,7 +169,7 @@ class OnPolicyLearner:
                 for name in nonfinite_entries(state[part], part + ".")]
 
     def iterate(self, iteration: int, total_iterations: int) -> Row:
-        """Collect, estimate, update the policy, start the value fit, evaluate; the row's data."""
+        """Collect, estimate, start the value fit, update the policy, evaluate; the row's data."""
         cfg = self.cfg
         iteration_start = tick = time.perf_counter()
         stats_before = self.obs_normalizer.frozen_copy()
@@ -194,17 +193,19 @@ class OnPolicyLearner:
         kl_obs_stats = normalizer_shift_kl(self.policy, stats_before, self.obs_normalizer,
                                            rollout.raw_obs.reshape(rollout.rewards.size, -1))
 
-        tick = time.perf_counter()
         samples = advantages.shape[0]
         obs = torch.from_numpy(rollout.obs.reshape(samples, -1))
+        # The value fit needs only this rollout's returns, and the policy update does not read
+        # the value net: a fit in the background starts here and runs beside the update.
+        self.critic.fit(obs, torch.from_numpy(returns.ravel()).float())
+
+        tick = time.perf_counter()
         actions = torch.from_numpy(rollout.actions.reshape(samples, *rollout.actions.shape[2:]))
         batch = PolicyBatch.from_policy(self.policy, obs, actions,
                                         torch.from_numpy(advantages).float())
         progress = (iteration - 1) / max(total_iterations - 1, 1)  # 0 first, 1 last
         metrics = self.solver.update(batch, progress)
         policy_s = time.perf_counter() - tick
-
-        self.critic.fit(obs, torch.from_numpy(returns.ravel()).float())
 
         eval_return, eval_s = None, 0.0
         if iteration % cfg.eval_every == 0 or iteration == total_iterations:

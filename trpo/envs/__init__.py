@@ -15,16 +15,14 @@ from typing import Optional
 import gymnasium as gym
 import numpy as np
 
-from trpo.config import EnvConfig, VectorMode, comparable
-from trpo.envs import envpool as envpool_backend
+from trpo.config import EnvConfig, VectorMode
 from trpo.envs import gymnasium as gymnasium_backend
 from trpo.envs import mujoco_batch as mujoco_backend
 from trpo.envs.backend import Backend
 from trpo.envs.gymnasium import env_makers, episode_limit, make_env  # noqa: F401  (the API)
 
 BACKENDS: dict[str, Backend] = {"gymnasium": gymnasium_backend.BACKEND,
-                                 "mujoco": mujoco_backend.BACKEND,
-                                 "envpool": envpool_backend.BACKEND}
+                                 "mujoco": mujoco_backend.BACKEND}
 
 
 def backend_of(cfg: EnvConfig) -> Backend:
@@ -43,15 +41,6 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, mode: VectorMode = VectorMode
     if workers is None:
         workers = cores_for_this_run() if chosen.threaded else 1
     return chosen.make(cfg, num_envs, VectorMode(getattr(mode, "value", mode)), workers)
-
-
-def evaluation_backend(cfg: EnvConfig) -> str:
-    """What plays a run's evaluation episodes: its training backend where that steps
-    Gymnasium's transitions exactly (``mujoco``), else Gymnasium's own environments, so that
-    scores are Gymnasium's whatever trains."""
-    backend = str(cfg.backend)
-    return backend if comparable({"env.backend": backend})["env.backend"] == "gymnasium" \
-        else "gymnasium"
 
 
 def cores_for_this_run() -> int:

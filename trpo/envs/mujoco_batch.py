@@ -196,19 +196,29 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
         self.metadata = {**first.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
         self.time_limit = episode_limit(cfg)
         model = self.sim.model
-        # One MjData per copy (persistent): a checkpoint and Ant-v5's contact forces read the
-        # derived quantities a step leaves, which only such a batch keeps.
-        self.batch = Batch(model, nsim=num_envs, nthread=max(1, threads), persistent=True)
+        self.threads = max(1, min(threads, num_envs))
+        self.batch = None  # made at the first reset: its threads start then (see _start)
         self.datas = ([mujoco.MjData(model) for _ in range(num_envs)]
                       if self.task.needs_contact_forces else [])
-        self.qpos, self.qvel, self.ctrl = (self.batch.bind(name)
-                                           for name in ("qpos", "qvel", "ctrl"))
         self.elapsed = np.zeros(num_envs, np.int64)
         # The rewarded position at the end of the last step (or reset), per copy.
         self.position = np.zeros((num_envs, self.task.position_size))
         self.contact = (np.zeros((num_envs, model.nbody, 6))
                         if self.task.needs_contact_forces else None)
         self.closed = False
+
+    def _start(self) -> None:
+        """Make the batch, whose threads start with it: at the first reset rather than when the
+        env is built, so that a process forked in between (the value-fit worker) copies no
+        thread. One MjData per copy (persistent): a checkpoint and Ant-v5's contact forces read
+        the derived quantities a step leaves, which only such a batch keeps."""
+        if self.batch is None:
+            self.batch = Batch(self.sim.model, nsim=self.num_envs, nthread=self.threads,
+                               persistent=True)
+            self.qpos, self.qvel, self.ctrl = (self.batch.bind(name)
+                                               for name in ("qpos", "qvel", "ctrl"))
+            log.info("the MuJoCo batch steps %d %s environments on %d thread%s", self.num_envs,
+                     self.sim.spec.id, self.threads, "s" if self.threads > 1 else "")
 
     # --------------------------------------------------------------------------- resets
 
@@ -221,7 +231,7 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
     def _load_copy(self, i: int, elapsed: int) -> None:
         """Copy ``i``'s Gymnasium env, as it stands, into the batch."""
         data = self.envs[i].unwrapped.data
-        row = np.empty(self.batch.nstate)
+        row = np.empty(mujoco.mj_stateSize(self.sim.model, INTEGRATION))
         mujoco.mj_getState(self.sim.model, data, row, INTEGRATION)
         self.batch.state[i] = row
         self.elapsed[i] = elapsed
@@ -235,6 +245,7 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
         return data.qpos[:self.task.position_size]
 
     def reset(self, *, seed: Optional[Sequence[int]] = None, options=None):
+        self._start()
         seeds = list(seed) if seed is not None else [None] * self.num_envs
         return np.stack([self._reset_copy(i, s) for i, s in enumerate(seeds)]), {}
 
@@ -286,6 +297,7 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
     def set_env_states(self, states: list[dict[str, Any]]) -> None:
         if len(states) != self.num_envs:
             raise ValueError(f"{len(states)} saved environments for {self.num_envs}")
+        self._start()
         for i, (env, state) in enumerate(zip(self.envs, states)):
             set_env_state(env, state)
             self._load_copy(i, int(time_limit(env)._elapsed_steps))

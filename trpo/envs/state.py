@@ -4,7 +4,7 @@ For each sub-environment: the plain-data attributes of every wrapper and of the 
 itself (CartPole's ``state``, TimeLimit's step count, ...), its random generator and, for MuJoCo,
 the simulator's full integration state. A vector env whose environments can be read is a
 SyncVectorEnv or one with ``env_states()``/``set_env_states()``; a backend whose environments
-cannot be read (EnvPool) has no state to save.
+cannot be read (subprocesses, ``vector_mode=async``) has no state to save.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def vector_env_state(envs: gym.vector.VectorEnv) -> Optional[dict[str, Any]]:
     """The state of every sub-environment of a vector env whose environments can be read (a
     SyncVectorEnv, or one with ``env_states()``, :class:`trpo.envs.WorkerVectorEnv`), in
     order, so that either kind restores the other's; ``None`` for others (AsyncVectorEnv,
-    :class:`trpo.envs.EnvPoolVectorEnv`)."""
+    :class:`trpo.envs.mujoco_batch.MuJoCoBatchVectorEnv`)."""
     if isinstance(envs, gym.vector.SyncVectorEnv):
         states = [env_state(env) for env in envs.envs]
     elif hasattr(envs, "env_states"):
