@@ -179,23 +179,32 @@ def drop_unmeasured(report: LoadReport, metric: str) -> None:
 
 
 @functools.cache
-def option_env_id(option: str) -> Optional[str]:
-    """The ``id`` of env option ``option`` (``conf/env/<option>.yaml``); ``None`` if there is no
-    such option here."""
+def env_option(option: str) -> dict[str, Any]:
+    """Env option ``option`` as ``conf/env/<option>.yaml`` states it; empty if there is no such
+    option here."""
     try:
-        env_id = OmegaConf.load(ENV_OPTIONS / f"{option}.yaml").get("id")
+        return dict(OmegaConf.to_container(OmegaConf.load(ENV_OPTIONS / f"{option}.yaml")))
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def option_env_id(option: str) -> Optional[str]:
+    """The ``id`` of env option ``option``; ``None`` if there is no such option here."""
+    env_id = env_option(option).get("id")
     return None if env_id is None else str(env_id)
 
 
 def run_references(config: dict[str, Any]) -> tuple[References, Optional[str]]:
     """The run's (random, reference) returns, and why they were dropped (``None`` if they were
-    not): they are its env option's, so they hold only where its ``env.id`` is the option's id."""
+    not): they are its env option's, so they hold only where its ``env.id`` is the option's id.
+    A run trained before its option stated them takes the option's, for the same task."""
     references = (config.get("env.random_return"), config.get("env.reference_return"))
-    if references == (None, None):
-        return references, None
     option = config.get("env")
+    if references == (None, None):
+        stated = env_option(str(option)) if option is not None else {}
+        if stated.get("id") is not None and str(stated["id"]) == str(config.get("env.id")):
+            return (stated.get("random_return"), stated.get("reference_return")), None
+        return references, None
     expected = option_env_id(str(option)) if option is not None else None
     if expected is not None and expected == str(config["env.id"]):
         return references, None

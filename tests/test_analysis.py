@@ -214,6 +214,17 @@ def test_loading_resolves_interpolations_and_reads_choices(tmp_path):
     assert run.references == (0.0, 100.0)
 
 
+def test_a_run_trained_before_its_option_stated_reference_returns_takes_the_options(tmp_path):
+    """Before, the MuJoCo suite's Swimmer runs (trained before swimmer.yaml gave its bounds)
+    turned the whole aggregate to min-max normalisation."""
+    none = {"env.random_return": None, "env.reference_return": None}
+    write_run(tmp_path, "old", extra=none)
+    write_run(tmp_path, "other_task", extra=none, env_id="InvertedPendulum-v5")
+    runs = {run.path.name: run for run in load_runs([tmp_path]).runs}
+    assert runs["old"].references == (-20.272305, 3234.3)  # conf/env/hopper.yaml's
+    assert runs["other_task"].references == (None, None)  # not the option's task
+
+
 def test_a_run_is_filed_under_its_env_id_not_its_option_name(tmp_path, caplog):
     """``env=hopper env.id=InvertedPendulum-v5`` trains InvertedPendulum: before, such runs were
     pooled with the Hopper runs as hopper, and normalised by Hopper's reference returns."""
