@@ -69,8 +69,9 @@ def main(argv=None) -> int:
                              "RESULTS.md (what a maintainer commits)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--videos", action="store_true",
-                        help="also record each group's best seed (analysis --videos); the "
-                             "study's RESULTS.md section then shows a strip of its frames")
+                        help="also record each group's best seed (analysis --videos); with "
+                             "--update-results the study's RESULTS.md section then shows a strip "
+                             "of its frames")
     args = parser.parse_args(argv)
     if args.update_results and args.out:
         parser.error("--update-results writes to experiments/results/STUDY: leave out --out")
