@@ -4,16 +4,17 @@ A study is ``conf/experiment/STUDY.yaml``. Its runs go to ``multirun/STUDY/``, o
 run named by its overrides (``env=hopper,seed=0,solver=trpo``), and its figures and tables to
 ``results/STUDY/``; neither is tracked, so a study leaves the clone as it was.
 ``--update-results`` writes them to the committed ``experiments/results/STUDY/`` instead and
-refreshes the study's section of RESULTS.md. The run folder is fixed, so running the same command again resumes
-every unfinished run from its last checkpoint and skips the finished ones: a long study spans
-sessions. A study may list further sweeps into the same folder (``also_sweep``: mujoco_suite's
-sb3-contrib baseline over 5 seeds), run in turn after its own. Extra arguments are Hydra
-overrides for every sweep (``hydra/launcher=slurm``,
+refreshes the study's section of RESULTS.md. The run folder is fixed, so running the same
+command again resumes every unfinished run from its last checkpoint and skips the finished
+ones: a long study spans sessions. A study may list further sweeps into the same folder
+(``also_sweep``: mujoco_suite's sb3-contrib baseline over 5 seeds), run in turn after its own.
+Extra arguments are Hydra overrides for every sweep (``hydra/launcher=slurm``,
 ``total_steps=200000``, ...); overrides that change what runs compute get folders of their own.
 A run whose config was already trained to the end in another study below ``multirun/`` is
 copied from there rather than trained again (``reuse_from``; ``--no-reuse`` trains everything).
 ``--analyse-only DIR`` skips the sweep and analyses runs that are already there; ``--status``
-lists the study's runs as finished, copied, part-way or not started, with the time left.
+lists the study's runs as finished, copied, part-way, to be copied or not started, with the
+time left.
 """
 
 from __future__ import annotations
