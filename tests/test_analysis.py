@@ -823,8 +823,9 @@ def test_results_page_blocks_are_replaced_and_the_prose_kept(tmp_path, monkeypat
 
 
 def test_results_page_shows_each_study_as_its_committed_outputs_say():
-    """RESULTS.md's generated blocks match experiments/results/ (rerun the study's command, or
-    ``python -m experiments STUDY --analyse-only DIR``, after new runs)."""
+    """RESULTS.md's generated blocks match experiments/results/ (rerun the study's command with
+    ``--update-results``, or ``python -m experiments STUDY --analyse-only DIR --update-results``,
+    after new runs)."""
     import experiments.__main__ as entry
 
     text = entry.RESULTS_PAGE.read_text()
