@@ -26,7 +26,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trpo.config import CONF_DIR, comparable, is_result_neutral
+from trpo.config import CONF_DIR, is_result_neutral
 from trpo.io.run_folder import RunFolder, find_run_folders
 
 log = logging.getLogger("analysis")
@@ -130,7 +130,7 @@ def read_run(folder: RunFolder) -> tuple[Run, Optional[str]]:
         error = folder.read_status().get("error")
         raise Skip("failed" + (f" ({error})" if error else ""))
     try:
-        config = comparable(folder.read_config())  # runs that compute the same: one line
+        config = folder.read_config()
     except CONFIG_ERRORS as error:
         raise Skip(f"its .hydra config cannot be read ({type(error).__name__}: "
                    f"{' '.join(str(error).split())[:200]})") from None

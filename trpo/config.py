@@ -557,10 +557,12 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 # Config keys whose values do not change what a run computes: a run may resume with them
 # changed, studies leave them out of run folder names, and the analysis never draws a line
-# per value. A key ending in "." stands for every key below it.
+# per value. A key ending in "." stands for every key below it. Both env backends step
+# Gymnasium's transitions bit for bit (tests/test_mujoco_backend.py).
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
                        "torch_threads", "max_rejected_updates", "critic.background",
-                       "env_workers", "also_sweep", "env.random_return", "env.reference_return")
+                       "env_workers", "also_sweep", "env.random_return", "env.reference_return",
+                       "env.backend")
 
 def is_result_neutral(key: str) -> bool:
     """Whether changing ``key`` (a flattened config key, ``solver.max_kl``) leaves results alone."""
@@ -596,23 +598,10 @@ def trains_the_same(saved: dict[str, Any], current: DictConfig) -> bool:
     return saved.get("total_steps") == current.total_steps and not config_changes(saved, current)
 
 
-# Values that compute the same results as another: env.backend=mujoco steps Gymnasium's
-# transitions bit for bit (tests/test_mujoco_backend.py), so a run may move between the two and
-# a study copies a run trained on either.
-SAME_RESULTS = {"env.backend": {"mujoco": "gymnasium"}}
-
-
-def comparable(flat: dict[str, Any]) -> dict[str, Any]:
-    """``flat`` (a flattened config) with each value of :data:`SAME_RESULTS` replaced by the
-    one it computes the same results as."""
-    return {key: SAME_RESULTS.get(key, {}).get(value, value) if isinstance(value, str)
-            else value for key, value in flat.items()}
-
-
 def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
     """The keys whose values differ between a checkpoint's config and ``current`` and may not."""
-    before = comparable(flatten(saved))
-    after = comparable(flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True)))
+    before = flatten(saved)
+    after = flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True))
     allowed = resumable_changes(current)
     return sorted(k for k in set(before) | set(after)
                   if before.get(k) != after.get(k) and not is_result_neutral(k)

@@ -42,13 +42,13 @@ class Task:
     float32), so the numbers are the same to the last bit.
     """
 
-    # Where the rewarded position is read: "qpos" (the root's coordinates) or "xpos" (the main
-    # body's position as the last step left it, one substep behind; Ant-v5).
-    position_source = "qpos"
+    # Whether the task reads what a step derives from the state (Ant-v5: its main body's
+    # position as the step leaves it, one substep behind, and the contact forces), not only the
+    # root's coordinates in qpos.
+    reads_derived = False
     position_size = 1  # x alone, or x and y
     excluded_positions = 1  # qpos entries left out of the observation by default
     clip_velocity = False  # Hopper and Walker2d clip the observed velocities to ±10
-    needs_contact_forces = False
 
     def __init__(self, env):
         self.env = env
@@ -120,10 +120,9 @@ class Swimmer(Task):
 
 
 class Ant(HealthyTask):
-    position_source = "xpos"
+    reads_derived = True
     position_size = 2
     excluded_positions = 2
-    needs_contact_forces = True
 
     def contact_forces(self, cfrc_ext: np.ndarray) -> np.ndarray:
         low, high = self.env._contact_force_range
@@ -198,20 +197,19 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
         model = self.sim.model
         self.threads = max(1, min(threads, num_envs))
         self.batch = None  # made at the first reset: its threads start then (see _start)
+        # Where a task that reads derived quantities finds them after a step, a copy each.
         self.datas = ([mujoco.MjData(model) for _ in range(num_envs)]
-                      if self.task.needs_contact_forces else [])
+                      if self.task.reads_derived else [])
         self.elapsed = np.zeros(num_envs, np.int64)
         # The rewarded position at the end of the last step (or reset), per copy.
         self.position = np.zeros((num_envs, self.task.position_size))
-        self.contact = (np.zeros((num_envs, model.nbody, 6))
-                        if self.task.needs_contact_forces else None)
         self.closed = False
 
     def _start(self) -> None:
         """Make the batch, whose threads start with it: at the first reset rather than when the
         env is built, so that a process forked in between (the value-fit worker) copies no
-        thread. One MjData per copy (persistent): a checkpoint and Ant-v5's contact forces read
-        the derived quantities a step leaves, which only such a batch keeps."""
+        thread. One MjData per copy (persistent): a checkpoint and Ant-v5 read the derived
+        quantities a step leaves, which only such a batch keeps."""
         if self.batch is None:
             self.batch = Batch(self.sim.model, nsim=self.num_envs, nthread=self.threads,
                                persistent=True)
@@ -236,11 +234,9 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
         self.batch.state[i] = row
         self.elapsed[i] = elapsed
         self.position[i] = self._position_of(data)
-        if self.contact is not None:
-            self.contact[i] = self.task.contact_forces(data.cfrc_ext)
 
     def _position_of(self, data: mujoco.MjData) -> np.ndarray:
-        if self.task.position_source == "xpos":
+        if self.task.reads_derived:
             return data.xpos[self.sim._main_body, :self.task.position_size]
         return data.qpos[:self.task.position_size]
 
@@ -257,19 +253,21 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
         self.ctrl[:] = actions
         self.batch.step(nstep=self.sim.frame_skip)
         qpos, qvel = self.qpos, self.qvel
-        if self.task.position_source == "xpos":  # Ant-v5: what Gymnasium's step leaves
-            body = self.sim._main_body
+        contact = None
+        if self.task.reads_derived:  # Ant-v5: what Gymnasium's step leaves in its MjData
+            cfrc_ext = np.empty((self.num_envs, *self.sim.data.cfrc_ext.shape))
             for i, data in enumerate(self.datas):
                 self.batch.get_data(i, data)
                 mujoco.mj_rnePostConstraint(self.sim.model, data)
-                self.position[i] = data.xpos[body, :self.task.position_size]
-                self.contact[i] = self.task.contact_forces(data.cfrc_ext)
+                self.position[i] = self._position_of(data)
+                cfrc_ext[i] = data.cfrc_ext
+            contact = self.task.contact_forces(cfrc_ext)
         else:
             self.position[:] = qpos[:, :self.task.position_size]
         x_velocity = ((self.position - before) / self.task.dt)[:, 0]
-        observations = self.task.observe(qpos, qvel, self.contact)
+        observations = self.task.observe(qpos, qvel, contact)
         healthy = self.task.healthy(qpos, qvel)
-        rewards = self.task.reward(x_velocity, actions, healthy, self.contact)
+        rewards = self.task.reward(x_velocity, actions, healthy, contact)
         terminated = self.task.terminated(healthy)
         self.elapsed += 1
         truncated = self.elapsed >= self.time_limit
