@@ -145,6 +145,10 @@ class EnvConfig:
     # ``${task_setting:gamma,0.99}``, so an explicit advantage.gamma or solver.max_kl still wins.
     gamma: Optional[float] = None
     max_kl: Optional[float] = None
+    # The task's own initial log σ of the Gaussian policy, where its action cost makes the
+    # network option's σ a poor start; null leaves it to the network option, which reads it
+    # through ``${task_setting:log_std_init,0.0}`` (an explicit network.log_std_init still wins).
+    log_std_init: Optional[float] = None
 
     def validate(self) -> None:
         _positive_int(self, "default_steps")
@@ -154,6 +158,10 @@ class EnvConfig:
             _positive(self, "max_kl")
             require(self.max_kl <= MAX_KL_BOUND, "max_kl", f"must be at most {MAX_KL_BOUND}",
                     self.max_kl)
+        if self.log_std_init is not None:
+            require(math.isfinite(self.log_std_init) and abs(self.log_std_init) <= LOG_STD_BOUND,
+                    "log_std_init", f"must be in [-{LOG_STD_BOUND:g}, {LOG_STD_BOUND:g}] or null",
+                    self.log_std_init)
         if self.max_episode_steps is not None:
             _positive_int(self, "max_episode_steps")
         if self.random_return is not None and self.reference_return is not None:
