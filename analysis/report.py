@@ -272,6 +272,11 @@ METRIC_LABELS = {
     "update_accepted": "Updates accepted (%)",
     "entropy": "Policy entropy (nats)",
     "episode_length_mean": "Episode length",
+    "terminated_fraction": "Episodes ended by termination (%)",
+    "reward_ctrl": "Control reward per step (−cost)",
+    "reward_survive": "Healthy reward per step",
+    "reward_contact": "Contact reward per step (−cost)",
+    "reward_forward": "Forward reward per step",
     "explained_variance": "Explained variance of V",
     "value_loss": "Value loss (MSE)",
     "steps_per_s": "Environment steps per second",
@@ -279,7 +284,9 @@ METRIC_LABELS = {
 # The training signals of the diagnostics table: (progress.csv column, whether it is averaged
 # over the final score's window rather than over the whole run).
 DIAGNOSTICS = (("kl", False), ("update_accepted", False), ("entropy", True),
-               ("episode_length_mean", True), ("explained_variance", True), ("value_loss", True))
+               ("episode_length_mean", True), ("terminated_fraction", True),
+               ("reward_ctrl", True), ("reward_survive", True), ("explained_variance", True),
+               ("value_loss", True))
 
 
 def run_diagnostic(progress: pd.DataFrame, column: str, final_window: bool) -> float:
@@ -346,7 +353,7 @@ def _diagnostic_cell(row: pd.Series, column: str) -> str:
     runs = row[f"{column}_runs"]
     if not runs:
         return "–"
-    scale = 100.0 if column == "update_accepted" else 1.0
+    scale = 100.0 if column in ("update_accepted", "terminated_fraction") else 1.0
     value, low, high = (_number(scale * row[f"{column}{end}"]) for end in ("", "_lo", "_hi"))
     if runs == 1:
         return f"{value} (one run)"

@@ -356,8 +356,10 @@ def test_diagnostics_average_over_the_run_or_the_final_window_by_hand():
                    progress=pd.DataFrame(columns))
 
     # KL over the run's accepted updates: 0.02, and 0.045 (the rejected update logged 0);
-    # entropy over the last 10% (step 1000 only): 1 and 3; episode length logged by one run.
+    # entropy over the last 10% (step 1000 only): 1 and 3; episode length, the share of
+    # episodes that terminated and the control term logged by one run.
     runs = [run(0, [0.01, 0.02, 0.03], [9.0, 5.0, 1.0], episode_length_mean=[2.0, 4.0, 8.0],
+                terminated_fraction=[1.0, 1.0, 0.25], reward_ctrl=[-2.0, -1.0, -0.5],
                 update_accepted=[1.0, 1.0, 1.0]),
             run(1, [0.04, 0.0, 0.05], [9.0, 5.0, 3.0], update_accepted=[1.0, 0.0, 1.0]),
             run(0, [0.1, 0.1, 0.1], [1.0, 1.0, float("inf")], solver="npg")]
@@ -371,15 +373,17 @@ def test_diagnostics_average_over_the_run_or_the_final_window_by_hand():
     markdown = diagnostics_markdown(table.reset_index())
     head, _, npg_row, trpo_row = markdown.splitlines()[:4]
     assert head == ("| env | group | seeds | KL(π_old ‖ π_new) | Updates accepted (%) | "
-                    "Policy entropy (nats) | Episode length |")  # no value loss: never logged
+                    "Policy entropy (nats) | Episode length | Episodes ended by termination (%) | "
+                    "Control reward per step (−cost) |")  # no value loss: never logged
     assert trpo_row == ("| Hopper-v5 | trpo | 2 | 0.0325 (0.02 to 0.045) | 83.3 (66.7 to 100) | "
-                        "2 (1 to 3) | 8 (one run) |")
-    assert npg_row == "| Hopper-v5 | npg | 1 | 0.1 (one run) | – | inf (one run) | – |"
+                        "2 (1 to 3) | 8 (one run) | 25 (one run) | -0.5 (one run) |")
+    assert npg_row == "| Hopper-v5 | npg | 1 | 0.1 (one run) | – | inf (one run) | – | – | – |"
     assert markdown.splitlines()[-1] == (
         "Training diagnostics: the mean over seeds (lowest to highest run) of each run's average "
         "of KL(π_old ‖ π_new) and updates accepted (%) over its whole training, and of policy "
-        "entropy (nats) and episode length over its last 10% of environment steps (the final "
-        "score's window). KL per update is over accepted updates.")
+        "entropy (nats), episode length, episodes ended by termination (%) and control reward "
+        "per step (−cost) over its last 10% of environment steps (the final score's window). KL "
+        "per update is over accepted updates.")
     assert diagnostics_markdown(diagnostics_table([])) == ""
 
 

@@ -28,14 +28,18 @@ def policy_like_actions(space, steps: int, num_envs: int, seed: int = 0) -> np.n
 
 
 def assert_same_steps(ours, theirs, actions) -> int:
-    """Step both vector envs with ``actions``; every output must be equal to the last bit.
-    Returns the number of episode ends."""
+    """Step both vector envs with ``actions``; every output must be equal to the last bit, the
+    reward's terms included. Returns the number of episode ends."""
     ends = 0
     for t, action in enumerate(actions):
         mine, gym_step = ours.step(action), theirs.step(action)
         for name, a, b in zip(("observation", "reward", "terminated", "truncated"), mine,
                               gym_step):
             assert a.dtype == b.dtype and np.array_equal(a, b), f"{name} differs at step {t}"
+        terms, their_terms = mine[4]["reward_terms"], gym_step[4]["reward_terms"]
+        assert terms.keys() == their_terms.keys(), t
+        for name in terms:
+            assert np.array_equal(terms[name], their_terms[name]), f"{name} differs at step {t}"
         ended = gym_step[2] | gym_step[3]
         for i in np.flatnonzero(ended):
             assert np.array_equal(mine[4]["final_obs"][i], gym_step[4]["final_obs"][i]), t

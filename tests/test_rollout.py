@@ -203,6 +203,10 @@ def test_worker_processes_step_the_same_transitions_as_one_sync_vector_env(env_i
             expected, got = sync.step(actions), split.step(actions)
             for a, b in zip(expected[:4], got[:4]):
                 np.testing.assert_array_equal(a, b)
+            terms, their_terms = expected[4]["reward_terms"], got[4]["reward_terms"]
+            assert terms.keys() == their_terms.keys()
+            for name in terms:
+                np.testing.assert_array_equal(terms[name], their_terms[name])
             for i in np.flatnonzero(expected[2] | expected[3]):
                 np.testing.assert_array_equal(expected[4]["final_obs"][i], got[4]["final_obs"][i])
                 ended += 1
@@ -241,3 +245,32 @@ def test_a_worker_that_cannot_make_its_environment_says_why():
             envs.reset(seed=[1, 2])
     finally:
         envs.close()
+
+
+class Zero(nn.Module):
+    """V(s) = 0."""
+
+    def forward(self, obs):
+        return torch.zeros(obs.shape[0])
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", "mujoco"])
+def test_a_rollouts_reward_terms_add_up_to_its_rewards_and_its_falls_are_counted(backend):
+    """Hopper-v5 pays 1 for every healthy step and nothing at the step it falls, so over a
+    rollout its healthy term sums to the steps less the falls; the terms add up to the rewards."""
+    envs = make_vector_env(EnvConfig(id="Hopper-v5", backend=backend, max_episode_steps=20), 3,
+                           workers=1)
+    policy = build_policy(envs.single_observation_space, envs.single_action_space,
+                          network_config(policy_hidden=[4]))
+    collector = RolloutCollector(envs, policy, Zero(), ObservationNormalizer((11,), enabled=False),
+                                 RewardScaler(3, 0.99, enabled=False), 100, seed=0,
+                                 env_id="Hopper-v5")
+    rollout = collector.collect()
+    envs.close()
+    terms = rollout.reward_terms
+    assert set(terms) == {"reward_forward", "reward_ctrl", "reward_survive"}
+    assert rollout.terminations == int((rollout.terminated & rollout.episode_end).sum())
+    assert 0 < rollout.terminations < len(rollout.episode_returns)  # falls and time limits
+    assert terms["reward_survive"] == rollout.rewards.size - rollout.terminations
+    assert terms["reward_ctrl"] < 0
+    assert sum(terms.values()) == pytest.approx(rollout.rewards.sum(), rel=1e-12)

@@ -225,6 +225,11 @@ class OnPolicyLearner:
             "kl_obs_stats": kl_obs_stats,
             "episodes": len(episodes),
             "episode_length_mean": float(np.mean(rollout.episode_lengths)) if episodes else None,
+            # Of the episodes that ended, the fraction that terminated (a fall, for the
+            # locomotion tasks) rather than reached the time limit.
+            "terminated_fraction": rollout.terminations / len(episodes) if episodes else None,
+            # The reward's terms per environment step, as the task reports them (costs negative).
+            **{name: total / rollout.rewards.size for name, total in rollout.reward_terms.items()},
             **metrics,
             # How well the value net fitted last iteration predicts this batch's targets.
             "value_loss": float(np.mean((rollout.values - returns) ** 2)),

@@ -35,9 +35,14 @@ class Rollout:
     episode_end: np.ndarray  # bool: the episode ended at this step (terminated or truncated)
     values: np.ndarray  # V(s_t)
     next_values: np.ndarray  # V of the true next observation (the final one at an episode end)
-    # Undiscounted raw-reward returns and lengths of the episodes that finished in this rollout.
+    # Undiscounted raw-reward returns and lengths of the episodes that finished in this rollout,
+    # and how many of them ended by termination (the rest reached the time limit).
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
+    terminations: int = 0
+    # Each reward term the environments report (``reward_ctrl``, ``reward_survive``, ...: the
+    # names of Gymnasium's info, costs negative), summed over the rollout's T·N steps.
+    reward_terms: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, steps: int, envs: gym.vector.VectorEnv) -> "Rollout":
@@ -100,6 +105,10 @@ class RolloutCollector:
             rollout.terminated[t], rollout.episode_end[t] = terminated, ended
             self.running_returns += rewards
             self.running_lengths += 1
+            rollout.terminations += int(np.count_nonzero(terminated))
+            for name, values in info.get("reward_terms", {}).items():
+                rollout.reward_terms[name] = rollout.reward_terms.get(name, 0.0) + float(
+                    np.sum(values, dtype=np.float64))
             for i in np.flatnonzero(ended):
                 final_obs = info["final_obs"][i]
                 check_finite(final_obs, "final observation", self.env_id, self.total_steps)

@@ -70,8 +70,12 @@ class Task:
     def healthy(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         return np.ones(len(qpos), bool)
 
-    def reward(self, x_velocity, actions, healthy, contact) -> np.ndarray:
-        return self.forward_reward(x_velocity) - self.control_cost(actions)
+    def reward(self, x_velocity, actions, healthy, contact
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The step's reward, and its terms under the names of Gymnasium's ``info`` (costs
+        negative, as it reports them)."""
+        forward, control = self.forward_reward(x_velocity), self.control_cost(actions)
+        return forward - control, {"reward_forward": forward, "reward_ctrl": -control}
 
     def terminated(self, healthy: np.ndarray) -> np.ndarray:
         return np.zeros(len(healthy), bool)
@@ -80,9 +84,11 @@ class Task:
 class HealthyTask(Task):
     """A task that pays for staying healthy and may end when it is not."""
 
-    def reward(self, x_velocity, actions, healthy, contact) -> np.ndarray:
-        rewards = self.forward_reward(x_velocity) + healthy * self.env._healthy_reward
-        return rewards - self.control_cost(actions)
+    def reward(self, x_velocity, actions, healthy, contact):
+        forward, survive = self.forward_reward(x_velocity), healthy * self.env._healthy_reward
+        control = self.control_cost(actions)
+        return (forward + survive) - control, {"reward_forward": forward, "reward_ctrl": -control,
+                                               "reward_survive": survive}
 
     def terminated(self, healthy: np.ndarray) -> np.ndarray:
         return ~healthy & bool(self.env._terminate_when_unhealthy)
@@ -140,10 +146,13 @@ class Ant(HealthyTask):
         return np.isfinite(state).all(axis=1) & (z_low <= state[:, 2]) & (state[:, 2] <= z_high)
 
     def reward(self, x_velocity, actions, healthy, contact):
-        rewards = self.forward_reward(x_velocity) + healthy * self.env._healthy_reward
+        forward, survive = self.forward_reward(x_velocity), healthy * self.env._healthy_reward
+        control = self.control_cost(actions)
         contact_cost = self.env._contact_cost_weight * np.sum(
             np.square(contact).reshape(len(contact), -1), axis=1)
-        return rewards - (self.control_cost(actions) + contact_cost)
+        return (forward + survive) - (control + contact_cost), {
+            "reward_forward": forward, "reward_ctrl": -control, "reward_contact": -contact_cost,
+            "reward_survive": survive}
 
 
 # The tasks env.backend=mujoco steps, each shown equal to Gymnasium's by
@@ -178,7 +187,8 @@ BACKEND = Backend(name="mujoco", make=make, check=check, threaded=True, snapshot
 class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` copies of a :data:`TASKS` task, their physics stepped by one
     :class:`mujoco.batch.Batch` on ``threads`` threads: Gymnasium's transitions, SAME_STEP
-    autoreset with the true final observation in ``info["final_obs"]``. Its state can be read
+    autoreset with the true final observation in ``info["final_obs"]`` and the reward's terms
+    in ``info["reward_terms"]``. Its state can be read
     and restored (:meth:`env_states`), so a run resumes exactly."""
 
     def __init__(self, cfg: EnvConfig, num_envs: int, threads: int):
@@ -267,7 +277,7 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
         x_velocity = ((self.position - before) / self.task.dt)[:, 0]
         observations = self.task.observe(qpos, qvel, contact)
         healthy = self.task.healthy(qpos, qvel)
-        rewards = self.task.reward(x_velocity, actions, healthy, contact)
+        rewards, terms = self.task.reward(x_velocity, actions, healthy, contact)
         terminated = self.task.terminated(healthy)
         self.elapsed += 1
         truncated = self.elapsed >= self.time_limit
@@ -275,7 +285,8 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
         for i in np.flatnonzero(terminated | truncated):
             final_obs[i] = observations[i].copy()
             observations[i] = self._reset_copy(i)
-        return observations, rewards, terminated, truncated, {"final_obs": final_obs}
+        return observations, rewards, terminated, truncated, {"final_obs": final_obs,
+                                                              "reward_terms": terms}
 
     # ---------------------------------------------------------------------------- state
 
