@@ -14,6 +14,7 @@ from analysis.load import detect_group_keys, drop_unmeasured, load_runs, task_re
 from analysis.report import (MIN_SEEDS, aggregate_markdown, aggregate_scores,
                              diagnostics_markdown, diagnostics_table, few_seeds, final_table,
                              make_groups, write_tables)
+from analysis.stats import BOOTSTRAP_REPS
 from analysis.videos import write_videos
 
 log = logging.getLogger("analysis")
@@ -66,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
                         help="with --videos, import MODULE for a task named MODULE:Id (tasks "
                              "are made only from modules you name)")
-    parser.add_argument("--reps", type=whole_number, default=2000,
+    parser.add_argument("--reps", type=whole_number, default=BOOTSTRAP_REPS,
                         help="bootstrap resamples, at least 1 (default: %(default)s)")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]

@@ -75,7 +75,7 @@ def save_figure(fig: plt.Figure, out: Path, name: str) -> None:
     plt.close(fig)
 
 
-def plot_curves(groups: list[Group], metric: str, reps: int = 2000,
+def plot_curves(groups: list[Group], metric: str, reps: int = stats.BOOTSTRAP_REPS,
                 panel_key: Optional[str] = None) -> plt.Figure:
     """One panel per env, one IQM line with its 95% bootstrap band per group.
 
@@ -145,7 +145,7 @@ def plot_curves(groups: list[Group], metric: str, reps: int = 2000,
 
 
 def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple],
-                   reps: int = 2000, scores: Optional[Aggregate] = None) -> plt.Figure:
+                   reps: int = stats.BOOTSTRAP_REPS, scores: Optional[Aggregate] = None) -> plt.Figure:
     """IQM across envs, probability of improvement and performance profiles, with 95% CIs
     (``scores``, or :func:`analysis.report.aggregate_scores` of ``groups``)."""
     scores = scores or aggregate_scores(groups, metric, references, reps=reps)

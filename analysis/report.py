@@ -132,7 +132,7 @@ def max_of_mean_curve(runs: list[Run], metric: str) -> float:
     return float(mean_curve.max()) if not mean_curve.empty else math.nan
 
 
-def final_table(groups: list[Group], metric: str, reps: int = 2000) -> pd.DataFrame:
+def final_table(groups: list[Group], metric: str, reps: int = stats.BOOTSTRAP_REPS) -> pd.DataFrame:
     """One row per env × group: keys, ``seeds``, ``iqm`` with its 95% CI, ``mean``, ``std``
     (sample std over seeds of the final scores) and ``max_mean_curve``."""
     rows = []
@@ -166,7 +166,7 @@ class Aggregate:
 
 
 def aggregate_scores(groups: list[Group], metric: str, references: dict[str, tuple],
-                     reps: int = 2000) -> Aggregate:
+                     reps: int = stats.BOOTSTRAP_REPS) -> Aggregate:
     """The lines' final scores across the envs every line has, normalised per env by the env
     config's (random, reference) returns when every env has them, else by the min and max final
     score over the runs compared in that env.

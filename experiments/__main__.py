@@ -30,6 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from analysis.__main__ import main as analyse
+from analysis.stats import BOOTSTRAP_REPS
 from trpo.config import CONF_DIR, result_neutral_keys
 from experiments.status import format_status, mark_runs_to_copy, planned_runs, study_status
 
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
                         help="write the figures and tables to the committed "
                              "experiments/results/STUDY and refresh the study's section of "
                              "RESULTS.md (what a maintainer commits)")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--reps", type=int, default=BOOTSTRAP_REPS,
+                        help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--videos", action="store_true",
                         help="also record each group's best seed (analysis --videos); with "
                              "--update-results the study's RESULTS.md section then shows a strip "

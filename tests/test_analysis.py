@@ -180,6 +180,28 @@ def test_bootstrap_interval_is_seeded_contains_the_estimate_and_collapses_on_con
                                          reps=50) == (7.0, 7.0)
 
 
+@pytest.mark.parametrize("statistic, score_sets", [
+    (stats.interquartile_mean, (X,)), (stats.mean, (Y,)),
+    (stats.probability_of_improvement, (X, Y)), (stats.probability_of_improvement, (Y, Z))])
+def test_a_chunk_of_resamples_at_once_gives_the_interval_of_one_at_a_time(statistic, score_sets):
+    """A statistic the bootstrap does not know is evaluated resample by resample on the same
+    draws: the same interval, to rounding."""
+    def one_at_a_time(*resampled):
+        return statistic(*resampled)
+
+    np.testing.assert_allclose(
+        stats.stratified_bootstrap_ci(statistic, *score_sets, reps=5000, seed=4),
+        stats.stratified_bootstrap_ci(one_at_a_time, *score_sets, reps=5000, seed=4), rtol=1e-12)
+
+
+def test_with_the_default_resamples_an_interval_end_does_not_move_with_the_seed():
+    ends = np.array([stats.stratified_bootstrap_ci(stats.interquartile_mean, X, seed=seed)
+                     for seed in range(3)])
+    assert np.ptp(ends, axis=0).max() < 0.005  # so two decimals hold
+    ends = np.array([stats.performance_profile_ci(X, TAUS, seed=seed) for seed in range(3)])
+    assert np.ptp(ends, axis=0).max() < 0.01
+
+
 def test_bootstrap_resamples_within_each_task():
     """Stratified: a resample never mixes tasks, so task-constant scores keep every task mean."""
     scores = np.tile([0.0, 10.0], (5, 1))  # task 0 always 0, task 1 always 10
