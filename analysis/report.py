@@ -285,7 +285,8 @@ METRIC_LABELS = {
 # over the final score's window rather than over the whole run).
 DIAGNOSTICS = (("kl", False), ("update_accepted", False), ("entropy", True),
                ("episode_length_mean", True), ("terminated_fraction", True),
-               ("reward_ctrl", True), ("reward_survive", True), ("explained_variance", True),
+               ("reward_ctrl", True), ("reward_contact", True), ("reward_survive", True),
+               ("explained_variance", True),
                ("value_loss", True))
 
 

@@ -197,7 +197,7 @@ def test_a_chunk_of_resamples_at_once_gives_the_interval_of_one_at_a_time(statis
 def test_with_the_default_resamples_an_interval_end_does_not_move_with_the_seed():
     ends = np.array([stats.stratified_bootstrap_ci(stats.interquartile_mean, X, seed=seed)
                      for seed in range(3)])
-    assert np.ptp(ends, axis=0).max() < 0.005  # so two decimals hold
+    assert np.ptp(ends, axis=0).max() < 0.005
     ends = np.array([stats.performance_profile_ci(X, TAUS, seed=seed) for seed in range(3)])
     assert np.ptp(ends, axis=0).max() < 0.01
 

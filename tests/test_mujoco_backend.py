@@ -98,6 +98,11 @@ def test_a_full_iteration_trains_to_the_same_rows_on_either_backend(compose_conf
             for backend in ("gymnasium", "mujoco")}
     assert (rows["mujoco"]["episodes"] > 0).all()
     pd.testing.assert_frame_equal(rows["gymnasium"], rows["mujoco"], check_exact=True)
+    row = rows["mujoco"].iloc[0]
+    assert 0 <= row["terminated_fraction"] <= 1 and row["reward_ctrl"] < 0
+    if env_id in ("Hopper-v5", "Walker2d-v5"):  # 1 per step, except at the step of a fall
+        falls = row["terminated_fraction"] * row["episodes"]
+        assert row["reward_survive"] == pytest.approx(1 - falls / 2048, abs=1e-12)
 
 
 def test_a_run_moves_between_backends_on_resume_with_the_rows_it_would_have_had(compose_config,

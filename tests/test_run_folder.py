@@ -238,6 +238,20 @@ def test_a_checkpoint_without_a_history_is_refused_in_one_line_touching_nothing(
     assert files_of(tmp_path) == before
 
 
+def test_a_row_with_new_columns_widens_the_header_and_keeps_every_row(tmp_path):
+    """A run resumed by code that logs a new column: the earlier rows get it empty."""
+    folder = RunFolder(tmp_path)
+    folder.progress.rewrite([{"iteration": 1, "kl": 0.5}, {"iteration": 2, "kl": 0.25}])
+    folder.progress.append({"iteration": 3, "kl": 0.125, "reward_ctrl": -1.5})
+    folder.progress.append({"iteration": 4, "kl": 0.0625, "reward_ctrl": -0.75})
+    folder.progress.close()
+    assert (tmp_path / "progress.csv").read_text().splitlines() == [
+        "iteration,kl,reward_ctrl", "1,0.5,", "2,0.25,", "3,0.125,-1.5", "4,0.0625,-0.75"]
+    read = folder.progress.read()
+    assert not read.problems and [row["reward_ctrl"] for row in read.rows] == [
+        None, None, -1.5, -0.75]
+
+
 def test_rows_are_made_durable_before_the_checkpoint_that_covers_them(tmp_path, monkeypatch):
     """The order of the fsync calls themselves: progress.csv's before the checkpoint's."""
     folder = RunFolder(tmp_path)

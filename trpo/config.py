@@ -147,7 +147,7 @@ class EnvConfig:
     max_kl: Optional[float] = None
     # The task's own initial log σ of the Gaussian policy, where its action cost makes the
     # network option's σ a poor start; null leaves it to the network option, which reads it
-    # through ``${task_setting:log_std_init,0.0}`` (an explicit network.log_std_init still wins).
+    # through ``task_setting`` (conf/shared/mlp.yaml; an explicit network.log_std_init wins).
     log_std_init: Optional[float] = None
 
     def validate(self) -> None:

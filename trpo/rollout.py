@@ -90,6 +90,7 @@ class RolloutCollector:
         trainer waits there for a value fit running in the background)."""
         rollout = Rollout.empty(self.steps_per_env, self.envs)
         bootstrap_obs, bootstrap_at = [], []
+        step_terms: list[dict[str, np.ndarray]] = []  # each step's reward terms, summed at the end
         for t in range(self.steps_per_env):
             obs = self.obs_normalizer(self.obs, update=True)
             with torch.inference_mode():
@@ -106,9 +107,8 @@ class RolloutCollector:
             self.running_returns += rewards
             self.running_lengths += 1
             rollout.terminations += int(np.count_nonzero(terminated))
-            for name, values in info.get("reward_terms", {}).items():
-                rollout.reward_terms[name] = rollout.reward_terms.get(name, 0.0) + float(
-                    np.sum(values, dtype=np.float64))
+            if "reward_terms" in info:
+                step_terms.append(info["reward_terms"])
             for i in np.flatnonzero(ended):
                 final_obs = info["final_obs"][i]
                 check_finite(final_obs, "final observation", self.env_id, self.total_steps)
@@ -118,6 +118,9 @@ class RolloutCollector:
                 rollout.episode_lengths.append(int(self.running_lengths[i]))
                 self.running_returns[i], self.running_lengths[i] = 0.0, 0
             self.obs = next_obs
+        rollout.reward_terms = {
+            name: float(np.stack([terms[name] for terms in step_terms], dtype=np.float64).sum())
+            for name in (step_terms[0] if step_terms else ())}
         before_values()
         self._compute_values(rollout, bootstrap_obs, bootstrap_at)
         return rollout

@@ -94,16 +94,14 @@ class CSVWriter(MetricWriter):
     """``progress.csv``, a line per iteration, flushed at once (synced with each checkpoint).
 
     An existing file (a resumed run's, rewritten from its checkpoint) is appended to under its
-    own header.
+    own header, widened by any column the run logs that it lacks.
     """
 
     def __init__(self, progress: ProgressFile):
         self.progress = progress
 
     def write(self, row: Row) -> None:
-        dropped = self.progress.append(row)
-        if dropped:
-            log.warning("%s: dropping columns not in its header: %s", self.progress.path, dropped)
+        self.progress.append(row)
 
     def close(self, status: str = "completed") -> None:
         self.progress.close()

@@ -116,9 +116,10 @@ class ProgressFile:
             writer.writerow(_cells(row))
         atomic_write(self.path, text.getvalue().encode())
 
-    def append(self, row: Row) -> list[str]:
-        """Add one row under the file's header (written from this row if there is none);
-        returns the row's keys the header has no column for (they are not written)."""
+    def append(self, row: Row) -> None:
+        """Add one row under the file's header (written from this row if there is none). A row
+        with columns the header lacks (a run resumed by code that logs more) widens the header
+        once: the file is rewritten with them, empty in the earlier rows."""
         if self._file is None:
             header = self._header()
             self._file = open(self.path, "a" if header else "w", newline="")
@@ -128,9 +129,25 @@ class ProgressFile:
         if self._writer is None:
             self._writer = csv.DictWriter(self._file, fieldnames=list(row), extrasaction="ignore")
             self._writer.writeheader()
+        new = [key for key in row if key not in self._writer.fieldnames]
+        if new:
+            self._widen([*self._writer.fieldnames, *new])
         self._writer.writerow(_cells(row))
         self._file.flush()
-        return sorted(set(row) - set(self._writer.fieldnames))
+
+    def _widen(self, header: list[str]) -> None:
+        """Rewrite the file under ``header``, a longer one, and go on appending under it."""
+        self.close()
+        with open(self.path, newline="") as file:
+            lines = list(csv.reader(file))[1:]
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(header)
+        for cells in lines:
+            writer.writerow(cells + [""] * (len(header) - len(cells)))
+        atomic_write(self.path, text.getvalue().encode())
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=header, extrasaction="ignore")
 
     def sync(self) -> None:
         """Make the rows written so far durable (called before each checkpoint)."""
