@@ -145,7 +145,8 @@ def plot_curves(groups: list[Group], metric: str, reps: int = stats.BOOTSTRAP_RE
 
 
 def plot_aggregate(groups: list[Group], metric: str, references: dict[str, tuple],
-                   reps: int = stats.BOOTSTRAP_REPS, scores: Optional[Aggregate] = None) -> plt.Figure:
+                   reps: int = stats.BOOTSTRAP_REPS,
+                   scores: Optional[Aggregate] = None) -> plt.Figure:
     """IQM across envs, probability of improvement and performance profiles, with 95% CIs
     (``scores``, or :func:`analysis.report.aggregate_scores` of ``groups``)."""
     scores = scores or aggregate_scores(groups, metric, references, reps=reps)

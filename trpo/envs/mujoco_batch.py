@@ -188,8 +188,8 @@ class MuJoCoBatchVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` copies of a :data:`TASKS` task, their physics stepped by one
     :class:`mujoco.batch.Batch` on ``threads`` threads: Gymnasium's transitions, SAME_STEP
     autoreset with the true final observation in ``info["final_obs"]`` and the reward's terms
-    in ``info["reward_terms"]``. Its state can be read
-    and restored (:meth:`env_states`), so a run resumes exactly."""
+    in ``info["reward_terms"]``. Its state can be read and restored (:meth:`env_states`), so a
+    run resumes exactly."""
 
     def __init__(self, cfg: EnvConfig, num_envs: int, threads: int):
         # One Gymnasium env per copy: it resets the copy (its noise, its random stream).
