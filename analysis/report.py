@@ -132,7 +132,8 @@ def max_of_mean_curve(runs: list[Run], metric: str) -> float:
     return float(mean_curve.max()) if not mean_curve.empty else math.nan
 
 
-def final_table(groups: list[Group], metric: str, reps: int = stats.BOOTSTRAP_REPS) -> pd.DataFrame:
+def final_table(groups: list[Group], metric: str,
+                reps: int = stats.BOOTSTRAP_REPS) -> pd.DataFrame:
     """One row per env × group: keys, ``seeds``, ``iqm`` with its 95% CI, ``mean``, ``std``
     (sample std over seeds of the final scores) and ``max_mean_curve``."""
     rows = []

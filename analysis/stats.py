@@ -27,18 +27,19 @@ def interquartile_mean(scores: np.ndarray) -> float:
     ``int(0.25·n)`` scores are cut from each end; with fewer than 4 scores nothing is cut and
     the IQM is the mean.
     """
-    flat = np.sort(np.asarray(scores, dtype=float).ravel())
-    cut = int(0.25 * flat.size)
-    return float(flat[cut:flat.size - cut].mean())
+    return float(_iqm_of_each(np.asarray(scores, dtype=float).reshape(1, -1))[0])
 
 
 def mean(scores: np.ndarray) -> float:
     """Mean over runs of each task, averaged over tasks (rliable's ``aggregate_mean``)."""
-    return float(np.mean(np.mean(np.asarray(scores, dtype=float), axis=0)))
+    return float(_mean_of_each(np.asarray(scores, dtype=float)[None])[0])
 
+
+# The statistics above and probability_of_improvement below, each of a whole chunk of
+# bootstrap resamples at once (a leading axis of k resamples).
 
 def _iqm_of_each(resamples: np.ndarray) -> np.ndarray:
-    """:func:`interquartile_mean` of each ``[runs, tasks]`` matrix of ``[k, runs, tasks]``."""
+    """:func:`interquartile_mean` of each resample of ``[k, ...]``, its scores pooled."""
     flat = np.sort(resamples.reshape(len(resamples), -1), axis=1)
     cut = int(0.25 * flat.shape[1])
     return flat[:, cut:flat.shape[1] - cut].mean(axis=1)
@@ -88,11 +89,7 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
     counts may differ.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    per_task = []
-    for task in range(x.shape[1]):
-        diff = x[:, task][:, None] - y[:, task][None, :]
-        per_task.append(np.mean((diff > 0) + 0.5 * (diff == 0)))
-    return float(np.mean(per_task))
+    return float(_probability_of_improvement_of_each(x[None], y[None])[0])
 
 
 def performance_profile(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

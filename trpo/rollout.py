@@ -35,14 +35,17 @@ class Rollout:
     episode_end: np.ndarray  # bool: the episode ended at this step (terminated or truncated)
     values: np.ndarray  # V(s_t)
     next_values: np.ndarray  # V of the true next observation (the final one at an episode end)
-    # Undiscounted raw-reward returns and lengths of the episodes that finished in this rollout,
-    # and how many of them ended by termination (the rest reached the time limit).
+    # Undiscounted raw-reward returns and lengths of the episodes that finished in this rollout.
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
-    terminations: int = 0
     # Each reward term the environments report (``reward_ctrl``, ``reward_survive``, ...: the
     # names of Gymnasium's info, costs negative), summed over the rollout's T·N steps.
     reward_terms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def terminations(self) -> int:
+        """How many of the finished episodes ended by termination (the rest at the time limit)."""
+        return int(np.count_nonzero(self.terminated))
 
     @classmethod
     def empty(cls, steps: int, envs: gym.vector.VectorEnv) -> "Rollout":
@@ -106,7 +109,6 @@ class RolloutCollector:
             rollout.terminated[t], rollout.episode_end[t] = terminated, ended
             self.running_returns += rewards
             self.running_lengths += 1
-            rollout.terminations += int(np.count_nonzero(terminated))
             if "reward_terms" in info:
                 step_terms.append(info["reward_terms"])
             for i in np.flatnonzero(ended):

@@ -88,12 +88,12 @@ class SameStepSyncVectorEnv(SyncVectorEnv):
         terms: dict[str, np.ndarray] = {}
         for i, env in enumerate(self.envs):
             obs, rewards[i], terminated[i], truncated[i], info = env.step(actions[i])
-            if self.term_names is None:
-                self.term_names = [key for key in info if key.startswith("reward_")]
-            for key in self.term_names:
-                if key not in terms:
-                    terms[key] = np.zeros(n)
-                terms[key][i] = info.get(key, 0.0)
+            if i == 0:
+                if self.term_names is None:
+                    self.term_names = [key for key in info if key.startswith("reward_")]
+                terms = {key: np.zeros(n) for key in self.term_names}
+            for key, values in terms.items():
+                values[i] = info.get(key, 0.0)
             if terminated[i] or truncated[i]:
                 final_obs[i] = obs
                 obs, _ = env.reset()
