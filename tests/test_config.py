@@ -127,9 +127,10 @@ def test_a_task_sets_its_own_discount_and_trust_region_where_the_zoo_does(compos
 
 def test_a_task_may_set_the_policys_initial_sigma_and_an_explicit_value_still_wins(
         compose_config):
-    assert compose_config(["env=ant"]).network.log_std_init == 0.0  # no task sets one yet
-    assert compose_config(["env=ant", "env.log_std_init=-0.5"]).network.log_std_init == -0.5
-    cfg = compose_config(["env=ant", "env.log_std_init=-0.5", "network.log_std_init=-1"])
+    assert compose_config(["env=hopper"]).network.log_std_init == 0.0  # the network option's
+    assert compose_config(["env=ant"]).network.log_std_init == -0.5  # Ant-v5's own
+    assert compose_config(["env=ant", "ablation=sigma_one"]).network.log_std_init == 0.0
+    cfg = compose_config(["env=ant", "network.log_std_init=-1"])
     assert cfg.network.log_std_init == -1.0
     with pytest.raises(ConfigError, match=r"^env.log_std_init=11.0 is not allowed: must be in "
                                           r"\[-10, 10\] or null$"):
