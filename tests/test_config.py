@@ -39,7 +39,9 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
         validate_config(cfg)
         return flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
-    defaults, changed = values([]), values([f"ablation={ablation}"])
+    # An ablation of a task's own setting shows on that task.
+    task = {"sigma_one": ["env=ant"]}.get(ablation, [])
+    defaults, changed = values(task), values(task + [f"ablation={ablation}"])
     differing = sorted(k for k in defaults if defaults[k] != changed.get(k))
     assert set(changed) == set(defaults)
     expected = {"none": [], "no_reward_norm": ["normalize_reward"],
@@ -49,7 +51,8 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
                 "shrinking_trust_region": ["solver.max_kl_final"],
                 "log_std_low": ["network.log_std_init"], "steps_1024": ["steps_per_iteration"],
                 "damping_per_action_dim": ["solver.cg_damping_per_action_dim"],
-                "value_target_norm": ["critic.normalize_targets"]}
+                "value_target_norm": ["critic.normalize_targets"],
+                "sigma_one": ["env.log_std_init", "network.log_std_init"]}
     assert differing == expected[ablation]
 
 
@@ -135,6 +138,20 @@ def test_a_task_may_set_the_policys_initial_sigma_and_an_explicit_value_still_wi
     with pytest.raises(ConfigError, match=r"^env.log_std_init=11.0 is not allowed: must be in "
                                           r"\[-10, 10\] or null$"):
         validate_config(compose_config(["env=ant", "env.log_std_init=11"]))
+
+
+def test_a_run_with_a_tasks_setting_made_by_hand_counts_as_the_same_run(compose_config):
+    from omegaconf import OmegaConf
+
+    from trpo.config import trains_the_same
+
+    def saved(overrides):
+        return OmegaConf.to_container(compose_config(overrides), resolve=True, enum_to_str=True)
+
+    by_hand = saved(["env=ant", "env.log_std_init=null", "network.log_std_init=-0.5"])
+    assert trains_the_same(by_hand, compose_config(["env=ant"]))  # reused, resumed alike
+    assert not trains_the_same(saved(["env=ant", "ablation=sigma_one"]),
+                               compose_config(["env=ant"]))
 
 
 @pytest.mark.parametrize("solver", ["trpo", "npg"])

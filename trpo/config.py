@@ -566,11 +566,14 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # Config keys whose values do not change what a run computes: a run may resume with them
 # changed, studies leave them out of run folder names, and the analysis never draws a line
 # per value. A key ending in "." stands for every key below it. Both env backends step
-# Gymnasium's transitions bit for bit (tests/test_mujoco_backend.py).
+# Gymnasium's transitions bit for bit (tests/test_mujoco_backend.py). A task's own settings
+# (env.gamma, env.max_kl, env.log_std_init) act only through the keys that read them, which
+# are compared: a run with Ant-v5's σ set by its option trains what one with the same
+# network.log_std_init set by hand trains.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
                        "torch_threads", "max_rejected_updates", "critic.background",
                        "env_workers", "also_sweep", "env.random_return", "env.reference_return",
-                       "env.backend")
+                       "env.backend", "env.gamma", "env.max_kl", "env.log_std_init")
 
 def is_result_neutral(key: str) -> bool:
     """Whether changing ``key`` (a flattened config key, ``solver.max_kl``) leaves results alone."""
