@@ -286,6 +286,21 @@ def test_reuse_copies_only_a_run_whose_history_proves_complete(compose_config, t
     assert len(pd.read_csv(tmp_path / "trained" / "progress.csv")) == 2
 
 
+def test_reuse_reads_no_checkpoint_of_a_run_whose_recorded_config_differs(
+        compose_config, tmp_path, monkeypatch):
+    base = [*CARTPOLE, "checkpoint_every=1"]
+    train(compose_config([*base, "seed=1"]), tmp_path / "done" / "other_seed")
+    train(compose_config(base), tmp_path / "done" / "twin")
+    opened = []
+    read = RunFolder.read_checkpoints
+    monkeypatch.setattr(RunFolder, "read_checkpoints",
+                        lambda self: (opened.append(self.path.name), read(self))[1])
+    train(compose_config([*base, f"reuse_from={tmp_path / 'done'}"]), tmp_path / "copy")
+    assert RunFolder(tmp_path / "copy").read_status()["reused_from"] == str(
+        tmp_path / "done" / "twin")
+    assert "other_seed" not in opened
+
+
 # ------------------------------------------------------------- checkpoints hold finite state
 
 

@@ -108,6 +108,11 @@ def find_finished_twin(search_root: Path, cfg: DictConfig, folder: RunFolder
     for source in find_run_folders([search_root]):
         if source.path == here or source.state() != "completed":
             continue
+        try:  # the recorded config first: reading every checkpoint of a large tree takes minutes
+            if not trains_the_same(source.read_resolved_config(), cfg):
+                continue
+        except Exception:
+            pass  # no readable record: the checkpoint's own config decides
         path, checkpoint = next(source.read_checkpoints(), (None, None))
         if not isinstance(checkpoint, dict):
             continue  # damaged, or none: not one to copy
