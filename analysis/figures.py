@@ -26,6 +26,9 @@ from analysis.report import (METRIC_LABELS, MIN_SEEDS, Aggregate, Group,  # noqa
                              aggregate_scores, curve_on_grid, evaluations, in_a_sentence, step_grid)
 
 log = logging.getLogger("analysis")
+# fontTools reports each font it subsets for a PDF at INFO; under Hydra's logging that is a
+# screenful per figure.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every colour-vision type.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",

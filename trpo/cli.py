@@ -204,9 +204,10 @@ def _unknown_key(key: str, choices: dict[str, list]) -> Optional[str]:
             if head == "kwargs" or "." not in rest:
                 continue
         return None
-    if section == "critic" and rest:
-        names = [f"critic.{f.name}" for f in fields(schemas.CriticConfig)]
-        return None if key in names else _suggest(key, "critic", names)
+    sections = {"critic": schemas.CriticConfig, "trial": schemas.TrialConfig}
+    if section in sections and rest:
+        names = [f"{section}.{f.name}" for f in fields(sections[section])]
+        return None if key in names else _suggest(key, section, names)
     names = [f.name for f in fields(schemas.TrainConfig)]
     if key in names or section in SCHEMA_GROUPS:
         return None
@@ -372,6 +373,39 @@ def check_sweep_folders(argv: list[str]) -> Optional[str]:
     return None
 
 
+def check_tuning(argv: list[str]) -> Optional[str]:
+    """One line if a tuning (``-m hydra/sweeper=tune``) could not run: a bad budget or setting,
+    a search space with a bad entry, a swept or searched override, Optuna missing; ``None`` if
+    it can, or if this is no tuning."""
+    if "hydra/sweeper=tune" not in argv:
+        return None
+    if not {"-m", "--multirun"} & set(argv):
+        return "error: hydra/sweeper=tune runs trials as a sweep: add -m"
+    from trpo.config import ConfigError
+    from trpo.tuning import TuningSettings, plan
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    hydra_args = [a for a in overrides if a.startswith(("hydra.", "hydra/"))]
+    task = [a for a in overrides if a not in hydra_args]
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        sweeper = schemas.compose(hydra_args, return_hydra_config=True).hydra.sweeper
+    except ConfigCompositionException as error:
+        key = getattr(error.__cause__, "full_key", None)
+        if not key:
+            return None  # Hydra says what is wrong with its own override
+        tune = schemas.compose(["hydra/sweeper=tune"], return_hydra_config=True).hydra.sweeper
+        names = ", ".join(sorted(k for k in tune if k != "_target_"))
+        return f"error: {key} is not a setting of the tune sweeper (settings: {names})"
+    try:
+        settings = TuningSettings(**{k: v for k, v in sweeper.items() if k != "_target_"})
+        plan(task, settings)
+    except ConfigError as error:
+        return f"error: {error}"
+    return None
+
+
 def preflight(argv: list[str]) -> None:
     """What ``run.py`` checks before Hydra starts: ``--help`` prints :func:`help_text`; a key
     no schema has, or an output folder that cannot be written, exits 2 in one line."""
@@ -380,7 +414,7 @@ def preflight(argv: list[str]) -> None:
         raise SystemExit(0)
     problem = (check_group_options(argv) or check_override_keys(argv)
                or check_value_types(argv) or check_output_dirs(argv)
-               or check_sweep_folders(argv))
+               or check_sweep_folders(argv) or check_tuning(argv))
     if problem:
         print(problem, file=sys.stderr, flush=True)
         raise SystemExit(2)

@@ -437,6 +437,26 @@ class LoggerConfig:
                 "must name each writer once", list(self.writers))
 
 
+@dataclass
+class TrialConfig:
+    """Which tuning trial a run is: set by the tuning sweeper (``hydra/sweeper=tune``,
+    :mod:`trpo.tuning`) on each run it launches, null otherwise. A trial's run reports each
+    evaluation to its study and stops, ``pruned``, when the study's pruner says so."""
+
+    # The study's journal file (Optuna's JournalFileBackend), its name there, the trial's number.
+    storage: Optional[str] = None
+    study: Optional[str] = None
+    number: Optional[int] = None
+
+    def validate(self) -> None:
+        given = [value is not None for value in (self.storage, self.study, self.number)]
+        require(all(given) or not any(given), "storage",
+                "storage, study and number are set together (by the tuning sweeper) or not at all",
+                self.storage)
+        require(self.number is None or self.number >= 0, "number", "must be at least 0",
+                self.number)
+
+
 # ------------------------------------------------------------------------------------ top level
 
 
@@ -475,6 +495,7 @@ class TrainConfig:
     solver: Any = MISSING
     logger: LoggerConfig = MISSING
     critic: CriticConfig = field(default_factory=CriticConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
     # Experiment name: the W&B group and the first part of output folder names.
     name: str = "default"
@@ -569,11 +590,12 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # Gymnasium's transitions bit for bit (tests/test_mujoco_backend.py). A task's own settings
 # (env.gamma, env.max_kl, env.log_std_init) act only through the keys that read them, which
 # are compared: a run with Ant-v5's σ set by its option trains what one with the same
-# network.log_std_init set by hand trains.
+# network.log_std_init set by hand trains. A tuning trial (trial.) computes the rows of the same
+# run without it; its pruner may only stop it sooner.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
                        "torch_threads", "max_rejected_updates", "critic.background",
                        "env_workers", "also_sweep", "env.random_return", "env.reference_return",
-                       "env.backend", "env.gamma", "env.max_kl", "env.log_std_init")
+                       "env.backend", "env.gamma", "env.max_kl", "env.log_std_init", "trial.")
 
 def is_result_neutral(key: str) -> bool:
     """Whether changing ``key`` (a flattened config key, ``solver.max_kl``) leaves results alone."""
@@ -589,7 +611,7 @@ def result_neutral_keys() -> list[str]:
                 (keys_of(f.default_factory, f"{prefix}{f.name}.")
                  if is_dataclass(f.default_factory) else [f"{prefix}{f.name}"])]
 
-    sections = {"logger": LoggerConfig, "critic": CriticConfig}
+    sections = {"logger": LoggerConfig, "critic": CriticConfig, "trial": TrialConfig}
     return [spelled for key in RESULT_NEUTRAL_KEYS for spelled in
             (keys_of(sections[key[:-1]], key) if key.endswith(".") else [key])]
 
@@ -619,8 +641,8 @@ def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
                   and k not in allowed)
 
 
-# Sections of the config that hold a schema of their own: the five groups and ``critic``.
-SECTIONS = ("env", "network", "advantage", "solver", "logger", "critic")
+# Sections of the config that hold a schema of their own: the five groups, ``critic``, ``trial``.
+SECTIONS = ("env", "network", "advantage", "solver", "logger", "critic", "trial")
 
 GROUP_SCHEMAS = {
     "env": {"env": EnvConfig},

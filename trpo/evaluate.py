@@ -119,7 +119,8 @@ def _describe(folder: RunFolder, agent: Agent) -> str:
     total = math.ceil(int(agent.config.total_steps) / int(agent.config.steps_per_iteration))
     state = folder.state()
     run = {"completed": "a completed run", "running": "a run still training",
-           "interrupted": "an interrupted run", "failed": "a failed run"}.get(state, "a run")
+           "interrupted": "an interrupted run", "failed": "a failed run",
+           "pruned": "a tuning trial stopped by its pruner"}.get(state, "a run")
     return (f"loaded {agent.source.name} of {folder.path}: iteration {agent.iteration} of "
             f"{total} ({agent.env_steps:,} environment steps), {run}")
 

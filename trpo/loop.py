@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +29,10 @@ log = logging.getLogger("trpo")
 
 class StopRequested(Exception):
     """A stop was asked for (SIGINT, SIGTERM) and the run stopped at a safe point, checkpointed."""
+
+
+class TrialPruned(Exception):
+    """A tuning trial's study pruned it at an evaluation; the run stopped there, checkpointed."""
 
 
 class TrainingLoop:
@@ -133,12 +137,14 @@ class TrainingLoop:
 
     # ---------------------------------------------------------------------------- training
 
-    def run(self, logger: MetricLogger, stop_requested: Callable[[], bool] = lambda: False
-            ) -> float:
+    def run(self, logger: MetricLogger, stop_requested: Callable[[], bool] = lambda: False,
+            report: Optional[Callable[[int, float], bool]] = None) -> float:
         """Train to the end; returns the last evaluation's mean return.
 
         ``stop_requested`` is asked after each iteration (a safe point); if it says yes, the
-        run checkpoints and raises :class:`StopRequested`.
+        run checkpoints and raises :class:`StopRequested`. ``report`` (a tuning trial's,
+        :class:`trpo.tuning.TrialReporter`) gets each evaluation's step and mean return; if it
+        says stop before the last iteration, the run checkpoints and raises :class:`TrialPruned`.
         """
         cfg = self.cfg
         iterations = self.total_iterations
@@ -166,6 +172,12 @@ class TrainingLoop:
                     f"{self.rejected_in_a_row} policy updates in a row were rejected for "
                     f"non-finite values (iterations {self.iteration - self.rejected_in_a_row + 1}"
                     f"–{self.iteration}); {self.last_checkpoint_note()}")
+            evaluated = metrics.get("eval_return_mean")
+            if (report is not None and evaluated is not None and self.iteration < iterations
+                    and report(row["env_steps"], float(evaluated))):
+                if self.checkpointed_at != self.iteration:
+                    self.checkpoint()
+                raise TrialPruned(f"pruned at {row['env_steps']:,} steps")
             if stop_requested() and self.iteration < iterations:
                 if self.checkpointed_at != self.iteration:
                     self.checkpoint()

@@ -5,8 +5,9 @@ not write is refused): nothing is built or written before they pass; the run fol
 so one process trains in it; the resume policy (:mod:`trpo.io.resume`) picks the checkpoint to
 go on from; ``status.json`` says ``running`` and the config is recorded; the
 :class:`trpo.loop.TrainingLoop` trains the run's :class:`trpo.learner.Learner`. The run ends
-``completed``, ``failed`` (with the error) or ``interrupted``: SIGINT or SIGTERM stop it at the end of the iteration under way, with a
-checkpoint (a second signal stops it at once, its last checkpoint kept), and
+``completed``, ``failed`` (with the error), ``pruned`` (a tuning trial its study stopped,
+:mod:`trpo.tuning`) or ``interrupted``: SIGINT or SIGTERM stop it at the end of the iteration
+under way, with a checkpoint (a second signal stops it at once, its last checkpoint kept), and
 :class:`RunInterrupted` says how to resume. Started again in the same folder, a run resumes
 from its last checkpoint; ``resume=false`` starts afresh in a new folder beside it.
 """
@@ -32,8 +33,9 @@ from trpo.io.logger import RunContext, check_writers, make_logger
 from trpo.io.resume import plan_start
 from trpo.io.run_folder import RunFolder
 from trpo.learner import TrainingError, make_learner  # noqa: F401  (TrainingError re-exported)
-from trpo.loop import StopRequested, TrainingLoop
+from trpo.loop import StopRequested, TrainingLoop, TrialPruned
 from trpo.scores import FINAL_WINDOW, final_score
+from trpo.tuning import reporter_for
 
 log = logging.getLogger("trpo")
 
@@ -191,14 +193,21 @@ def _train(cfg, folder, loop, plan, run_name, hydra_config, overrides, resume_co
     if plan.reused_from is not None:
         logger.replay(loop.history)
     stop = StopSignals()
+    reporter = reporter_for(cfg.trial)
     try:
         with stop:  # also over the completion: a first signal there lets the run complete
-            final_return = loop.run(logger, stop.requested)
+            final_return = loop.run(logger, stop.requested,
+                                    reporter.report if reporter is not None else None)
             logger.close("completed")
             folder.save_agent(loop.agent())
             folder.write_status("completed", final_eval_return=final_return,
                                 iteration=loop.iteration, **provenance, **cluster_job())
         log.info("%s", closing_line(folder.path, loop.history))
+    except TrialPruned as pruned:
+        _record_end(logger, folder, "pruned", iteration=loop.iteration, **provenance)
+        log.info("%s: %s by its study's pruner (trial %d); the checkpoint is kept", folder.path,
+                 pruned, cfg.trial.number)
+        return math.nan
     except (StopRequested, KeyboardInterrupt, SystemExit) as stop_error:
         signum = stop.received or (signal.SIGINT if isinstance(stop_error, KeyboardInterrupt)
                                    else None)  # None: an exit asked for (a cluster's requeue)

@@ -51,7 +51,7 @@ OWN_NAMES = (CHECKPOINT, PREVIOUS, PROGRESS, STATUS, AGENT, LOCK, HYDRA, "wandb"
 
 # Statuses a run records; ``interrupted`` is also what a ``running`` record becomes once no
 # process holds the folder's lock (the process was killed before it could say so).
-STATUSES = ("running", "completed", "interrupted", "failed")
+STATUSES = ("running", "completed", "interrupted", "failed", "pruned")
 
 Row = Mapping[str, Optional[float]]
 
@@ -375,9 +375,10 @@ class RunFolder:
         return record if isinstance(record, dict) else {}
 
     def state(self) -> str:
-        """``completed``, ``running``, ``interrupted``, ``failed``, or ``unknown`` (no readable
-        status). A ``running`` record whose process is gone (the lock is free) is
-        ``interrupted``: it was killed before it could record that, and can resume."""
+        """``completed``, ``running``, ``interrupted``, ``failed``, ``pruned`` (a tuning trial its
+        study stopped), or ``unknown`` (no readable status). A ``running`` record whose process
+        is gone (the lock is free) is ``interrupted``: it was killed before it could record
+        that, and can resume."""
         status = self.read_status().get("status")
         if status not in STATUSES:
             return "unknown"

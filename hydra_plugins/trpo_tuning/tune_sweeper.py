@@ -1,0 +1,47 @@
+"""``hydra/sweeper=tune``: Optuna's trials launched as runs through Hydra's launcher.
+
+The work is :mod:`trpo.tuning`'s; this class is what Hydra instantiates from
+``conf/hydra/sweeper/tune.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, List
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from analysis.tuning import write_summary
+from trpo import tuning
+
+log = logging.getLogger("trpo")
+
+
+class TuneSweeper(Sweeper):
+    def __init__(self, trials: int, parallel: int, pruner: str, startup_trials: int,
+                 warmup: float, sampler_seed: int, study: str):
+        self.settings = tuning.TuningSettings(
+            trials=trials, parallel=parallel, pruner=pruner, startup_trials=startup_trials,
+            warmup=warmup, sampler_seed=sampler_seed, study=study)
+        self.config = self.launcher = self.hydra_context = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        base = [override.input_line for override in parsed]
+        plan = tuning.plan(base, self.settings)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        study = tuning.drive(plan, self.settings, sweep_dir, self.launcher.launch)
+        log.info("wrote %s", write_summary(study, plan, self.settings, sweep_dir))
+        return study

@@ -1,0 +1,168 @@
+"""Tuning (``-m hydra/sweeper=tune``, trpo.tuning): trials are run folders with their own seeds,
+the budget counts each trial once across a resume, a pruned trial stops with its checkpoint, and
+bad input is one line before anything is written."""
+
+import json
+import math
+
+import optuna
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, run_py
+from trpo import tuning
+from trpo.config import compose
+from trpo.io.run_folder import RunFolder
+from trpo.train import train
+
+# A tiny run, less what the search space draws (critic.epochs).
+BASE = ["env=cartpole", *(o for o in TINY if not o.startswith("critic.epochs="))]
+
+
+def settings(**changes):
+    values = dict(trials=3, parallel=2, pruner="median", startup_trials=2, warmup=0.0,
+                  sampler_seed=0, study="tune")
+    return tuning.TuningSettings(**{**values, **changes})
+
+
+def launch_in_process(sweep_dir, launched, interrupt=()):
+    """A launcher that trains each trial here, as a joblib or SLURM job would elsewhere; the
+    trials in ``interrupt`` train half their steps and are left as a killed run leaves them."""
+
+    def launch(jobs, initial_job_idx):
+        for overrides in jobs:
+            subdir = next(o.split("=", 1)[1] for o in overrides
+                          if o.startswith("hydra.sweep.subdir="))
+            run = [o for o in overrides if not o.startswith("hydra.")]
+            number = int(subdir.removeprefix("trial_"))
+            launched.append(number)
+            if number in interrupt:
+                train(compose([*run, "total_steps=128"]), sweep_dir / subdir)
+                RunFolder(sweep_dir / subdir).write_status("running", iteration=1)
+            else:
+                train(compose(run), sweep_dir / subdir)
+
+    return launch
+
+
+def test_a_tuning_runs_its_budget_as_trials_with_seeds_of_their_own(tmp_path):
+    launched = []
+    unpruned = settings(pruner="none")
+    study = tuning.drive(tuning.plan(BASE, unpruned), unpruned, tmp_path,
+                         launch_in_process(tmp_path, launched))
+    assert launched == [0, 1, 2]
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for trial in study.trials:
+        folder = RunFolder(tmp_path / f"trial_{trial.number:04d}")
+        config = folder.read_config()
+        assert config["seed"] == 1000 + trial.number
+        assert folder.state() == "completed"
+        for key, value in trial.params.items():  # the run trained with the trial's values
+            assert config[key] == value
+        rows = pd.read_csv(folder.path / "progress.csv")
+        assert trial.value == pytest.approx(rows["eval_return_mean"].iloc[-1])
+
+
+def test_a_stopped_tuning_resumes_its_running_trial_under_its_number(tmp_path):
+    launched = []
+    unpruned = settings(pruner="none")
+    plan = tuning.plan(BASE, unpruned)
+    first = tuning.drive(plan, unpruned, tmp_path,
+                         launch_in_process(tmp_path, launched, interrupt={1}))
+    assert [t.state.name for t in first.trials] == ["COMPLETE", "RUNNING"]
+    params = first.trials[1].params
+    study = tuning.drive(plan, unpruned, tmp_path, launch_in_process(tmp_path, launched))
+    assert launched == [0, 1, 1, 2]  # trial 1 again, then one new trial: three in all
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert study.trials[1].params == params
+    rows = pd.read_csv(tmp_path / "trial_0001" / "progress.csv")
+    assert rows["iteration"].tolist() == [1, 2]  # resumed from its checkpoint
+
+
+def a_trial(tmp_path, extra=()):
+    """A study in ``tmp_path`` with one trial asked, and that trial's run config."""
+    plan = tuning.plan([*BASE, *extra], settings(trials=1))
+    study = tuning.open_study(tmp_path, settings(trials=1), plan)
+    [(number, params)] = tuning.next_batch(study, plan.space, settings(trials=1, parallel=1))
+    overrides = tuning.trial_overrides(plan.base_overrides, number, params,
+                                       tmp_path / tuning.JOURNAL, "tune")
+    return study, number, compose([o for o in overrides if not o.startswith("hydra.")])
+
+
+def test_a_pruned_trial_stops_at_its_evaluation_with_a_checkpoint(tmp_path, monkeypatch):
+    study, number, cfg = a_trial(tmp_path)
+    reports = []
+    monkeypatch.setattr(tuning.TrialReporter, "report",
+                        lambda self, step, value: reports.append(step) or True)
+    assert math.isnan(train(cfg, tmp_path / "trial_0000"))
+    folder = RunFolder(tmp_path / "trial_0000")
+    assert reports == [128] and folder.state() == "pruned"
+    assert folder.has_checkpoint() and folder.read_status()["iteration"] == 1
+    assert tuning.record_outcome(study, number, folder.path) == "pruned"
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+
+
+def test_a_trial_reports_each_evaluation_but_the_last_to_its_study(tmp_path):
+    study, number, cfg = a_trial(tmp_path, ["total_steps=384"])
+    train(cfg, tmp_path / "trial_0000")
+    rows = pd.read_csv(tmp_path / "trial_0000" / "progress.csv")
+    assert study.trials[0].intermediate_values == dict(zip(rows["env_steps"][:2],
+                                                           rows["eval_return_mean"][:2]))
+
+
+def test_bad_tuning_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    result = run_py("-m", "hydra/sweeper=tune", "env=cartpole", "hydra.sweeper.trials=0",
+                    f"hydra.sweep.dir={tmp_path / 'tuning'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: hydra.sweeper.trials=0 is not allowed: must be an "
+                                     "integer of at least 1")
+    assert not (tmp_path / "tuning").exists()
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("hydra.sweeper.pruner=mean", "error: hydra.sweeper.pruner='mean' is not allowed: must be "
+                                  "one of median, none"),
+    ("hydra.sweeper.trails=3", "error: hydra.sweeper.trails is not a setting of the tune "
+                               "sweeper (settings: parallel, pruner, sampler_seed, "
+                               "startup_trials, study, trials, warmup)"),
+    ("solver.max_kl=0.02", "error: solver.max_kl='0.02' is not allowed: is searched "
+                           "(conf/search_space/trpo.yaml): leave it out of the overrides"),
+    ("env=cartpole,pendulum", "error: env='cartpole,pendulum' is not allowed: a tuning tunes "
+                              "one configuration: give one value (or tune each in a sweep "
+                              "folder of its own)"),
+])
+def test_each_bad_tuning_input_is_named_before_hydra_starts(argument, message):
+    from trpo.cli import check_tuning
+
+    assert check_tuning(["-m", "hydra/sweeper=tune", "env=cartpole", argument]) == message
+
+
+def test_a_search_space_entry_the_run_lacks_is_one_line(monkeypatch):
+    from trpo import search_space
+
+    real = search_space.load
+    monkeypatch.setattr(search_space, "load", lambda solver: [
+        *real(solver), search_space.parameter("solver.max_kll", {"low": 0.1, "high": 0.2})])
+    with pytest.raises(tuning.ConfigError, match=r"^search_space.params.solver.max_kll="
+                                                 r".* is not a setting of this run"):
+        tuning.plan(BASE, settings())
+
+
+def test_the_journal_records_what_is_tuned_and_the_report_is_written(tmp_path):
+    from analysis.tuning import write_summary
+
+    plan = tuning.plan(BASE, settings(trials=2))
+    study = tuning.drive(plan, settings(trials=2), tmp_path, launch_in_process(tmp_path, []))
+    other = tuning.plan([*BASE, "critic.minibatch_size=32"], settings(trials=3))
+    with pytest.raises(tuning.ConfigError, match="holds a study that tunes another "
+                                                 "base_overrides"):
+        tuning.drive(other, settings(trials=3), tmp_path, launch_in_process(tmp_path, []))
+    again, recorded, recorded_settings = tuning.reopen(tmp_path)
+    assert recorded == plan and recorded_settings == settings(trials=2)
+    page = write_summary(again, recorded, recorded_settings, tmp_path).read_text()
+    best = max(study.trials, key=lambda t: t.value)
+    assert f"**Best**: trial {best.number}" in page
+    assert " ".join(tuning.best_overrides(best.params)) in page
+    assert "| trials | 2, 2 at a time |" in page
+    assert (tmp_path / "history.png").exists() and (tmp_path / "importances.png").exists()
+    assert json.loads(json.dumps(study.user_attrs["tuning"]))["total_steps"] == 256
