@@ -12,6 +12,9 @@ Extra arguments are Hydra overrides for every sweep (``hydra/launcher=slurm``,
 ``total_steps=200000``, ...); overrides that change what runs compute get folders of their own.
 A run whose config was already trained to the end in another study below ``multirun/`` is
 copied from there rather than trained again (``reuse_from``; ``--no-reuse`` trains everything).
+A study that lists tunings (``tune_first``: tuned_solver_comparison) runs them first, each under
+the study's ``tune_budget``, and then a sweep of each one's best configuration
+(experiments/tuned.py); ``--status`` lists the study's own sweeps.
 ``--analyse-only DIR`` skips the sweep and analyses runs that are already there; ``--status``
 lists the study's runs as finished, copied, part-way, to be copied or not started, with the
 time left.
@@ -33,6 +36,9 @@ from analysis.__main__ import main as analyse
 from analysis.stats import BOOTSTRAP_REPS
 from trpo.config import CONF_DIR, result_neutral_keys
 from experiments.status import format_status, mark_runs_to_copy, planned_runs, study_status
+from experiments.tuned import (EXCLUDED_FROM_NAMES, for_sweeps, tune_commands, tuned_sweeps,
+                               tunings)
+from experiments.tuned import write_report as write_tuning_report
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -44,7 +50,7 @@ NOT_IN_RUN_NAMES = ("experiment", *result_neutral_keys())
 # What run.py exits with when SIGINT or SIGTERM stopped it.
 INTERRUPTED = (130, 143)
 SWEEP_LAYOUT = ("hydra.sweep.subdir=${hydra:job.override_dirname}",
-                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(NOT_IN_RUN_NAMES)}]")
+                f"{EXCLUDED_FROM_NAMES}=[{','.join(NOT_IN_RUN_NAMES)}]")
 
 
 def main(argv=None) -> int:
@@ -81,7 +87,7 @@ def main(argv=None) -> int:
 
     if args.status:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
-        runs = [run for overrides in study_sweeps(args.study, args.overrides)
+        runs = [run for overrides in study_sweeps(args.study, for_sweeps(args.overrides))
                 for run in planned_runs(args.study, overrides, NOT_IN_RUN_NAMES)]
         states = study_status(sweep_dir, [run.name for run in runs])
         if not args.no_reuse:
@@ -94,9 +100,24 @@ def main(argv=None) -> int:
     else:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
         reuse = [] if args.no_reuse else [f"reuse_from={sweep_dir.parent}"]
-        for overrides in study_sweeps(args.study, args.overrides):
+        sweeps = study_sweeps(args.study, for_sweeps(args.overrides))
+        for command in tune_commands(args.study, sweep_dir, args.overrides):
+            print("tuning:", " ".join(command), flush=True)
+            sweep_status = run_sweep(command)
+            if sweep_status:
+                print(f"the tuning exited with {sweep_status}; the same command resumes it",
+                      file=sys.stderr)
+                sweeps = []  # the tuned lines wait for their tunings, the study for both
+                break
+        if sweeps and tunings(args.study):
+            sweeps += [[*tuned, *for_sweeps(args.overrides)]
+                       for tuned in tuned_sweeps(args.study, sweep_dir, NOT_IN_RUN_NAMES)]
+        for overrides in sweeps:
+            # a sweep that names its folders its own way (a tuned line's) keeps its way
+            layout = [o for o in SWEEP_LAYOUT if not any(
+                o.split("=", 1)[0] == own.split("=", 1)[0] for own in overrides)]
             command = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={args.study}",
-                       f"hydra.sweep.dir={sweep_dir}", *SWEEP_LAYOUT, *reuse, *overrides]
+                       f"hydra.sweep.dir={sweep_dir}", *layout, *reuse, *overrides]
             print("running:", " ".join(command), flush=True)
             status = run_sweep(command)
             sweep_status = sweep_status or status
@@ -111,6 +132,7 @@ def main(argv=None) -> int:
     out = args.out or (committed if args.update_results else ROOT / "results") / args.study
     status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps),
                       *(["--videos"] if args.videos else [])])
+    write_tuning_report(args.study, sweep_dir, out)
     if status == 0 and args.update_results and refresh_results_page(RESULTS_PAGE, args.study, out):
         print(f"updated the {args.study} section of {RESULTS_PAGE.name}")
     return sweep_status or status
@@ -161,7 +183,8 @@ def study_block(study: str, out: Path) -> str:
     figures += [f"![{study}: {path.stem.removesuffix('_frames')}, the best seed's final policy]"
                 f"({folder}/videos/{path.name})"
                 for path in sorted(out.glob("videos/*_frames.png"))]
-    tables = [(out / "final.md").read_text().strip()]
+    tables = [table for table in (table_text(out / "tuning.md"),
+                                  (out / "final.md").read_text().strip()) if table]
     aggregate, diagnostics = (table_text(out / name) for name in ("aggregate.md", "diagnostics.md"))
     if aggregate:
         figures.append(f"![{study}: across tasks]({folder}/aggregate.png)")

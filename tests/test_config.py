@@ -52,7 +52,7 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
                 "log_std_low": ["network.log_std_init"], "steps_1024": ["steps_per_iteration"],
                 "damping_per_action_dim": ["solver.cg_damping_per_action_dim"],
                 "value_target_norm": ["critic.normalize_targets"],
-                "sigma_one": ["env.log_std_init", "network.log_std_init"]}
+                "sigma_one": ["env.log_std_init", "network.log_std_init"], "tuned": []}
     assert differing == expected[ablation]
 
 

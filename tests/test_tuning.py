@@ -166,3 +166,40 @@ def test_the_journal_records_what_is_tuned_and_the_report_is_written(tmp_path):
     assert "| trials | 2, 2 at a time |" in page
     assert (tmp_path / "history.png").exists() and (tmp_path / "importances.png").exists()
     assert json.loads(json.dumps(study.user_attrs["tuning"]))["total_steps"] == 256
+
+
+def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_path,
+                                                                          monkeypatch):
+    from omegaconf import OmegaConf
+
+    from experiments import tuned
+
+    monkeypatch.setattr(tuned, "study_config", lambda study: OmegaConf.create({
+        "tune_first": [["solver=trpo", "env=cartpole"]],
+        "tune_budget": ["total_steps=256", "hydra.sweeper.trials=2"],
+        "hydra": {"sweeper": {"params": {"seed": "range(3)"}}}}))
+    sweep_dir = tmp_path / "multirun" / "study"
+    folder = tmp_path / "multirun" / "study_tuning" / "trpo-cartpole"
+    [command] = tuned.tune_commands("study", sweep_dir, ["hydra/launcher=slurm", "seed=0,1",
+                                                         "reuse_from=x"])
+    assert command[2:] == ["-m", "hydra/sweeper=tune", "solver=trpo", "env=cartpole",
+                           "total_steps=256", "hydra.sweeper.trials=2",
+                           f"hydra.sweep.dir={folder}", "hydra/launcher=slurm"]
+    base = [o for o in BASE if not o.startswith("env=")]
+    plan = tuning.plan(["solver=trpo", "env=cartpole", *base], settings(trials=2, parallel=1))
+    tuning.drive(plan, settings(trials=2, parallel=1), folder,
+                 launch_in_process(folder, [], interrupt={1}))
+    with pytest.raises(RuntimeError, match="the tuning trpo-cartpole has run 1 of its 2 trials"):
+        tuned.tuned_sweeps("study", sweep_dir, [])
+    study = tuning.drive(plan, settings(trials=2, parallel=1), folder,
+                         launch_in_process(folder, []))
+    [sweep] = tuned.tuned_sweeps("study", sweep_dir, ["name"])
+    searched = ",".join(p.key for p in plan.space)
+    assert sweep == ["solver=trpo", "env=cartpole", "ablation=tuned",
+                     *tuning.best_overrides(study.best_params), "seed=range(3)",
+                     f"hydra.job.config.override_dirname.exclude_keys=[name,{searched}]"]
+    tuned.write_report("study", sweep_dir, tmp_path / "out")
+    table = (tmp_path / "out" / "tuning.md").read_text()
+    assert "the same for every tuning: 2 trials × 256 steps each" in table
+    assert f"| solver=trpo env=cartpole | 2 | 0 | 0 | {study.best_value:.0f} |" in table
+    assert (tmp_path / "out" / "tuning" / "trpo-cartpole" / "tuning.md").exists()

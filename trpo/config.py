@@ -550,6 +550,12 @@ class TrainConfig:
     # A study's further sweeps into its folder, each a list of overrides on top of the study's
     # own (conf/experiment/): ``python -m experiments STUDY`` runs them after its sweep.
     also_sweep: List[List[str]] = field(default_factory=list)
+    # A study's tunings, each a list of overrides (``[solver=trpo, env=hopper]``), all under the
+    # budget ``tune_budget`` (``[total_steps=500000, hydra.sweeper.trials=20]``): ``python -m
+    # experiments STUDY`` tunes each (hydra/sweeper=tune) before its sweep, then sweeps each best
+    # configuration over the study's seeds as ``ablation=tuned`` (experiments/tuned.py).
+    tune_first: List[List[str]] = field(default_factory=list)
+    tune_budget: List[str] = field(default_factory=list)
 
     def validate(self) -> None:
         _positive_int(self, "total_steps", "steps_per_iteration", "num_envs", "eval_every",
@@ -594,7 +600,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # run without it; its pruner may only stop it sooner.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
                        "torch_threads", "max_rejected_updates", "critic.background",
-                       "env_workers", "also_sweep", "env.random_return", "env.reference_return",
+                       "env_workers", "also_sweep", "tune_first", "tune_budget",
+                       "env.random_return", "env.reference_return",
                        "env.backend", "env.gamma", "env.max_kl", "env.log_std_init", "trial.")
 
 def is_result_neutral(key: str) -> bool:

@@ -193,9 +193,9 @@ def progress_line(study: "optuna.Study", settings: TuningSettings) -> str:
     import optuna
 
     trials = study.get_trials(deepcopy=False)
-    states = {state.name.lower(): sum(t.state == state for t in trials)
-              for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                            optuna.trial.TrialState.FAIL)}
+    state = optuna.trial.TrialState
+    states = {name: sum(t.state == s for t in trials) for name, s in
+              (("completed", state.COMPLETE), ("pruned", state.PRUNED), ("failed", state.FAIL))}
     done = ", ".join(f"{n} {name}" for name, n in states.items() if n)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value, default=None)

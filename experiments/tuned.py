@@ -1,0 +1,118 @@
+"""A study's tunings (``tune_first`` and ``tune_budget`` in ``conf/experiment/STUDY.yaml``).
+
+Before the study's sweep, each entry (``[solver=trpo, env=hopper]``) is tuned with
+``hydra/sweeper=tune`` under the one budget into ``multirun/<study>_tuning/<solver>-<env>/``
+(beside the study's folder, so that its trials are not analysed as the study's runs). After it,
+each entry's best configuration is swept over the study's seeds as ``ablation=tuned``, beside
+the defaults (``ablation=none``) of the study's own sweep. The study's results get a
+``tuning.md`` (what was tuned, with which budget, and what each tuning found) and each tuning's
+own report and figures under ``tuning/<solver>-<env>/``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import OmegaConf
+
+from trpo.config import CONF_DIR
+from trpo.tuning import JOURNAL, best_overrides, counted, reopen
+
+ROOT = Path(__file__).resolve().parents[1]
+# The keys a run folder's name leaves out (Hydra's override_dirname).
+EXCLUDED_FROM_NAMES = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def study_config(study: str):
+    return OmegaConf.load(CONF_DIR / "experiment" / f"{study}.yaml")
+
+
+def tunings(study: str) -> dict[str, list[str]]:
+    """Each tuning of the study by name (``trpo-hopper``): its overrides."""
+    return {"-".join(o.split("=", 1)[1] for o in entry): list(entry)
+            for entry in study_config(study).get("tune_first", [])}
+
+
+def tuning_root(sweep_dir: Path) -> Path:
+    return sweep_dir.with_name(f"{sweep_dir.name}_tuning")
+
+
+def for_sweeps(overrides: list[str]) -> list[str]:
+    """The user's overrides that reach the study's sweeps: not the tune sweeper's settings."""
+    return [o for o in overrides
+            if not o.startswith("hydra.sweeper.") or o.startswith("hydra.sweeper.params.")]
+
+
+def tune_commands(study: str, sweep_dir: Path, overrides: list[str]) -> list[list[str]]:
+    """``run.py -m hydra/sweeper=tune`` for each tuning; the user's overrides (a launcher, the
+    budget's ``hydra.sweeper.trials``, ...) come last, but for ``seed``, ``reuse_from`` (a
+    trial's seed is its own) and the basic sweeper's ``hydra.sweeper.params``."""
+    budget = list(study_config(study).get("tune_budget", []))
+    passed = [o for o in overrides
+              if not o.startswith(("reuse_from=", "seed=", "hydra.sweeper.params."))]
+    return [[sys.executable, str(ROOT / "run.py"), "-m", "hydra/sweeper=tune", *entry, *budget,
+             f"hydra.sweep.dir={tuning_root(sweep_dir) / name}", *passed]
+            for name, entry in tunings(study).items()]
+
+
+def tuned_sweeps(study: str, sweep_dir: Path, not_in_names: Sequence[str]) -> list[list[str]]:
+    """A sweep of each tuning's best configuration over the study's seeds, as
+    ``ablation=tuned``, its run folders named without the searched values (one tuned line per
+    solver and task: ``ablation=tuned,env=hopper,seed=0,solver=trpo``) beside ``not_in_names``;
+    raises ``RuntimeError`` naming a tuning that has not used its budget."""
+    seeds = study_config(study).hydra.sweeper.params.seed
+    sweeps = []
+    for name, entry in tunings(study).items():
+        found, tuning, settings = reopen(tuning_root(sweep_dir) / name)
+        if counted(found) < settings.trials:
+            raise RuntimeError(f"the tuning {name} has run {counted(found)} of its "
+                               f"{settings.trials} trials; the same command resumes it")
+        unnamed = [*not_in_names, *(p.key for p in tuning.space)]
+        sweeps.append([*entry, "ablation=tuned", *best_overrides(found.best_params),
+                       f"seed={seeds}", f"{EXCLUDED_FROM_NAMES}=[{','.join(unnamed)}]"])
+    return sweeps
+
+
+def write_report(study: str, sweep_dir: Path, out: Path) -> None:
+    """``out/tuning.md`` and each tuning's report under ``out/tuning/<name>/``; nothing if the
+    study tunes nothing or a tuning has not started."""
+    from analysis.tuning import write_summary
+
+    rows, budgets = [], set()
+    for name, entry in tunings(study).items():
+        folder = tuning_root(sweep_dir) / name
+        if not (folder / JOURNAL).is_file():
+            return
+        found, tuning, settings = reopen(folder)
+        write_summary(found, tuning, settings, folder)
+        target = out / "tuning" / name
+        target.mkdir(parents=True, exist_ok=True)
+        for path in folder.iterdir():
+            if path.suffix in (".md", ".png", ".pdf"):
+                shutil.copy2(path, target / path.name)
+        states = [t.state.name for t in found.trials]
+        best = found.best_trial if "COMPLETE" in states else None
+        budgets.add((settings.trials, tuning.total_steps, settings.pruner,
+                     settings.startup_trials, settings.warmup))
+        rows.append(f"| {' '.join(entry)} | {states.count('COMPLETE')} | {states.count('PRUNED')}"
+                    f" | {states.count('FAIL')} | "
+                    + (f"{best.value:.0f} | `{' '.join(best_overrides(best.params))}`"
+                       if best else "– | –") + f" | [report](tuning/{name}/tuning.md) |")
+    if not rows:
+        return
+    trials, steps, pruner, startup, warmup = sorted(budgets)[0]
+    same = ("the same for every tuning" if len(budgets) == 1
+            else "NOT the same for every tuning: see each report")
+    lines = [f"Tuning budget, {same}: {trials} trials × {steps:,} steps each (at most "
+             f"{trials * steps:,} steps per solver and task), seeds 1000 + the trial's number; "
+             f"Optuna's TPE (multivariate, constant liar, {startup} random trials first), "
+             f"{pruner} pruning after {warmup:.0%} of a trial's steps.", "",
+             "| tuned | completed | pruned | failed | best tuning score | best values | |",
+             "|---|---|---|---|---|---|---|", *rows, "",
+             "Tuning score: a trial's final score (its mean evaluation return over its last 10% "
+             "of steps) at the tuning's steps, on its own seed."]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tuning.md").write_text("\n".join(lines) + "\n")
