@@ -71,8 +71,8 @@ def write_summary(study, tuning: Tuning, settings: TuningSettings, sweep_dir: Pa
             importances = optuna.importance.get_param_importances(study)
             _plot_importances(importances, sweep_dir)
             lines += ["![importances](importances.png)", "",
-                      "Importance: Optuna's fANOVA share of the final score's variance over the "
-                      "completed trials that each parameter explains.", ""]
+                      "Importance: Optuna's default evaluator (PED-ANOVA in Optuna 5.1), over "
+                      "the completed trials, normalised to sum to 1.", ""]
     page = sweep_dir / "tuning.md"
     page.write_text("\n".join(lines))
     return page
@@ -87,8 +87,9 @@ def _diverged(run_dir: Path) -> bool:
 def _pruner_text(spec: dict[str, Any]) -> str:
     if spec["name"] == "none":
         return "none: every trial runs to its end"
-    return (f"Optuna's median pruner: a trial below the median of the others at the same step "
-            f"stops, once {spec['startup_trials']} trials have finished and after its first "
+    return ("Optuna's median pruner: a trial whose best evaluation so far is below the median "
+            f"of the finished trials' evaluations at its step stops, once "
+            f"{spec['startup_trials']} trials have finished and after its first "
             f"{spec['warmup_steps']:,} steps")
 
 
@@ -137,7 +138,7 @@ def _plot_importances(importances: dict[str, float], out: Path) -> None:
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(3.4, 0.35 * len(names) + 0.8))
         ax.barh(names, [importances[n] for n in names], color=PALETTE[0])
-        ax.set_xlabel("importance (share of the final score's variance)")
+        ax.set_xlabel("importance (Optuna's PED-ANOVA, normalised)")
         ax.set_xlim(0, max(1.0, max(importances.values(), default=1.0)))
         save_figure(fig, out, "importances")
 

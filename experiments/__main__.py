@@ -110,8 +110,12 @@ def main(argv=None) -> int:
                 sweeps = []  # the tuned lines wait for their tunings, the study for both
                 break
         if sweeps and tunings(args.study):
-            sweeps += [[*tuned, *for_sweeps(args.overrides)]
-                       for tuned in tuned_sweeps(args.study, sweep_dir, NOT_IN_RUN_NAMES)]
+            try:
+                sweeps += [[*tuned, *for_sweeps(args.overrides)]
+                           for tuned in tuned_sweeps(args.study, sweep_dir, NOT_IN_RUN_NAMES)]
+            except RuntimeError as error:
+                print(f"{error}; the tuned lines wait for it", file=sys.stderr)
+                sweep_status = sweep_status or 1
         for overrides in sweeps:
             # a sweep that names its folders its own way (a tuned line's) keeps its way
             layout = [o for o in SWEEP_LAYOUT if not any(

@@ -60,9 +60,10 @@ def tune_commands(study: str, sweep_dir: Path, overrides: list[str]) -> list[lis
 
 def tuned_sweeps(study: str, sweep_dir: Path, not_in_names: Sequence[str]) -> list[list[str]]:
     """A sweep of each tuning's best configuration over the study's seeds, as
-    ``ablation=tuned``, its run folders named without the searched values (one tuned line per
-    solver and task: ``ablation=tuned,env=hopper,seed=0,solver=trpo``) beside ``not_in_names``;
-    raises ``RuntimeError`` naming a tuning that has not used its budget."""
+    ``ablation=tuned``, its run folders named by the best trial's number rather than by the
+    searched values (``ablation=tuned,env=hopper,seed=0,solver=trpo,tuned_trial=7``; a longer
+    tuning whose best changes trains new folders) and without ``not_in_names``; raises
+    ``RuntimeError`` naming a tuning that has not used its budget."""
     seeds = study_config(study).hydra.sweeper.params.seed
     sweeps = []
     for name, entry in tunings(study).items():
@@ -72,7 +73,9 @@ def tuned_sweeps(study: str, sweep_dir: Path, not_in_names: Sequence[str]) -> li
                                f"{settings.trials} trials; the same command resumes it")
         unnamed = [*not_in_names, *(p.key for p in tuning.space)]
         sweeps.append([*entry, "ablation=tuned", *best_overrides(found.best_params),
-                       f"seed={seeds}", f"{EXCLUDED_FROM_NAMES}=[{','.join(unnamed)}]"])
+                       f"seed={seeds}", f"{EXCLUDED_FROM_NAMES}=[{','.join(unnamed)}]",
+                       "hydra.sweep.subdir=${hydra:job.override_dirname},tuned_trial="
+                       f"{found.best_trial.number}"])
     return sweeps
 
 

@@ -79,27 +79,53 @@ def test_a_stopped_tuning_resumes_its_running_trial_under_its_number(tmp_path):
     assert rows["iteration"].tolist() == [1, 2]  # resumed from its checkpoint
 
 
-def a_trial(tmp_path, extra=()):
+def a_trial(tmp_path, extra=(), startup_trials=2):
     """A study in ``tmp_path`` with one trial asked, and that trial's run config."""
-    plan = tuning.plan([*BASE, *extra], settings(trials=1))
-    study = tuning.open_study(tmp_path, settings(trials=1), plan)
-    [(number, params)] = tuning.next_batch(study, plan.space, settings(trials=1, parallel=1))
+    chosen = settings(trials=1, parallel=1, startup_trials=startup_trials)
+    plan = tuning.plan([*BASE, *extra], chosen)
+    study = tuning.open_study(tmp_path, chosen, plan)
+    [(number, params)] = tuning.next_batch(study, plan.space, chosen)
     overrides = tuning.trial_overrides(plan.base_overrides, number, params,
                                        tmp_path / tuning.JOURNAL, "tune")
     return study, number, compose([o for o in overrides if not o.startswith("hydra.")])
 
 
-def test_a_pruned_trial_stops_at_its_evaluation_with_a_checkpoint(tmp_path, monkeypatch):
-    study, number, cfg = a_trial(tmp_path)
-    reports = []
-    monkeypatch.setattr(tuning.TrialReporter, "report",
-                        lambda self, step, value: reports.append(step) or True)
+def test_a_trial_below_the_finished_trials_is_pruned_and_not_launched_again(tmp_path):
+    study, number, cfg = a_trial(tmp_path, ["total_steps=384"], startup_trials=1)
+    # A finished trial far above anything CartPole gives, at the steps this run evaluates.
+    study.add_trial(optuna.trial.create_trial(
+        params={}, distributions={}, value=1e9,
+        intermediate_values={128: 1e9, 256: 1e9}))
     assert math.isnan(train(cfg, tmp_path / "trial_0000"))
     folder = RunFolder(tmp_path / "trial_0000")
-    assert reports == [128] and folder.state() == "pruned"
-    assert folder.has_checkpoint() and folder.read_status()["iteration"] == 1
-    assert tuning.record_outcome(study, number, folder.path) == "pruned"
+    assert folder.state() == "pruned" and folder.read_status()["iteration"] == 1
+    assert folder.has_checkpoint()
+    assert list(study.trials[0].intermediate_values) == [128]
+    # The driver stopped before telling the study: a new driver settles it, launching nothing.
+    launched = []
+    plan = tuning.plan([*BASE, "total_steps=384"], settings(trials=2, startup_trials=1))
+    tuning.drive(plan, settings(trials=2, startup_trials=1), tmp_path,
+                 launch_in_process(tmp_path, launched))
+    assert launched == []
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+
+
+def test_a_step_reported_again_by_a_resumed_run_is_not_sent_twice(tmp_path):
+    study, number, _ = a_trial(tmp_path)
+    reporter = tuning.TrialReporter(str(tmp_path / tuning.JOURNAL), "tune", number)
+    assert reporter.report(128, 10.0) is False  # the median pruner needs finished trials
+    assert reporter.report(128, 10.0) is False
+    assert study.trials[0].intermediate_values == {128: 10.0}
+
+
+def test_a_resumed_tuning_draws_new_values(tmp_path):
+    unpruned = settings(pruner="none", parallel=1)
+    plan = tuning.plan(BASE, unpruned)
+    first = tuning.drive(plan, settings(pruner="none", parallel=1, trials=1), tmp_path,
+                         launch_in_process(tmp_path, []))
+    study = tuning.drive(plan, settings(pruner="none", parallel=1, trials=2), tmp_path,
+                         launch_in_process(tmp_path, []))
+    assert study.trials[1].params != first.trials[0].params
 
 
 def test_a_trial_reports_each_evaluation_but_the_last_to_its_study(tmp_path):
@@ -155,8 +181,11 @@ def test_the_journal_records_what_is_tuned_and_the_report_is_written(tmp_path):
     study = tuning.drive(plan, settings(trials=2), tmp_path, launch_in_process(tmp_path, []))
     other = tuning.plan([*BASE, "critic.minibatch_size=32"], settings(trials=3))
     with pytest.raises(tuning.ConfigError, match="holds a study that tunes another "
-                                                 "base_overrides"):
+                                                 r"critic.minibatch_size \("):
         tuning.drive(other, settings(trials=3), tmp_path, launch_in_process(tmp_path, []))
+    # an override that leaves results alone may change between sessions; the budget may grow
+    quiet = tuning.plan([*BASE, "checkpoint_every=3"], settings(trials=2))
+    tuning.drive(quiet, settings(trials=2), tmp_path, launch_in_process(tmp_path, []))
     again, recorded, recorded_settings = tuning.reopen(tmp_path)
     assert recorded == plan and recorded_settings == settings(trials=2)
     page = write_summary(again, recorded, recorded_settings, tmp_path).read_text()
@@ -197,7 +226,9 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
     searched = ",".join(p.key for p in plan.space)
     assert sweep == ["solver=trpo", "env=cartpole", "ablation=tuned",
                      *tuning.best_overrides(study.best_params), "seed=range(3)",
-                     f"hydra.job.config.override_dirname.exclude_keys=[name,{searched}]"]
+                     f"hydra.job.config.override_dirname.exclude_keys=[name,{searched}]",
+                     "hydra.sweep.subdir=${hydra:job.override_dirname},tuned_trial="
+                     f"{study.best_trial.number}"]
     tuned.write_report("study", sweep_dir, tmp_path / "out")
     table = (tmp_path / "out" / "tuning.md").read_text()
     assert "the same for every tuning: 2 trials × 256 steps each" in table

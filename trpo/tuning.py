@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -104,17 +104,30 @@ def make_pruner(spec: dict[str, Any]):
 
 @dataclass(frozen=True)
 class Tuning:
-    """What a study tunes, recorded in it at creation; a resumed tuning must match it."""
+    """What a study tunes, recorded in it at creation; a resumed tuning must tune the same."""
 
     base_overrides: tuple[str, ...]  # the run's overrides, the same for every trial
     space: tuple[Parameter, ...]
     total_steps: int
     pruner: dict[str, Any]
+    config: dict[str, Any] = field(compare=False, default_factory=dict)  # base_overrides', resolved
 
     def record(self) -> dict[str, Any]:
         return {"base_overrides": list(self.base_overrides),
                 "space": [asdict(p) for p in self.space], "total_steps": self.total_steps,
-                "pruner": self.pruner}
+                "pruner": self.pruner, "config": self.config}
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """What a recorded tuning tunes otherwise: the space, steps, pruner, or a config key
+        that changes results (other overrides that leave results alone may differ)."""
+        from omegaconf import OmegaConf
+
+        from trpo.config import config_changes
+
+        wanted = _jsonable(self.record())
+        changed = [k for k in ("space", "total_steps", "pruner") if recorded.get(k) != wanted[k]]
+        return changed + config_changes(recorded.get("config", {}),
+                                        OmegaConf.create(self.config))
 
 
 def plan(base: Sequence[str], settings: TuningSettings) -> Tuning:
@@ -149,7 +162,8 @@ def plan(base: Sequence[str], settings: TuningSettings) -> Tuning:
     search_space.check(space, list(base))
     pruner = {"name": settings.pruner, "startup_trials": settings.startup_trials,
               "warmup_steps": int(settings.warmup * cfg.total_steps)}
-    return Tuning(tuple(base), tuple(space), int(cfg.total_steps), pruner)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return Tuning(tuple(base), tuple(space), int(cfg.total_steps), pruner, config)
 
 
 def drive(tuning: Tuning, settings: TuningSettings, sweep_dir: Path, launch) -> "optuna.Study":
@@ -170,11 +184,16 @@ def drive(tuning: Tuning, settings: TuningSettings, sweep_dir: Path, launch) -> 
         log.info("tuning %s: %d trials of %s steps into %s (to resume, the same command with "
                  "hydra.sweep.dir=%s)", " ".join(tuning.base_overrides) or "the defaults",
                  settings.trials, f"{tuning.total_steps:,}", sweep_dir, sweep_dir)
+        settle_ended_trials(study, sweep_dir)
         job = 0
         while batch := next_batch(study, tuning.space, settings):
-            launch([trial_overrides(tuning.base_overrides, number, params, sweep_dir / JOURNAL,
-                                    settings.study) for number, params in batch],
-                   initial_job_idx=job)
+            try:
+                launch([trial_overrides(tuning.base_overrides, number, params,
+                                        sweep_dir / JOURNAL, settings.study)
+                        for number, params in batch], initial_job_idx=job)
+            except (Exception, SystemExit) as error:  # a job that exited: its folder says how
+                log.warning("a job of this batch ended with %s: %s", type(error).__name__,
+                            str(error).splitlines()[0] if str(error) else "")
             job += len(batch)
             outcomes = [record_outcome(study, number, sweep_dir / trial_folder(number))
                         for number, _ in batch]
@@ -186,6 +205,20 @@ def drive(tuning: Tuning, settings: TuningSettings, sweep_dir: Path, launch) -> 
         return study
     finally:
         lock.release()
+
+
+def settle_ended_trials(study: "optuna.Study", sweep_dir: Path) -> None:
+    """Tell the study the outcome of each trial it has as running whose run has ended
+    (completed, pruned, failed: a driver stopped before it could tell), so that only the
+    trials cut mid-way are launched again."""
+    import optuna
+
+    from trpo.io.run_folder import RunFolder
+
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        run_dir = sweep_dir / trial_folder(trial.number)
+        if run_dir.is_dir() and RunFolder(run_dir).state() in ("completed", "pruned", "failed"):
+            record_outcome(study, trial.number, run_dir)
 
 
 def progress_line(study: "optuna.Study", settings: TuningSettings) -> str:
@@ -208,21 +241,22 @@ def open_study(sweep_dir: Path, settings: TuningSettings, tuning: Tuning) -> "op
     exists and tunes something else (other overrides, space, steps or pruner)."""
     optuna = import_optuna()
     storage = journal_storage(sweep_dir / JOURNAL)
-    sampler = optuna.samplers.TPESampler(n_startup_trials=settings.startup_trials,
-                                         seed=settings.sampler_seed, multivariate=True,
-                                         constant_liar=True)
-    study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler,
+    study = optuna.create_study(study_name=settings.study, storage=storage,
                                 pruner=make_pruner(tuning.pruner), direction="maximize",
                                 load_if_exists=True)
+    # Seeded by the trials so far too: a resumed tuning does not draw its first values again.
+    study.sampler = optuna.samplers.TPESampler(
+        n_startup_trials=settings.startup_trials, seed=settings.sampler_seed + len(study.trials),
+        multivariate=True, constant_liar=True)
     recorded = study.user_attrs.get("tuning")
-    wanted = _jsonable(tuning.record())
     if recorded is None:
-        study.set_user_attr("tuning", wanted)
-    elif recorded != wanted:
-        changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
-        raise ConfigError("hydra.sweep.dir", f"holds a study that tunes another "
-                          f"{', '.join(changed)} ({sweep_dir / JOURNAL}); resume it with its own "
-                          "overrides, or tune into a new folder", str(sweep_dir))
+        study.set_user_attr("tuning", _jsonable(tuning.record()))
+    elif changed := tuning.differences(recorded):
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4
+                                          else "")
+        raise ConfigError("hydra.sweep.dir", f"holds a study that tunes another {shown} "
+                          f"({sweep_dir / JOURNAL}); resume it with its own overrides, or tune "
+                          "into a new folder", str(sweep_dir))
     study.set_user_attr("settings", asdict(settings))  # the latest (a resumed tuning's budget)
     return study
 
@@ -237,7 +271,7 @@ def reopen(sweep_dir: Path) -> tuple["optuna.Study", Tuning, TuningSettings]:
     tuning = Tuning(tuple(record["base_overrides"]),
                     tuple(Parameter(**{**p, "choices": tuple(p["choices"]) if p["choices"]
                                        is not None else None}) for p in record["space"]),
-                    record["total_steps"], record["pruner"])
+                    record["total_steps"], record["pruner"], record.get("config", {}))
     return study, tuning, TuningSettings(**study.user_attrs["settings"])
 
 
@@ -293,8 +327,13 @@ def trial_folder(number: int) -> str:
 
 def _override_value(value: Any) -> str:
     """A value as Hydra's override grammar reads it back unchanged."""
+    if value is None:
+        return "null"
     if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        if "'" in value or "\\" in value:
+            raise ConfigError("search_space", "a value with a quote or a backslash cannot be "
+                              "passed to a trial", value)
+        return f"'{value}'"
     if isinstance(value, float):
         return repr(value)
     return str(value)
@@ -303,7 +342,8 @@ def _override_value(value: Any) -> str:
 def record_outcome(study: "optuna.Study", number: int, run_dir: Path) -> str:
     """Tell the study how trial ``number`` ended, read from its run folder: ``completed`` (its
     final score), ``pruned``, ``diverged`` (non-finite values: pruned, as rl-baselines3-zoo
-    counts them), ``failed``; or ``interrupted``, which leaves it running, to be resumed."""
+    counts them), ``failed`` (also a folder with no readable status); or ``interrupted``, which
+    leaves it running, to be resumed."""
     import optuna
 
     from trpo.io.run_folder import RunFolder
@@ -311,6 +351,8 @@ def record_outcome(study: "optuna.Study", number: int, run_dir: Path) -> str:
 
     folder = RunFolder(run_dir)
     state = folder.state() if run_dir.is_dir() else "failed"
+    if state == "unknown":  # no readable status: the run never started, or cannot say how
+        state = "failed"
     if state == "completed":
         rows = folder.progress.read().rows
         score = final_score([r.get("env_steps") for r in rows],

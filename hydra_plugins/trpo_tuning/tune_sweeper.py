@@ -1,12 +1,14 @@
 """``hydra/sweeper=tune``: Optuna's trials launched as runs through Hydra's launcher.
 
 The work is :mod:`trpo.tuning`'s; this class is what Hydra instantiates from
-``conf/hydra/sweeper/tune.yaml``.
+``conf/hydra/sweeper/tune.yaml``. Hydra imports this module in every process it starts, so it
+imports the analysis only when a tuning ends.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any, List
 
@@ -15,8 +17,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from analysis.tuning import write_summary
 from trpo import tuning
+from trpo.config import ConfigError
 
 log = logging.getLogger("trpo")
 
@@ -38,10 +40,24 @@ class TuneSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
+        from analysis.tuning import write_summary
+
         parsed = OverridesParser.create().parse_overrides(arguments)
         base = [override.input_line for override in parsed]
-        plan = tuning.plan(base, self.settings)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        study = tuning.drive(plan, self.settings, sweep_dir, self.launcher.launch)
+        try:
+            plan = tuning.plan(base, self.settings)
+            study = tuning.drive(plan, self.settings, sweep_dir, self.launcher.launch)
+        except ConfigError as error:  # a folder that tunes another configuration, or is busy
+            from trpo.cli import SweepSummary
+
+            SweepSummary.sweep_dir = None  # nothing ran: the one line is all there is to say
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         log.info("wrote %s", write_summary(study, plan, self.settings, sweep_dir))
+        if tuning.counted(study) < self.settings.trials:
+            print(f"the tuning stopped at {tuning.counted(study)} of {self.settings.trials} "
+                  f"trials; to resume it, the same command with hydra.sweep.dir={sweep_dir}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1)
         return study
