@@ -182,10 +182,11 @@ def test_the_journal_records_what_is_tuned_and_the_report_is_written(tmp_path):
     other = tuning.plan([*BASE, "critic.minibatch_size=32"], settings(trials=3))
     with pytest.raises(tuning.ConfigError, match="holds a study that tunes another "
                                                  r"critic.minibatch_size \("):
-        tuning.drive(other, settings(trials=3), tmp_path, launch_in_process(tmp_path, []))
+        tuning.open_study(tmp_path, settings(trials=3), other)
     # an override that leaves results alone may change between sessions; the budget may grow
-    quiet = tuning.plan([*BASE, "checkpoint_every=3"], settings(trials=2))
-    tuning.drive(quiet, settings(trials=2), tmp_path, launch_in_process(tmp_path, []))
+    quiet = tuning.plan([*BASE, "checkpoint_every=3"], settings(trials=3))
+    tuning.open_study(tmp_path, settings(trials=3), quiet)
+    tuning.open_study(tmp_path, settings(trials=2), plan)
     again, recorded, recorded_settings = tuning.reopen(tmp_path)
     assert recorded == plan and recorded_settings == settings(trials=2)
     page = write_summary(again, recorded, recorded_settings, tmp_path).read_text()
