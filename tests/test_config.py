@@ -128,6 +128,16 @@ def test_a_task_sets_its_own_discount_and_trust_region_where_the_zoo_does(compos
     assert cfg.advantage.gamma == 0.9 and cfg.solver.max_kl == 0.02
 
 
+@pytest.mark.parametrize("solver", ["trpo", "npg"])
+def test_a_task_may_set_the_cg_damping_rule_of_both_cg_solvers(compose_config, solver):
+    own = ["env=hopper", f"solver={solver}", "env.cg_damping_per_action_dim=true"]
+    assert compose_config(own).solver.cg_damping_per_action_dim is True
+    assert compose_config([*own, "solver.cg_damping_per_action_dim=false"]
+                          ).solver.cg_damping_per_action_dim is False
+    assert compose_config(["env=walker", f"solver={solver}"]
+                          ).solver.cg_damping_per_action_dim is False
+
+
 def test_a_task_may_set_the_policys_initial_sigma_and_an_explicit_value_still_wins(
         compose_config):
     assert compose_config(["env=hopper"]).network.log_std_init == 0.0  # the network option's

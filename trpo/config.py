@@ -149,6 +149,9 @@ class EnvConfig:
     # network option's σ a poor start; null leaves it to the network option, which reads it
     # through ``task_setting`` (conf/shared/mlp.yaml; an explicit network.log_std_init wins).
     log_std_init: Optional[float] = None
+    # The task's own CG damping rule for TRPO and natural PG: true scales solver.cg_damping by
+    # the action's dimensions (solver.cg_damping_per_action_dim); null leaves it to the solver.
+    cg_damping_per_action_dim: Optional[bool] = None
 
     def validate(self) -> None:
         _positive_int(self, "default_steps")
@@ -594,15 +597,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # changed, studies leave them out of run folder names, and the analysis never draws a line
 # per value. A key ending in "." stands for every key below it. Both env backends step
 # Gymnasium's transitions bit for bit (tests/test_mujoco_backend.py). A task's own settings
-# (env.gamma, env.max_kl, env.log_std_init) act only through the keys that read them, which
-# are compared: a run with Ant-v5's σ set by its option trains what one with the same
-# network.log_std_init set by hand trains. A tuning trial (trial.) computes the rows of the same
-# run without it; its pruner may only stop it sooner.
+# (env.gamma, env.max_kl, env.log_std_init, env.cg_damping_per_action_dim) act only through the
+# keys that read them, which are compared: a run with Ant-v5's σ set by its option trains what
+# one with the same network.log_std_init set by hand trains. A tuning trial (trial.) computes
+# the rows of the same run without it; its pruner may only stop it sooner.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
                        "torch_threads", "max_rejected_updates", "critic.background",
                        "env_workers", "also_sweep", "tune_first", "tune_budget",
                        "env.random_return", "env.reference_return",
-                       "env.backend", "env.gamma", "env.max_kl", "env.log_std_init", "trial.")
+                       "env.backend", "env.gamma", "env.max_kl", "env.log_std_init",
+                       "env.cg_damping_per_action_dim", "trial.")
 
 def is_result_neutral(key: str) -> bool:
     """Whether changing ``key`` (a flattened config key, ``solver.max_kl``) leaves results alone."""
