@@ -238,7 +238,7 @@ def progress_line(study: "optuna.Study", settings: TuningSettings) -> str:
 
 def open_study(sweep_dir: Path, settings: TuningSettings, tuning: Tuning) -> "optuna.Study":
     """The study in ``sweep_dir``'s journal, created if new; raises :class:`ConfigError` if it
-    exists and tunes something else (other overrides, space, steps or pruner)."""
+    exists and tunes something else (:meth:`Tuning.differences`)."""
     optuna = import_optuna()
     storage = journal_storage(sweep_dir / JOURNAL)
     study = optuna.create_study(study_name=settings.study, storage=storage,
