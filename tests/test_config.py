@@ -40,7 +40,7 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
         return flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
     # An ablation of a task's own setting shows on that task.
-    task = {"sigma_one": ["env=ant"]}.get(ablation, [])
+    task = {"sigma_one": ["env=ant"], "damping_as_written": ["env=ant"]}.get(ablation, [])
     defaults, changed = values(task), values(task + [f"ablation={ablation}"])
     differing = sorted(k for k in defaults if defaults[k] != changed.get(k))
     assert set(changed) == set(defaults)
@@ -52,7 +52,9 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
                 "log_std_low": ["network.log_std_init"], "steps_1024": ["steps_per_iteration"],
                 "damping_per_action_dim": ["solver.cg_damping_per_action_dim"],
                 "value_target_norm": ["critic.normalize_targets"],
-                "sigma_one": ["env.log_std_init", "network.log_std_init"], "tuned": []}
+                "sigma_one": ["env.log_std_init", "network.log_std_init"], "tuned": [],
+                "damping_as_written": ["env.cg_damping_per_action_dim",
+                                       "solver.cg_damping_per_action_dim"]}
     assert differing == expected[ablation]
 
 
@@ -136,6 +138,7 @@ def test_a_task_may_set_the_cg_damping_rule_of_both_cg_solvers(compose_config, s
                           ).solver.cg_damping_per_action_dim is False
     assert compose_config(["env=walker", f"solver={solver}"]
                           ).solver.cg_damping_per_action_dim is False
+    assert compose_config(["env=ant", f"solver={solver}"]).solver.cg_damping_per_action_dim
 
 
 def test_a_task_may_set_the_policys_initial_sigma_and_an_explicit_value_still_wins(
