@@ -136,6 +136,18 @@ def test_a_trial_reports_each_evaluation_but_the_last_to_its_study(tmp_path):
                                                            rows["eval_return_mean"][:2]))
 
 
+def test_run_py_tunes_through_its_launcher_into_trial_folders_a_run_would_resume(tmp_path):
+    result = run_py("-m", "hydra/sweeper=tune", *BASE, "hydra.sweeper.trials=2",
+                    f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for trial in ("trial_0000", "trial_0001"):
+        folder = RunFolder(tmp_path / trial)
+        assert folder.state() == "completed"
+        assert folder.unproven() == []  # its log is run.log, as any run's: it resumes there
+        assert (folder.path / "run.log").exists()
+    assert "Trials: 2 completed." in (tmp_path / "tuning.md").read_text()
+
+
 def test_bad_tuning_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     result = run_py("-m", "hydra/sweeper=tune", "env=cartpole", "hydra.sweeper.trials=0",
                     f"hydra.sweep.dir={tmp_path / 'tuning'}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, List
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.singleton import Singleton
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
@@ -46,7 +47,13 @@ class TuneSweeper(Sweeper):
         base = [override.input_line for override in parsed]
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         try:
-            plan = tuning.plan(base, self.settings)
+            # plan() composes the config as a Hydra app of its own, which would rename this
+            # app's jobs (their log file): Hydra's singletons are put back after it.
+            running_app = Singleton.get_state()
+            try:
+                plan = tuning.plan(base, self.settings)
+            finally:
+                Singleton.set_state(running_app)
             study = tuning.drive(plan, self.settings, sweep_dir, self.launcher.launch)
         except ConfigError as error:  # a folder that tunes another configuration, or is busy
             from trpo.cli import SweepSummary
