@@ -315,6 +315,13 @@ def check_output_dirs(argv: list[str]) -> Optional[str]:
     return None
 
 
+def _hydra_and_task_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The command line's overrides of Hydra's own config (``hydra.``, ``hydra/``), and the rest."""
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    hydra_args = [a for a in overrides if a.startswith(("hydra.", "hydra/"))]
+    return hydra_args, [a for a in overrides if a not in hydra_args]
+
+
 def check_sweep_folders(argv: list[str]) -> Optional[str]:
     """One line if two jobs of a sweep (``-m``) would train in one folder (a
     ``hydra.sweep.subdir`` that is the same for both: one job would find the other's run and be
@@ -329,9 +336,7 @@ def check_sweep_folders(argv: list[str]) -> Optional[str]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    hydra_args = [a for a in overrides if a.startswith(("hydra.", "hydra/"))]
-    task = [a for a in overrides if a not in hydra_args]
+    hydra_args, task = _hydra_and_task_overrides(argv)
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(task)
@@ -384,10 +389,9 @@ def check_tuning(argv: list[str]) -> Optional[str]:
     from trpo.config import ConfigError
     from trpo.tuning import TuningSettings, plan
 
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    hydra_args = [a for a in overrides if a.startswith(("hydra.", "hydra/"))]
-    task = [a for a in overrides if a not in hydra_args]
     from hydra.errors import ConfigCompositionException
+
+    hydra_args, task = _hydra_and_task_overrides(argv)
 
     try:
         sweeper = schemas.compose(hydra_args, return_hydra_config=True).hydra.sweeper
@@ -443,17 +447,14 @@ def sweep_summary(sweep_dir: Path) -> str:
     with its state, its final score as the analysis computes it (:func:`trpo.scores.
     final_score`) and the overrides that set it apart from the sweep's other runs."""
     from trpo.io.run_folder import find_run_folders
-    from trpo.scores import FINAL_WINDOW, final_score
+    from trpo.scores import FINAL_WINDOW, final_score_of_rows
 
     folders = find_run_folders([sweep_dir]) if sweep_dir.is_dir() else []
     if not folders:
         return f"sweep {sweep_dir}: no runs"
     rows = []
     for folder in sorted(folders, key=lambda f: natural_key(str(f.path))):
-        progress = folder.progress.read().rows
-        score = final_score([row.get("env_steps") for row in progress],
-                            [row.get("eval_return_mean") for row in progress]
-                            ) if progress else math.nan
+        score = final_score_of_rows(folder.progress.read().rows)
         rows.append((folder.state(), "-" if math.isnan(score) else f"{score:.1f}",
                      folder.path.relative_to(sweep_dir), read_overrides(folder.path)))
     shared = set.intersection(*(set(overrides) for *_, overrides in rows))

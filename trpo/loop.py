@@ -175,14 +175,16 @@ class TrainingLoop:
             evaluated = metrics.get("eval_return_mean")
             if (report is not None and evaluated is not None and self.iteration < iterations
                     and report(row["env_steps"], float(evaluated))):
-                if self.checkpointed_at != self.iteration:
-                    self.checkpoint()
-                raise TrialPruned(f"pruned at {row['env_steps']:,} steps")
+                self._stop(TrialPruned(f"pruned at {row['env_steps']:,} steps"))
             if stop_requested() and self.iteration < iterations:
-                if self.checkpointed_at != self.iteration:
-                    self.checkpoint()
-                raise StopRequested(f"stopped after iteration {self.iteration}")
+                self._stop(StopRequested(f"stopped after iteration {self.iteration}"))
         return self.final_return
+
+    def _stop(self, reason: Exception) -> None:
+        """Checkpoint this iteration (if not yet) and raise ``reason``."""
+        if self.checkpointed_at != self.iteration:
+            self.checkpoint()
+        raise reason
 
     def agent(self) -> dict[str, Any]:
         """``agent.pt``: the learner's policy, value weights and observation statistics, with

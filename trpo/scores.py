@@ -7,6 +7,7 @@ taking the last one: one evaluation of a few episodes swings by hundreds on MuJo
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -24,3 +25,10 @@ def final_score(env_steps: np.ndarray, values: np.ndarray, window: float = FINAL
         return math.nan
     in_window = logged & (env_steps >= (1 - window) * env_steps[-1])
     return float(values[in_window].mean() if in_window.any() else values[logged][-1])
+
+
+def final_score_of_rows(rows: Sequence[Mapping[str, Any]]) -> float:
+    """:func:`final_score` of a run's rows (``progress.csv``'s, or a run's history: mappings
+    with ``env_steps`` and, where evaluated, ``eval_return_mean``); NaN for no rows."""
+    return final_score([row.get("env_steps") for row in rows],
+                       [row.get("eval_return_mean") for row in rows])

@@ -34,7 +34,7 @@ from trpo.io.resume import plan_start
 from trpo.io.run_folder import RunFolder
 from trpo.learner import TrainingError, make_learner  # noqa: F401  (TrainingError re-exported)
 from trpo.loop import StopRequested, TrainingLoop, TrialPruned
-from trpo.scores import FINAL_WINDOW, final_score
+from trpo.scores import FINAL_WINDOW, final_score_of_rows
 from trpo.tuning import reporter_for
 
 log = logging.getLogger("trpo")
@@ -239,8 +239,7 @@ def closing_line(run_dir: Path, history: list[dict[str, Any]]) -> str:
     """What a finished run prints last: its final score as the analysis computes it, where its
     folder and agent are, and the command that watches the agent."""
     shown = os.path.relpath(run_dir) if run_dir.is_relative_to(Path.cwd()) else str(run_dir)
-    score = final_score([row["env_steps"] for row in history],
-                        [row.get("eval_return_mean", math.nan) for row in history])
+    score = final_score_of_rows(history)
     return (f"finished: final score {score:.1f} (mean evaluation return over the last "
             f"{FINAL_WINDOW:.0%} of steps); run folder {shown}, agent {shown}/agent.pt; watch "
             f"it: python -m trpo.evaluate {shlex.quote(shown)} --video {shlex.quote(shown)}.mp4")

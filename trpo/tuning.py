@@ -347,16 +347,14 @@ def record_outcome(study: "optuna.Study", number: int, run_dir: Path) -> str:
     import optuna
 
     from trpo.io.run_folder import RunFolder
-    from trpo.scores import final_score
+    from trpo.scores import final_score_of_rows
 
     folder = RunFolder(run_dir)
     state = folder.state() if run_dir.is_dir() else "failed"
     if state == "unknown":  # no readable status: the run never started, or cannot say how
         state = "failed"
     if state == "completed":
-        rows = folder.progress.read().rows
-        score = final_score([r.get("env_steps") for r in rows],
-                            [r.get("eval_return_mean") for r in rows])
+        score = final_score_of_rows(folder.progress.read().rows)
         if math.isfinite(score):
             study.tell(number, score)
             return "completed"
@@ -384,9 +382,8 @@ class TrialReporter:
     def __init__(self, storage: str, study: str, number: int):
         optuna = import_optuna()
         journal = journal_storage(Path(storage))
-        loaded = optuna.load_study(study_name=study, storage=journal)
-        pruner = make_pruner(loaded.user_attrs["tuning"]["pruner"])
-        self.study = optuna.load_study(study_name=study, storage=journal, pruner=pruner)
+        self.study = optuna.load_study(study_name=study, storage=journal)
+        self.study.pruner = make_pruner(self.study.user_attrs["tuning"]["pruner"])
         study_id = journal.get_study_id_from_name(study)
         self.storage = journal
         self.trial_id = journal.get_trial_id_from_study_id_trial_number(study_id, number)
