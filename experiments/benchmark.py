@@ -1,6 +1,6 @@
 """Training speed, measured side by side in one run: ``python -m experiments.benchmark``.
 
-Three figures, each against sb3-contrib's TRPO (the optional ``bench`` extra) on the same
+Four figures, each against sb3-contrib's TRPO (the optional ``bench`` extra) on the same
 machine, interleaved (A B A B ...) and repeated, medians quoted:
 
 1. **one run** (``--envs``, ``--solvers``): this project's training with the default config,
@@ -16,6 +16,10 @@ machine, interleaved (A B A B ...) and repeated, medians quoted:
 3. **the whole process** (``--whole``): ``python run.py env=hopper total_steps=204800`` against
    sb3-contrib with rl-baselines3-zoo's TRPO settings for the same steps, each timed from start
    to exit as a user times it: the speed-up theirs / ours.
+4. **seeds batched in one process, at best** (``--seed-batching``): what the design card's sweep
+   and a 10-seed sweep could reach if each group of seeds trained batched over a seed dimension
+   (:mod:`experiments.seed_batching`: the batchable parts measured on one core, a floor that
+   leaves out the rest), against sb3-contrib's sweep of goal 2.
 
 ``--backends`` names the simulators measured (``env.backend``; default: Gymnasium's and the
 batched MuJoCo backend): the raw envs and TRPO on each in goal 1, a sweep and a whole process on
@@ -59,16 +63,18 @@ def peak_memory_mb() -> float:
 # --------------------------------------------------------------------------------- workers
 
 
-def worker_raw(env: str, steps: int, backend: str = "gymnasium") -> dict:
-    """Random actions through the default 8 training envs (Gymnasium's: one process on one core;
-    the MuJoCo batch's: its threads on the cores a run may use)."""
+def worker_raw(env: str, steps: int, backend: str = "gymnasium",
+               num_envs: int | None = None) -> dict:
+    """Random actions through the training envs, the config's 8 unless ``num_envs`` says
+    (Gymnasium's: one process on one core; the MuJoCo batch's: its threads on the cores a run
+    may use)."""
     import torch
 
     from trpo.envs import make_vector_env
 
     torch.set_num_threads(1)
     cfg = compose([f"env={env}", f"env.backend={backend}"])
-    envs = make_vector_env(cfg.env, cfg.num_envs)
+    envs = make_vector_env(cfg.env, num_envs or cfg.num_envs)
     space = envs.action_space
     rng = np.random.default_rng(0)
     envs.reset(seed=list(range(envs.num_envs)))
@@ -306,6 +312,43 @@ def measure_whole(repeats: int, steps: int, backends: list[str]) -> list[dict]:
     return rows
 
 
+def measure_seed_batching(steps: int, repeats: int, sb3_repeats: int) -> dict:
+    """The design card's sweep and a 10-seed sweep if each group of seeds trained batched in
+    one process, at best (:func:`experiments.seed_batching.group_floor_s`), beside sb3-contrib's
+    six runs two at a time (``sb3_repeats`` times, median; 0: not measured)."""
+    from experiments import seed_batching
+
+    rows = seed_batching.measure(["hopper", "walker"], [1, 3, 5], steps, repeats)
+    cores = 2  # the design card's machine; a sweep runs one group per core
+    sweep_floor = sum(seed_batching.group_floor_s(rows, env, 3, steps)
+                      for env in ("hopper", "walker")) / cores
+    sb3_times = []
+    for repeat in range(sb3_repeats):
+        print(f"[seed batching] sb3-contrib's sweep {repeat + 1}/{sb3_repeats} ...",
+              file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        sb3_sweep(steps)
+        sb3_times.append(time.perf_counter() - start)
+    sb3_s = float(np.median(sb3_times)) if sb3_times else float("nan")
+    suite_steps = 1_000_000  # a 10-seed sweep of one task: the suite's runs
+    lines = [f"design card's sweep (hopper, walker × 3 seeds, {steps:,} steps): at least "
+             f"{sweep_floor:.0f} s on {cores} cores; sb3-contrib {sb3_s:.0f} s; at most "
+             f"{sb3_s / sweep_floor:.2f}× (goal 3.5×)"]
+    floor = {"steps": steps, "sweep_floor_s": sweep_floor, "sb3_sweep_s": sb3_s,
+             "sweep_speedup_at_most": sb3_s / sweep_floor, "rows": rows}
+    for env in ("hopper", "walker"):
+        one = next(r for r in rows if r["env"] == env and r["seeds"] == 1)
+        rate = 10 * suite_steps / seed_batching.group_floor_s(rows, env, 5, suite_steps)
+        share = rate / (cores * one["raw_steps_per_s"])
+        floor[f"{env}_10_seeds_steps_per_s_at_most"] = rate
+        floor[f"{env}_share_of_raw_at_most"] = share
+        lines.append(f"10 seeds of {env} ({suite_steps:,} steps, 5 per core): at most "
+                     f"{rate:,.0f} steps/s, {share:.2f} of the simulator's raw rate on {cores} "
+                     f"cores (goal 0.75)")
+    floor["summary"] = "\n".join(lines)
+    return floor
+
+
 def load_average() -> str:
     """``/proc/loadavg``'s three averages (1, 5 and 15 minutes)."""
     try:
@@ -338,7 +381,10 @@ def main(argv=None) -> int:
                         default=["gymnasium", "mujoco"],
                         help="the env.backend values measured (default: %(default)s)")
     parser.add_argument("--no-runs", action="store_true",
-                        help="leave out goal 1 (with --sweep or --whole)")
+                        help="leave out goal 1 (with --sweep, --whole or --seed-batching)")
+    parser.add_argument("--seed-batching", action="store_true",
+                        help="also the floor of a sweep whose seeds train batched in one process "
+                             "(experiments/seed_batching.py), against sb3-contrib's sweep")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "benchmark")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -392,9 +438,19 @@ def main(argv=None) -> int:
                   f"env.backend={whole['backend']}: {whole['ours_s']:.0f} s; sb3-contrib with "
                   f"the zoo's settings {whole['sb3_zoo_s']:.0f} s; speed-up "
                   f"{whole['speedup']:.2f} (each pair: {whole['speedups']})")
+    if args.seed_batching:
+        floor = measure_seed_batching(args.sweep_steps, args.repeats,
+                                      args.sweep_repeats or 1 if with_sb3 else 0)
+        floor["load_start"], floor["load_end"] = start_load, load_average()
+        pd.DataFrame(floor.pop("rows")).to_csv(args.out / "seed_batching.csv", index=False)
+        summary = floor.pop("summary")
+        pd.DataFrame([floor]).to_csv(args.out / "seed_batching_floor.csv", index=False)
+        print(f"\n4. Seeds batched in one process, at best (seed_batching.csv):\n{summary}")
     end_load = load_average()
-    with open(args.out / "load_average.txt", "w") as file:
-        file.write(f"start {start_load}\nend {end_load}\n")
+    if not (args.seed_batching and args.no_runs and not (args.sweep or args.whole)):
+        # goals 1-3's tables; the seed-batching floor carries its own
+        with open(args.out / "load_average.txt", "w") as file:
+            file.write(f"start {start_load}\nend {end_load}\n")
     print(f"\nload average at the start: {start_load}; at the end: {end_load}")
     return 0
 
