@@ -14,7 +14,8 @@ A run whose config was already trained to the end in another study below ``multi
 copied from there rather than trained again (``reuse_from``; ``--no-reuse`` trains everything).
 A study that lists tunings (``tune_first``: tuned_solver_comparison) runs them first, each under
 the study's ``tune_budget``, and then a sweep of each one's best configuration
-(experiments/tuned.py); ``--status`` lists the study's own sweeps.
+(experiments/tuned.py); ``--status`` gives each tuning's trials so far, then the study's own
+sweeps.
 ``--analyse-only DIR`` skips the sweep and analyses runs that are already there; ``--status``
 lists the study's runs as finished, copied, part-way, to be copied or not started, with the
 time left.
@@ -37,7 +38,7 @@ from analysis.stats import BOOTSTRAP_REPS
 from trpo.config import CONF_DIR, result_neutral_keys
 from experiments.status import format_status, mark_runs_to_copy, planned_runs, study_status
 from experiments.tuned import (EXCLUDED_FROM_NAMES, for_sweeps, tune_commands, tuned_sweeps,
-                               tunings)
+                               tuning_root, tuning_status, tunings)
 from experiments.tuned import write_report as write_tuning_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,10 @@ def main(argv=None) -> int:
         states = study_status(sweep_dir, [run.name for run in runs])
         if not args.no_reuse:
             mark_runs_to_copy(states, runs, args.study, reuse_root(sweep_dir, args.overrides))
+        tuning_lines = tuning_status(args.study, sweep_dir)
+        if tuning_lines:  # the tunings come first; their best configurations' sweeps after
+            print(f"{args.study}: {len(tuning_lines)} tunings, in {tuning_root(sweep_dir)}",
+                  *tuning_lines, sep="\n")
         print(format_status(args.study, sweep_dir, states))
         return 0
     sweep_status = 0

@@ -58,6 +58,30 @@ def tune_commands(study: str, sweep_dir: Path, overrides: list[str]) -> list[lis
             for name, entry in tunings(study).items()]
 
 
+def tuning_status(study: str, sweep_dir: Path) -> list[str]:
+    """A line per tuning of the study: trials counted against its budget (completed, pruned,
+    failed), those running or left running by a stopped tuning, and the best score so far."""
+    import optuna
+
+    lines = []
+    for name in tunings(study):
+        folder = tuning_root(sweep_dir) / name
+        if not (folder / JOURNAL).is_file():
+            lines.append(f"  tuning {name}: not started ({folder})")
+            continue
+        found, _, settings = reopen(folder)
+        states = [t.state for t in found.get_trials(deepcopy=False)]
+        count = {state: states.count(state) for state in optuna.trial.TrialState}
+        best = (f"; best so far {found.best_value:.0f} (trial {found.best_trial.number})"
+                if count[optuna.trial.TrialState.COMPLETE] else "")
+        lines.append(f"  tuning {name}: {counted(found)} of {settings.trials} trials "
+                     f"({count[optuna.trial.TrialState.COMPLETE]} completed, "
+                     f"{count[optuna.trial.TrialState.PRUNED]} pruned, "
+                     f"{count[optuna.trial.TrialState.FAIL]} failed), "
+                     f"{count[optuna.trial.TrialState.RUNNING]} running or to resume{best}")
+    return lines
+
+
 def tuned_sweeps(study: str, sweep_dir: Path, not_in_names: Sequence[str]) -> list[list[str]]:
     """A sweep of each tuning's best configuration over the study's seeds, as
     ``ablation=tuned``, its run folders named by the best trial's number rather than by the

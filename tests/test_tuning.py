@@ -229,10 +229,15 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
                            f"hydra.sweep.dir={folder}", "hydra/launcher=slurm"]
     base = [o for o in BASE if not o.startswith("env=")]
     plan = tuning.plan(["solver=trpo", "env=cartpole", *base], settings(trials=2, parallel=1))
+    assert tuned.tuning_status("study", sweep_dir) == [
+        f"  tuning trpo-cartpole: not started ({folder})"]
     tuning.drive(plan, settings(trials=2, parallel=1), folder,
                  launch_in_process(folder, [], interrupt={1}))
     with pytest.raises(RuntimeError, match="the tuning trpo-cartpole has run 1 of its 2 trials"):
         tuned.tuned_sweeps("study", sweep_dir, [])
+    [line] = tuned.tuning_status("study", sweep_dir)
+    assert line.startswith("  tuning trpo-cartpole: 1 of 2 trials (1 completed, 0 pruned, 0 "
+                           "failed), 1 running or to resume; best so far ")
     study = tuning.drive(plan, settings(trials=2, parallel=1), folder,
                          launch_in_process(folder, []))
     [sweep] = tuned.tuned_sweeps("study", sweep_dir, ["name"])
