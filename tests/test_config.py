@@ -53,6 +53,8 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
                 "damping_per_action_dim": ["solver.cg_damping_per_action_dim"],
                 "value_target_norm": ["critic.normalize_targets"],
                 "sigma_one": ["env.log_std_init", "network.log_std_init"], "tuned": [],
+                "tuned_trpo_hopper": ["advantage.lam", "critic.epochs", "critic.lr",
+                                      "solver.cg_iters", "solver.max_kl"],
                 "damping_as_written": ["env.cg_damping_per_action_dim",
                                        "solver.cg_damping_per_action_dim"]}
     assert differing == expected[ablation]
