@@ -50,7 +50,9 @@ def without_timing(progress: pd.DataFrame) -> pd.DataFrame:
 
 @functools.cache
 def _option_values(group: str, option: str) -> dict:
-    return OmegaConf.to_container(compose([f"{group}={option}"])[group], resolve=True)
+    # The option's own values, not a task's tuned ones (the default task, Hopper-v5, has them).
+    return OmegaConf.to_container(compose([f"{group}={option}", "env.tuned=null"])[group],
+                                  resolve=True)
 
 
 def option_values(group: str, option: str, **overrides) -> dict:

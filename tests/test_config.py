@@ -6,6 +6,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from trpo.config import CONF_DIR, compose
@@ -37,10 +38,15 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
     def values(overrides):
         cfg = compose_config(overrides)
         validate_config(cfg)
-        return flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        flat = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        # env.tuned is a block or null: compared whole.
+        tuned = {k: flat.pop(k) for k in [k for k in flat if k.startswith("env.tuned.")]}
+        flat["env.tuned"] = tuned or flat.get("env.tuned")
+        return flat
 
-    # An ablation of a task's own setting shows on that task.
-    task = {"sigma_one": ["env=ant"], "damping_as_written": ["env=ant"]}.get(ablation, [])
+    # An ablation of a task's own setting shows on that task; the others on one that sets none.
+    task = {"sigma_one": ["env=ant"], "damping_as_written": ["env=ant"],
+            "untuned": ["env=hopper"]}.get(ablation, ["env=walker"])
     defaults, changed = values(task), values(task + [f"ablation={ablation}"])
     differing = sorted(k for k in defaults if defaults[k] != changed.get(k))
     assert set(changed) == set(defaults)
@@ -53,8 +59,8 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
                 "damping_per_action_dim": ["solver.cg_damping_per_action_dim"],
                 "value_target_norm": ["critic.normalize_targets"],
                 "sigma_one": ["env.log_std_init", "network.log_std_init"], "tuned": [],
-                "tuned_trpo_hopper": ["advantage.lam", "critic.epochs", "critic.lr",
-                                      "solver.cg_iters", "solver.max_kl"],
+                "untuned": ["advantage.lam", "critic.epochs", "critic.lr", "env.tuned",
+                            "solver.cg_iters", "solver.max_kl"],
                 "damping_as_written": ["env.cg_damping_per_action_dim",
                                        "solver.cg_damping_per_action_dim"]}
     assert differing == expected[ablation]
@@ -91,7 +97,7 @@ def test_every_network_instantiates_for_box_and_discrete_actions(compose_config,
 
 @pytest.mark.parametrize("advantage, lam", [("gae", 0.95), ("td", 0.0), ("mc", 1.0)])
 def test_every_advantage_instantiates_to_gae_with_its_lambda(compose_config, advantage, lam):
-    cfg = compose_config([f"advantage={advantage}"])
+    cfg = compose_config([f"advantage={advantage}", "env=walker"])  # a task without its own λ
     estimator = instantiate(cfg.advantage)
     assert isinstance(estimator, GAE)
     assert (estimator.gamma, estimator.lam) == (0.99, lam)
@@ -109,18 +115,19 @@ def test_every_solver_instantiates_with_a_policy(compose_config, solver):
 
 
 def test_defaults_are_the_documented_ones(compose_config):
-    cfg = compose_config()
+    cfg = compose_config(["env.tuned=null"])  # the options' own, which Hopper-v5 tunes
     assert cfg.env.id == "Hopper-v5"
     assert cfg.solver.max_kl == 0.01
     assert cfg.advantage.lam == 0.95 and cfg.advantage.gamma == 0.99
     assert cfg.solver.cg_iters == 25 and cfg.normalize_reward and cfg.normalize_obs
+    assert (cfg.critic.lr, cfg.critic.epochs) == (1e-3, 20)
     assert cfg.solver.fvp is FisherProduct.analytic and cfg.solver.fvp_subsample == 1
     assert list(cfg.network.policy_hidden) == [64, 64]
     assert cfg.logger.wandb.mode.value == "offline"
     assert cfg.total_steps == 1_000_000
 
 
-@pytest.mark.parametrize("env, gamma, max_kl", [("hopper", 0.99, 0.01), ("swimmer", 0.9999, 0.01),
+@pytest.mark.parametrize("env, gamma, max_kl", [("walker", 0.99, 0.01), ("swimmer", 0.9999, 0.01),
                                                 ("halfcheetah", 0.99, 0.04)])
 def test_a_task_sets_its_own_discount_and_trust_region_where_the_zoo_does(compose_config, env,
                                                                           gamma, max_kl):
@@ -130,6 +137,44 @@ def test_a_task_sets_its_own_discount_and_trust_region_where_the_zoo_does(compos
     # An explicit value still wins over the task's.
     cfg = compose_config([f"env={env}", "advantage.gamma=0.9", "solver.max_kl=0.02"])
     assert cfg.advantage.gamma == 0.9 and cfg.solver.max_kl == 0.02
+
+
+HOPPER_TUNED = {"advantage.lam": 0.9754470543931001, "critic.lr": 0.0008428296324035232,
+                "critic.epochs": 5, "solver.max_kl": 0.008555963390392501, "solver.cg_iters": 5}
+
+
+@pytest.mark.parametrize("solver", ["trpo", "npg", "kl_penalty", "ppo_clip", "vpg", "sb3_trpo"])
+def test_a_tasks_tuned_values_reach_every_solver_that_has_the_setting(compose_config, solver):
+    from trpo.config import flatten
+
+    def settings(overrides):
+        cfg = compose_config([f"solver={solver}", *overrides])
+        validate_config(cfg)
+        flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+        if solver == "sb3_trpo":  # the baseline's δ
+            flat["solver.max_kl"] = flat.pop("solver.target_kl")
+        return {key: flat[key] for key in HOPPER_TUNED if key in flat}
+
+    shared = {"advantage.lam", "critic.lr", "critic.epochs"}
+    natural_gradient = {"solver.max_kl", "solver.cg_iters"}
+    tuned, untuned = settings(["env=hopper"]), settings(["env=hopper", "env.tuned=null"])
+    has = shared | (natural_gradient if solver in ("trpo", "npg") else
+                    {"solver.max_kl"} if solver == "sb3_trpo" else set())
+    assert set(tuned) == has
+    assert tuned == {key: HOPPER_TUNED[key] for key in has}
+    assert all(untuned[key] != tuned[key] for key in has)
+    # A task without tuned values keeps the options' own; an explicit value wins over the task's.
+    assert settings(["env=walker"]) == untuned
+    assert settings(["env=hopper", "advantage.lam=0.9"])["advantage.lam"] == 0.9
+
+
+@pytest.mark.parametrize("override, key", [("env.tuned.lam=1.5", "env.tuned.lam"),
+                                           ("env.tuned.cg_iters=0", "env.tuned.cg_iters"),
+                                           ("env.tuned.max_kl=2", "env.tuned.max_kl")])
+def test_a_bad_tuned_value_is_named_by_its_own_key(compose_config, override, key):
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_config([override]))
+    assert error.value.key == key
 
 
 @pytest.mark.parametrize("solver", ["trpo", "npg"])

@@ -149,10 +149,16 @@ def help_text() -> str:
 
 
 def _defaults(instance: Any) -> dict[str, Any]:
+    """Each setting's default as a user types it; a task setting's (``${task_setting:critic_lr,
+    1e-3}``) is the option's own value."""
     out = {}
     for f in fields(instance):
         value = getattr(instance, f.name)
         if is_dataclass(value) or f.name in schemas.SECTIONS:
+            continue
+        task_setting = re.fullmatch(r"\$\{task_setting:\w+,(.+)\}", str(value))
+        if task_setting:
+            out[f.name] = task_setting.group(1)
             continue
         text = OmegaConf.to_yaml(OmegaConf.create({"v": value})).strip()[3:]
         out[f.name] = getattr(value, "value", text)

@@ -118,6 +118,36 @@ class WandbMode(Enum):
 
 
 @dataclass
+class TaskTuning:
+    """Values a tuning chose for one task, which its env option sets as ``env.tuned`` (RESULTS.md
+    names the tuning and the study that adopted them). The options read them through
+    ``task_setting`` as they read the task's own settings, so an explicit override still wins;
+    null leaves a value to its option."""
+
+    # GAE λ (advantage=gae), for every solver.
+    lam: Optional[float] = None
+    # The value fit's Adam learning rate and passes over each batch (critic.lr, critic.epochs).
+    critic_lr: Optional[float] = None
+    critic_epochs: Optional[int] = None
+    # δ and the CG iterations of TRPO and natural PG (solver.max_kl, solver.cg_iters).
+    max_kl: Optional[float] = None
+    cg_iters: Optional[int] = None
+
+    def validate(self) -> None:
+        if self.lam is not None:
+            require(0.0 <= self.lam <= 1.0, "lam", "must be in [0, 1] or null", self.lam)
+        for name in ("critic_lr", "max_kl"):
+            if getattr(self, name) is not None:
+                _positive(self, name)
+        if self.max_kl is not None:
+            require(self.max_kl <= MAX_KL_BOUND, "max_kl", f"must be at most {MAX_KL_BOUND}",
+                    self.max_kl)
+        for name in ("critic_epochs", "cg_iters"):
+            if getattr(self, name) is not None:
+                _positive_int(self, name)
+
+
+@dataclass
 class EnvConfig:
     """One Gymnasium task. Each option's YAML (``conf/env/``) gives its values and sources."""
 
@@ -152,9 +182,17 @@ class EnvConfig:
     # The task's own CG damping rule for TRPO and natural PG: true scales solver.cg_damping by
     # the action's dimensions (solver.cg_damping_per_action_dim); null leaves it to the solver.
     cg_damping_per_action_dim: Optional[bool] = None
+    # A tuning's values for this task (TaskTuning), which take precedence over the settings
+    # above; null: none.
+    tuned: Optional[TaskTuning] = None
 
     def validate(self) -> None:
         _positive_int(self, "default_steps")
+        if self.tuned is not None:
+            try:
+                self.tuned.validate()
+            except ConfigError as error:
+                raise error.under("tuned") from None
         if self.gamma is not None:
             require(0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1] or null", self.gamma)
         if self.max_kl is not None:
@@ -469,9 +507,10 @@ class CriticConfig:
 
     # Adam's learning rate for the value net: rl-baselines3-zoo's tuned sb3-contrib TRPO for
     # MuJoCo (learning_rate 1e-3).
-    lr: float = 1e-3
-    # Passes over each batch: the zoo's n_critic_updates.
-    epochs: int = 20
+    # MuJoCo (learning_rate 1e-3); a task may set its own (env.tuned.critic_lr).
+    lr: float = II("task_setting:critic_lr,1e-3")
+    # Passes over each batch: the zoo's n_critic_updates; a task may set its own.
+    epochs: int = II("task_setting:critic_epochs,20")
     # States per Adam step: the zoo's batch_size.
     minibatch_size: int = 128
     # Regress the value net on returns standardised by their running mean and std, V = mean +
@@ -597,16 +636,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # changed, studies leave them out of run folder names, and the analysis never draws a line
 # per value. A key ending in "." stands for every key below it. Both env backends step
 # Gymnasium's transitions bit for bit (tests/test_mujoco_backend.py). A task's own settings
-# (env.gamma, env.max_kl, env.log_std_init, env.cg_damping_per_action_dim) act only through the
-# keys that read them, which are compared: a run with Ant-v5's σ set by its option trains what
-# one with the same network.log_std_init set by hand trains. A tuning trial (trial.) computes
+# (env.gamma, env.max_kl, env.log_std_init, env.cg_damping_per_action_dim, env.tuned) act only
+# through the keys that read them, which are compared: a run with Ant-v5's σ set by its option
+# trains what one with the same network.log_std_init set by hand trains. A tuning trial (trial.) computes
 # the rows of the same run without it; its pruner may only stop it sooner.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
                        "torch_threads", "max_rejected_updates", "critic.background",
                        "env_workers", "also_sweep", "tune_first", "tune_budget",
                        "env.random_return", "env.reference_return",
                        "env.backend", "env.gamma", "env.max_kl", "env.log_std_init",
-                       "env.cg_damping_per_action_dim", "trial.")
+                       "env.cg_damping_per_action_dim", "env.tuned", "env.tuned.", "trial.")
 
 def is_result_neutral(key: str) -> bool:
     """Whether changing ``key`` (a flattened config key, ``solver.max_kl``) leaves results alone."""
@@ -622,7 +661,8 @@ def result_neutral_keys() -> list[str]:
                 (keys_of(f.default_factory, f"{prefix}{f.name}.")
                  if is_dataclass(f.default_factory) else [f"{prefix}{f.name}"])]
 
-    sections = {"logger": LoggerConfig, "critic": CriticConfig, "trial": TrialConfig}
+    sections = {"logger": LoggerConfig, "critic": CriticConfig, "trial": TrialConfig,
+                "env.tuned": TaskTuning}
     return [spelled for key in RESULT_NEUTRAL_KEYS for spelled in
             (keys_of(sections[key[:-1]], key) if key.endswith(".") else [key])]
 
@@ -705,9 +745,13 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def task_setting(key: str, default: Any, *, _root_: DictConfig) -> Any:
-    """``${task_setting:gamma,0.99}``: the env option's own ``env.<key>`` where it sets one,
-    else ``default`` (the option's value, stated there)."""
-    value = _root_.env.get(key)
+    """``${task_setting:gamma,0.99}``: the env option's tuned value ``env.tuned.<key>`` where it
+    has one, else its own ``env.<key>`` where it sets one, else ``default`` (the option's value,
+    stated there)."""
+    tuned = _root_.env.get("tuned")
+    value = tuned.get(key) if tuned is not None else None
+    if value is None:
+        value = _root_.env.get(key)
     return default if value is None else value
 
 
