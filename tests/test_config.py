@@ -46,7 +46,7 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
 
     # An ablation of a task's own setting shows on that task; the others on one that sets none.
     task = {"sigma_one": ["env=ant"], "damping_as_written": ["env=ant"],
-            "untuned": ["env=hopper"]}.get(ablation, ["env=walker"])
+            "untuned": ["env=hopper"], "steps_2048": ["env=ant"]}.get(ablation, ["env=walker"])
     defaults, changed = values(task), values(task + [f"ablation={ablation}"])
     differing = sorted(k for k in defaults if defaults[k] != changed.get(k))
     assert set(changed) == set(defaults)
@@ -59,6 +59,7 @@ def test_each_ablation_option_changes_the_defaults_in_its_own_keys_only(compose_
                 "damping_per_action_dim": ["solver.cg_damping_per_action_dim"],
                 "value_target_norm": ["critic.normalize_targets"],
                 "sigma_one": ["env.log_std_init", "network.log_std_init"], "tuned": [],
+                "steps_2048": ["env.steps_per_iteration", "steps_per_iteration"],
                 "untuned": ["advantage.lam", "critic.epochs", "critic.lr", "env.tuned",
                             "solver.cg_iters", "solver.max_kl"],
                 "damping_as_written": ["env.cg_damping_per_action_dim",
@@ -186,6 +187,15 @@ def test_a_task_may_set_the_cg_damping_rule_of_both_cg_solvers(compose_config, s
     assert compose_config(["env=walker", f"solver={solver}"]
                           ).solver.cg_damping_per_action_dim is False
     assert compose_config(["env=ant", f"solver={solver}"]).solver.cg_damping_per_action_dim
+
+
+def test_a_task_may_set_its_steps_per_update_and_an_explicit_value_still_wins(compose_config):
+    assert compose_config(["env=walker"]).steps_per_iteration == 2048
+    assert compose_config(["env=ant"]).steps_per_iteration == 1024  # Ant-v5's own
+    assert compose_config(["env=ant", "steps_per_iteration=4096"]).steps_per_iteration == 4096
+    assert compose_config(["env=ant", "ablation=steps_2048"]).steps_per_iteration == 2048
+    with pytest.raises(ConfigError, match=r"^env.steps_per_iteration=0 is not allowed"):
+        validate_config(compose_config(["env=ant", "env.steps_per_iteration=0"]))
 
 
 def test_a_task_may_set_the_policys_initial_sigma_and_an_explicit_value_still_wins(

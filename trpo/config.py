@@ -182,6 +182,9 @@ class EnvConfig:
     # The task's own CG damping rule for TRPO and natural PG: true scales solver.cg_damping by
     # the action's dimensions (solver.cg_damping_per_action_dim); null leaves it to the solver.
     cg_damping_per_action_dim: Optional[bool] = None
+    # The task's own environment steps per update (steps_per_iteration), where twice the updates
+    # per million steps learn it better; null leaves it to steps_per_iteration's default.
+    steps_per_iteration: Optional[int] = None
     # A tuning's values for this task (TaskTuning), which take precedence over the settings
     # above; null: none.
     tuned: Optional[TaskTuning] = None
@@ -205,6 +208,8 @@ class EnvConfig:
                     self.log_std_init)
         if self.max_episode_steps is not None:
             _positive_int(self, "max_episode_steps")
+        if self.steps_per_iteration is not None:
+            _positive_int(self, "steps_per_iteration")
         if self.random_return is not None and self.reference_return is not None:
             require(self.reference_return > self.random_return, "reference_return",
                     f"must be greater than random_return={self.random_return}",
@@ -547,8 +552,9 @@ class TrainConfig:
     # Environment steps after which the run ends (the env's ``default_steps`` unless overridden).
     total_steps: int = II("env.default_steps")
     # Environment steps per policy update, over all parallel envs: 2048, as in rl-baselines3-zoo's
-    # sb3-contrib TRPO for MuJoCo (2 envs × 1024 steps) and the PPO paper.
-    steps_per_iteration: int = 2048
+    # sb3-contrib TRPO for MuJoCo (2 envs × 1024 steps) and the PPO paper; a task may set its own
+    # (env.steps_per_iteration).
+    steps_per_iteration: int = II("task_setting:steps_per_iteration,2048")
     # Parallel training environments in one process, stepped as one batch (a speed setting: the
     # batch per update stays steps_per_iteration; 8 × 256 steps instead of the zoo's 2 × 1024).
     num_envs: int = 8
@@ -636,8 +642,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # changed, studies leave them out of run folder names, and the analysis never draws a line
 # per value. A key ending in "." stands for every key below it. Both env backends step
 # Gymnasium's transitions bit for bit (tests/test_mujoco_backend.py). A task's own settings
-# (env.gamma, env.max_kl, env.log_std_init, env.cg_damping_per_action_dim, env.tuned) act only
-# through the keys that read them, which are compared: a run with Ant-v5's σ set by its option
+# (env.gamma, env.max_kl, env.log_std_init, env.cg_damping_per_action_dim,
+# env.steps_per_iteration, env.tuned) act only through the keys that read them, which are compared: a run with Ant-v5's σ set by its option
 # trains what one with the same network.log_std_init set by hand trains. A tuning trial (trial.) computes
 # the rows of the same run without it; its pruner may only stop it sooner.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
@@ -645,7 +651,8 @@ RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_ev
                        "env_workers", "also_sweep", "tune_first", "tune_budget",
                        "env.random_return", "env.reference_return",
                        "env.backend", "env.gamma", "env.max_kl", "env.log_std_init",
-                       "env.cg_damping_per_action_dim", "env.tuned", "env.tuned.", "trial.")
+                       "env.cg_damping_per_action_dim", "env.steps_per_iteration", "env.tuned",
+                       "env.tuned.", "trial.")
 
 def is_result_neutral(key: str) -> bool:
     """Whether changing ``key`` (a flattened config key, ``solver.max_kl``) leaves results alone."""
