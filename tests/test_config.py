@@ -222,6 +222,14 @@ def test_a_run_with_a_tasks_setting_made_by_hand_counts_as_the_same_run(compose_
     assert trains_the_same(by_hand, compose_config(["env=ant"]))  # reused, resumed alike
     assert not trains_the_same(saved(["env=ant", "ablation=sigma_one"]),
                                compose_config(["env=ant"]))
+    # Hopper-v5's tuned values and Ant-v5's steps per update, likewise.
+    tuned_by_hand = saved(["env=hopper", "env.tuned=null",
+                           *(f"{key}={value}" for key, value in HOPPER_TUNED.items())])
+    assert trains_the_same(tuned_by_hand, compose_config(["env=hopper"]))
+    assert not trains_the_same(saved(["env=hopper", "ablation=untuned"]),
+                               compose_config(["env=hopper"]))
+    steps_by_hand = saved(["env=ant", "env.steps_per_iteration=null", "steps_per_iteration=1024"])
+    assert trains_the_same(steps_by_hand, compose_config(["env=ant"]))
 
 
 @pytest.mark.parametrize("solver", ["trpo", "npg"])

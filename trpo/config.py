@@ -511,7 +511,6 @@ class CriticConfig:
     """Regression of the value network on its targets (returns = advantages + values)."""
 
     # Adam's learning rate for the value net: rl-baselines3-zoo's tuned sb3-contrib TRPO for
-    # MuJoCo (learning_rate 1e-3).
     # MuJoCo (learning_rate 1e-3); a task may set its own (env.tuned.critic_lr).
     lr: float = II("task_setting:critic_lr,1e-3")
     # Passes over each batch: the zoo's n_critic_updates; a task may set its own.
@@ -643,9 +642,10 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # per value. A key ending in "." stands for every key below it. Both env backends step
 # Gymnasium's transitions bit for bit (tests/test_mujoco_backend.py). A task's own settings
 # (env.gamma, env.max_kl, env.log_std_init, env.cg_damping_per_action_dim,
-# env.steps_per_iteration, env.tuned) act only through the keys that read them, which are compared: a run with Ant-v5's σ set by its option
-# trains what one with the same network.log_std_init set by hand trains. A tuning trial (trial.) computes
-# the rows of the same run without it; its pruner may only stop it sooner.
+# env.steps_per_iteration, env.tuned) act only through the keys that read them, which are
+# compared: a run with Ant-v5's σ set by its option trains what one with the same
+# network.log_std_init set by hand trains. A tuning trial (trial.) computes the rows of the same
+# run without it; its pruner may only stop it sooner.
 RESULT_NEUTRAL_KEYS = ("logger.", "name", "resume", "reuse_from", "checkpoint_every",
                        "torch_threads", "max_rejected_updates", "critic.background",
                        "env_workers", "also_sweep", "tune_first", "tune_budget",
