@@ -36,7 +36,8 @@ from omegaconf import OmegaConf
 from analysis.__main__ import main as analyse
 from analysis.stats import BOOTSTRAP_REPS
 from trpo.config import CONF_DIR, result_neutral_keys
-from experiments.status import format_status, mark_runs_to_copy, planned_runs, study_status
+from experiments.status import (format_status, mark_runs_to_copy, mark_stale_runs, planned_runs,
+                                study_status)
 from experiments.tuned import (EXCLUDED_FROM_NAMES, for_sweeps, tune_commands, tuned_sweeps,
                                tuning_root, tuning_status, tunings)
 from experiments.tuned import write_report as write_tuning_report
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
         runs = [run for overrides in study_sweeps(args.study, for_sweeps(args.overrides))
                 for run in planned_runs(args.study, overrides, NOT_IN_RUN_NAMES)]
         states = study_status(sweep_dir, [run.name for run in runs])
+        mark_stale_runs(states, runs, args.study, sweep_dir)
         if not args.no_reuse:
             mark_runs_to_copy(states, runs, args.study, reuse_root(sweep_dir, args.overrides))
         tuning_lines = tuning_status(args.study, sweep_dir)

@@ -2,9 +2,10 @@
 
 Lists every run the study's sweep makes, by the folder it gets, as completed, copied from
 another study (``reuse_from``), part-way (running, or interrupted and waiting to be resumed, with
-the share of its steps done), failed (with its error), to be copied (not started, but a finished
-run with its config is below the reuse folder) or not started, and estimates the training time
-left from the study's own finished runs. Nothing is started or changed. Run folders are read
+the share of its steps done), failed (with its error), stale (its folder holds a run of another
+config, as after a default changed: the sweep refuses it), to be copied (not started, but a
+finished run with its config is below the reuse folder) or not started, and estimates the time
+left to train from the study's own finished runs. Nothing is started or changed. Run folders are read
 through :mod:`trpo.io.run_folder` alone (no torch, no trainer).
 """
 
@@ -20,13 +21,13 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis.load import CONFIG_ERRORS, run_budget
-from trpo.config import compose, trains_the_same
+from trpo.config import compose, config_changes, trains_the_same
 from trpo.io.run_folder import RunFolder, find_run_folders
 
 # What a planned run can be, in the order the summary counts them. Part-way runs are running
 # or interrupted (the study's command resumes them from their last checkpoint).
-STATES = ("completed", "copied", "running", "interrupted", "failed", "unknown", "to be copied",
-          "not started")
+STATES = ("completed", "copied", "running", "interrupted", "failed", "unknown", "stale",
+          "to be copied", "not started")
 PART_WAY = ("running", "interrupted")
 
 
@@ -71,6 +72,28 @@ def study_status(sweep_dir: Path, names: list[str]) -> list[RunState]:
     folders = ({folder.path.name: folder for folder in find_run_folders([sweep_dir])}
                if sweep_dir.is_dir() else {})
     return [run_state(name, folders.get(name)) for name in names]
+
+
+def mark_stale_runs(states: list[RunState], runs: list[PlannedRun], study: str,
+                    sweep_dir: Path) -> None:
+    """Mark each run whose folder holds a run of another config than the study's sweep asks
+    for now (a default changed since it trained) as "stale", naming the keys: the sweep's run
+    refuses to resume it, so it trains only once its folder is moved away."""
+    folders = ({folder.path.name: folder for folder in find_run_folders([sweep_dir])}
+               if sweep_dir.is_dir() else {})
+    for state, run in zip(states, runs):
+        folder = folders.get(run.name)
+        if folder is None or state.state == "unknown":
+            continue
+        try:
+            saved = folder.read_resolved_config()
+        except CONFIG_ERRORS:
+            continue
+        changed = config_changes(saved, compose([f"experiment={study}", *run.overrides]))
+        if changed:
+            state.state, state.done = "stale", 0.0
+            state.detail = (f"trained with other values of {', '.join(changed)}; move its "
+                            "folder away to train it again")
 
 
 def mark_runs_to_copy(states: list[RunState], runs: list[PlannedRun], study: str,
@@ -133,14 +156,14 @@ def format_status(study: str, sweep_dir: Path, states: list[RunState]) -> str:
     summary = [f"{counts['completed']} completed", f"{counts['copied']} copied",
                f"{part_way} part-way" + (f" ({', '.join(f'{counts[s]} {s}' for s in PART_WAY)})"
                                          if part_way else "")]
-    summary += [f"{counts[state]} {state}" for state in ("failed", "unknown", "to be copied")
-                if counts[state]]
+    summary += [f"{counts[state]} {state}" for state in ("failed", "unknown", "stale",
+                                                          "to be copied") if counts[state]]
     summary.append(f"{counts['not started']} not started")
     lines = [f"{study}: {len(states)} runs in {sweep_dir}: " + ", ".join(summary)]
     width, state_width = (max(len(getattr(s, key)) for s in states) for key in ("name", "state"))
     for s in states:
         detail = f"{s.done:5.0%}  " if s.state in (*PART_WAY, "failed", "unknown") else ""
-        detail += s.detail if s.state == "to be copied" else s.detail[:100]
+        detail += s.detail if s.state in ("to be copied", "stale") else s.detail[:100]
         lines.append(f"  {s.name:<{width}}  {s.state:<{max(state_width, 11)}} {detail}".rstrip())
     hours = remaining_hours(states)
     if all(s.state in ("completed", "copied") for s in states):

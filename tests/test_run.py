@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, TINY, run_py, without_timing
 from trpo.io.run_folder import RunFolder
@@ -150,6 +151,19 @@ def test_a_study_run_again_reuses_its_folders_and_leaves_finished_runs_alone(tmp
         assert (copy / "progress.csv").read_text() == before[name]  # timings too: not retrained
         assert json.loads((copy / "status.json").read_text())["reused_from"] == str(
             tmp_path / "runs" / name)
+
+    # A run trained before a default changed is stale: the sweep would refuse it, and says so.
+    saved = tmp_path / "runs" / names[0] / ".hydra" / "config.yaml"
+    before_change = OmegaConf.load(saved)
+    before_change.advantage.lam = 0.9
+    OmegaConf.save(before_change, saved)
+    command[command.index("--sweep-dir") + 1] = str(tmp_path / "runs")
+    status = subprocess.run([*command, "--status"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert status.stdout.splitlines()[1].split()[:8] == [
+        names[0], "stale", "trained", "with", "other", "values", "of", "advantage.lam;"]
+    assert "1 completed, 0 copied, 0 part-way, 1 stale, 0 not started" in status.stdout
 
 
 @pytest.mark.parametrize("exit_code, sweeps_run", [(130, 1), (143, 1), (1, 2), (0, 2)])
