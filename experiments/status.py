@@ -5,8 +5,8 @@ another study (``reuse_from``), part-way (running, or interrupted and waiting to
 the share of its steps done), failed (with its error), stale (its folder holds a run of another
 config, as after a default changed: the sweep refuses it), to be copied (not started, but a
 finished run with its config is below the reuse folder) or not started, and estimates the time
-left to train from the study's own finished runs. Nothing is started or changed. Run folders are read
-through :mod:`trpo.io.run_folder` alone (no torch, no trainer).
+left to train from the study's own finished runs. Nothing is started or changed. Run folders
+are read through :mod:`trpo.io.run_folder` alone (no torch, no trainer).
 """
 
 from __future__ import annotations
@@ -66,11 +66,16 @@ def planned_runs(study: str, overrides: list[str],
                                        not in excluded_keys)), list(job)) for job in jobs]
 
 
+def run_folders_by_name(sweep_dir: Path) -> dict[str, RunFolder]:
+    """The run folders below ``sweep_dir`` by their folder name (none if it does not exist)."""
+    return ({folder.path.name: folder for folder in find_run_folders([sweep_dir])}
+            if sweep_dir.is_dir() else {})
+
+
 def study_status(sweep_dir: Path, names: list[str]) -> list[RunState]:
     """The state of each planned run below ``sweep_dir``, as :meth:`RunFolder.state` says
     (``unknown``: it has a folder but no readable ``status.json``)."""
-    folders = ({folder.path.name: folder for folder in find_run_folders([sweep_dir])}
-               if sweep_dir.is_dir() else {})
+    folders = run_folders_by_name(sweep_dir)
     return [run_state(name, folders.get(name)) for name in names]
 
 
@@ -79,8 +84,7 @@ def mark_stale_runs(states: list[RunState], runs: list[PlannedRun], study: str,
     """Mark each run whose folder holds a run of another config than the study's sweep asks
     for now (a default changed since it trained) as "stale", naming the keys: the sweep's run
     refuses to resume it, so it trains only once its folder is moved away."""
-    folders = ({folder.path.name: folder for folder in find_run_folders([sweep_dir])}
-               if sweep_dir.is_dir() else {})
+    folders = run_folders_by_name(sweep_dir)
     for state, run in zip(states, runs):
         folder = folders.get(run.name)
         if folder is None or state.state == "unknown":

@@ -117,6 +117,14 @@ class WandbMode(Enum):
 # ------------------------------------------------------------------------------------- env group
 
 
+def _optional_max_kl(obj: Any) -> None:
+    """A task's own δ (``obj.max_kl``): null, or in (0, MAX_KL_BOUND]."""
+    if obj.max_kl is not None:
+        _positive(obj, "max_kl")
+        require(obj.max_kl <= MAX_KL_BOUND, "max_kl", f"must be at most {MAX_KL_BOUND}",
+                obj.max_kl)
+
+
 @dataclass
 class TaskTuning:
     """Values a tuning chose for one task, which its env option sets as ``env.tuned`` (RESULTS.md
@@ -136,12 +144,9 @@ class TaskTuning:
     def validate(self) -> None:
         if self.lam is not None:
             require(0.0 <= self.lam <= 1.0, "lam", "must be in [0, 1] or null", self.lam)
-        for name in ("critic_lr", "max_kl"):
-            if getattr(self, name) is not None:
-                _positive(self, name)
-        if self.max_kl is not None:
-            require(self.max_kl <= MAX_KL_BOUND, "max_kl", f"must be at most {MAX_KL_BOUND}",
-                    self.max_kl)
+        if self.critic_lr is not None:
+            _positive(self, "critic_lr")
+        _optional_max_kl(self)
         for name in ("critic_epochs", "cg_iters"):
             if getattr(self, name) is not None:
                 _positive_int(self, name)
@@ -198,10 +203,7 @@ class EnvConfig:
                 raise error.under("tuned") from None
         if self.gamma is not None:
             require(0.0 < self.gamma <= 1.0, "gamma", "must be in (0, 1] or null", self.gamma)
-        if self.max_kl is not None:
-            _positive(self, "max_kl")
-            require(self.max_kl <= MAX_KL_BOUND, "max_kl", f"must be at most {MAX_KL_BOUND}",
-                    self.max_kl)
+        _optional_max_kl(self)
         if self.log_std_init is not None:
             require(math.isfinite(self.log_std_init) and abs(self.log_std_init) <= LOG_STD_BOUND,
                     "log_std_init", f"must be in [-{LOG_STD_BOUND:g}, {LOG_STD_BOUND:g}] or null",
