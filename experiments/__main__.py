@@ -14,7 +14,8 @@ A run whose config was already trained to the end in another study below ``multi
 copied from there rather than trained again (``reuse_from``; ``--no-reuse`` trains everything).
 A study that lists tunings (``tune_first``: tuned_solver_comparison) runs them first, each under
 the study's ``tune_budget``, and then a sweep of each one's best configuration
-(experiments/tuned.py); ``--status`` gives each tuning's trials so far, then the study's own
+(experiments/tuned.py); a tuning not started here whose folder is below ``reuse_from``
+(``<study>_tuning/<name>``, as committed) is copied first, and goes on from there. ``--status`` gives each tuning's trials so far, then the study's own
 sweeps.
 ``--analyse-only DIR`` skips the sweep and analyses runs that are already there; ``--status``
 lists the study's runs as finished, copied, part-way, to be copied or not started, with the
@@ -38,8 +39,8 @@ from analysis.stats import BOOTSTRAP_REPS
 from trpo.config import CONF_DIR, result_neutral_keys
 from experiments.status import (format_status, mark_runs_to_copy, mark_stale_runs, planned_runs,
                                 study_status)
-from experiments.tuned import (EXCLUDED_FROM_NAMES, for_sweeps, tune_commands, tuned_sweeps,
-                               tuning_root, tuning_status, tunings)
+from experiments.tuned import (EXCLUDED_FROM_NAMES, copy_tunings, for_sweeps, tune_commands,
+                               tuned_sweeps, tuning_root, tuning_status, tunings)
 from experiments.tuned import write_report as write_tuning_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
         mark_stale_runs(states, runs, args.study, sweep_dir)
         if not args.no_reuse:
             mark_runs_to_copy(states, runs, args.study, reuse_root(sweep_dir, args.overrides))
-        tuning_lines = tuning_status(args.study, sweep_dir)
+        tuning_lines = tuning_status(args.study, sweep_dir, None if args.no_reuse
+                                     else reuse_root(sweep_dir, args.overrides))
         if tuning_lines:  # the tunings come first; their best configurations' sweeps after
             print(f"{args.study}: {len(tuning_lines)} tunings, in {tuning_root(sweep_dir)}",
                   *tuning_lines, sep="\n")
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
         sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
         reuse = [] if args.no_reuse else [f"reuse_from={sweep_dir.parent}"]
         sweeps = study_sweeps(args.study, for_sweeps(args.overrides))
+        if not args.no_reuse:
+            copy_tunings(args.study, sweep_dir, reuse_root(sweep_dir, args.overrides))
         for command in tune_commands(args.study, sweep_dir, args.overrides):
             print("tuning:", " ".join(command), flush=True)
             sweep_status = run_sweep(command)

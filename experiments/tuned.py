@@ -58,14 +58,38 @@ def tune_commands(study: str, sweep_dir: Path, overrides: list[str]) -> list[lis
             for name, entry in tunings(study).items()]
 
 
-def tuning_status(study: str, sweep_dir: Path) -> list[str]:
+def tunings_to_copy(study: str, sweep_dir: Path, reuse_root: Path) -> dict[str, Path]:
+    """Each tuning not started in ``sweep_dir`` whose folder (journal and trials) is under
+    ``reuse_root`` (``experiments/runs/<study>_tuning/<name>``, as committed): where it is."""
+    found = {}
+    for name in tunings(study):
+        source = tuning_root(reuse_root / study) / name
+        target = tuning_root(sweep_dir) / name
+        if ((source / JOURNAL).is_file() and not (target / JOURNAL).is_file()
+                and source.resolve() != target.resolve()):
+            found[name] = source
+    return found
+
+
+def copy_tunings(study: str, sweep_dir: Path, reuse_root: Path) -> None:
+    """Copy each tuning :func:`tunings_to_copy` finds into the sweep's tuning folder, where the
+    tune command goes on from it: a finished tuning is not run again, a stopped one resumes."""
+    for name, source in tunings_to_copy(study, sweep_dir, reuse_root).items():
+        print(f"tuning {name}: copied from {source}", flush=True)
+        shutil.copytree(source, tuning_root(sweep_dir) / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.lock"))
+
+
+def tuning_status(study: str, sweep_dir: Path, reuse_root: Path | None = None) -> list[str]:
     """A line per tuning of the study: trials counted against its budget (completed, pruned,
-    failed), those running or left running by a stopped tuning, and the best score so far."""
+    failed), those running or left running by a stopped tuning, and the best score so far; a
+    tuning the study would copy from ``reuse_root`` is counted there."""
     import optuna
 
+    to_copy = tunings_to_copy(study, sweep_dir, reuse_root) if reuse_root else {}
     lines = []
     for name in tunings(study):
-        folder = tuning_root(sweep_dir) / name
+        folder = to_copy.get(name, tuning_root(sweep_dir) / name)
         if not (folder / JOURNAL).is_file():
             lines.append(f"  tuning {name}: not started ({folder})")
             continue
@@ -78,7 +102,8 @@ def tuning_status(study: str, sweep_dir: Path) -> list[str]:
                      f"({count[optuna.trial.TrialState.COMPLETE]} completed, "
                      f"{count[optuna.trial.TrialState.PRUNED]} pruned, "
                      f"{count[optuna.trial.TrialState.FAIL]} failed), "
-                     f"{count[optuna.trial.TrialState.RUNNING]} running or to resume{best}")
+                     f"{count[optuna.trial.TrialState.RUNNING]} running or to resume{best}"
+                     + (f"; to be copied from {folder}" if name in to_copy else ""))
     return lines
 
 

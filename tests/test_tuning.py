@@ -252,3 +252,35 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
     assert "the same for every tuning: 2 trials × 256 steps each" in table
     assert f"| solver=trpo env=cartpole | 2 | 0 | 0 | {study.best_value:.0f} |" in table
     assert (tmp_path / "out" / "tuning" / "trpo-cartpole" / "tuning.md").exists()
+
+
+def test_a_committed_tuning_is_copied_and_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from experiments import tuned
+
+    monkeypatch.setattr(tuned, "study_config", lambda study: OmegaConf.create({
+        "tune_first": [["solver=trpo", "env=cartpole"]],
+        "tune_budget": ["total_steps=256", "hydra.sweeper.trials=2"]}))
+    committed = tmp_path / "experiments" / "runs"
+    source = committed / "study_tuning" / "trpo-cartpole"
+    base = [o for o in BASE if not o.startswith("env=")]
+    plan = tuning.plan(["solver=trpo", "env=cartpole", *base], settings(trials=2, parallel=1))
+    tuning.drive(plan, settings(trials=2, parallel=1), source,
+                 launch_in_process(source, [], interrupt={1}))
+    journal = (source / tuning.JOURNAL).read_bytes()
+    sweep_dir = tmp_path / "multirun" / "study"
+    [line] = tuned.tuning_status("study", sweep_dir, committed)
+    assert line.startswith("  tuning trpo-cartpole: 1 of 2 trials (1 completed")
+    assert line.endswith(f"; to be copied from {source}")
+
+    tuned.copy_tunings("study", sweep_dir, committed)
+    target = tmp_path / "multirun" / "study_tuning" / "trpo-cartpole"
+    assert not list(target.rglob("*.lock"))
+    assert tuned.tunings_to_copy("study", sweep_dir, committed) == {}  # copied once, not again
+    launched = []
+    study = tuning.drive(plan, settings(trials=2, parallel=1), target,
+                         launch_in_process(target, launched))
+    assert launched == [1]  # the stopped trial resumes; the finished one is not run again
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert (source / tuning.JOURNAL).read_bytes() == journal  # the committed copy is untouched
