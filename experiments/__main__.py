@@ -15,8 +15,8 @@ copied from there rather than trained again (``reuse_from``; ``--no-reuse`` trai
 A study that lists tunings (``tune_first``: tuned_solver_comparison) runs them first, each under
 the study's ``tune_budget``, and then a sweep of each one's best configuration
 (experiments/tuned.py); a tuning not started here whose folder is below ``reuse_from``
-(``<study>_tuning/<name>``, as committed) is copied first, and goes on from there. ``--status`` gives each tuning's trials so far, then the study's own
-sweeps.
+(``<study>_tuning/<name>``, as committed) is copied first, and goes on from there.
+``--status`` gives each tuning's trials so far, then the study's own sweeps.
 ``--analyse-only DIR`` skips the sweep and analyses runs that are already there; ``--status``
 lists the study's runs as finished, copied, part-way, to be copied or not started, with the
 time left.

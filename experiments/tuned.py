@@ -73,11 +73,14 @@ def tunings_to_copy(study: str, sweep_dir: Path, reuse_root: Path) -> dict[str, 
 
 def copy_tunings(study: str, sweep_dir: Path, reuse_root: Path) -> None:
     """Copy each tuning :func:`tunings_to_copy` finds into the sweep's tuning folder, where the
-    tune command goes on from it: a finished tuning is not run again, a stopped one resumes."""
+    tune command goes on from it: a finished tuning is not run again, a stopped one resumes.
+    The journal is copied last, so a copy cut short is made again by the next call."""
     for name, source in tunings_to_copy(study, sweep_dir, reuse_root).items():
+        target = tuning_root(sweep_dir) / name
+        shutil.copytree(source, target, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.lock", JOURNAL))
+        shutil.copy2(source / JOURNAL, target / JOURNAL)
         print(f"tuning {name}: copied from {source}", flush=True)
-        shutil.copytree(source, tuning_root(sweep_dir) / name, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.lock"))
 
 
 def tuning_status(study: str, sweep_dir: Path, reuse_root: Path | None = None) -> list[str]:
