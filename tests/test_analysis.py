@@ -22,6 +22,7 @@ from analysis.report import (aggregate_scores, curve_on_grid, diagnostics_markdo
                              diagnostics_table, final_score, final_table, make_groups,
                              max_of_mean_curve, step_grid)
 from tests.run_folders import sweep, trust_region_sweep, write_run
+from trpo import scores
 from trpo.io.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,6 +226,58 @@ def test_final_score_window_and_fallback():
     progress.loc[9, "eval_return_mean"] = np.nan
     assert final_score(progress) == 4.0  # nothing evaluated in the window: the last one
     assert np.isnan(final_score(progress.assign(eval_return_mean=np.nan)))
+
+
+def naive_peak_score(env_steps, values, window=0.1):
+    """Every stretch of window·(last steps) ending at each row, written out row by row."""
+    width = window * env_steps[-1]
+    best = final_score(pd.DataFrame({"env_steps": env_steps, "eval_return_mean": values}),
+                       window=window)
+    for i, end in enumerate(env_steps):
+        if np.isnan(values[i]) or end < width:
+            continue
+        inside = [v for s, v in zip(env_steps, values) if end - width <= s <= end
+                  and not np.isnan(v)]
+        best = max(best, sum(inside) / len(inside))
+    return best
+
+
+@pytest.mark.unit
+def test_peak_score_by_hand_and_against_a_naive_version():
+    steps = np.arange(100, 1100, 100, dtype=float)
+    values = np.array([np.nan, 1, np.nan, 6, np.nan, 8, np.nan, 4, np.nan, 2])
+    # window 0.1 = 100 steps: the stretch ending at 600 holds the evaluations at 500? none, 600: 8
+    assert scores.peak_score(steps, values) == (8.0, 600.0)
+    # window 0.3 = 300 steps: ending at 600, steps 300-600 hold 6 and 8
+    assert scores.peak_score(steps, values, window=0.3) == (7.0, 600.0)
+    rising = np.array([np.nan, 1, np.nan, 2, np.nan, 3, np.nan, 4, np.nan, 5])
+    assert scores.peak_score(steps, rising) == (5.0, 1000.0)  # a run still rising peaks at its end
+    assert all(np.isnan(scores.peak_score(steps, np.full(10, np.nan))))
+    generator = np.random.default_rng(0)
+    for _ in range(50):
+        noisy = generator.normal(size=10).round(2)
+        noisy[generator.random(10) < 0.4] = np.nan
+        if np.isnan(noisy).all():
+            continue
+        for window in (0.1, 0.25, 0.5):
+            assert scores.peak_score(steps, noisy, window)[0] == pytest.approx(
+                naive_peak_score(steps, noisy, window))
+
+
+def test_peaks_prints_each_runs_final_and_peak_score_and_counts_the_runs_above(tmp_path,
+                                                                               capsys):
+    from analysis import peaks
+
+    write_run(tmp_path, "s0", seed=0, returns=[1, 9, 9, 2])  # peaked, fell back
+    write_run(tmp_path, "s1", seed=1, returns=[1, 2, 3, 4])  # still rising at its end
+    assert peaks.main([str(tmp_path), "--above", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "| Hopper-v5 | trpo | 0 | 2 | 9 | 200 | 200 |" in out  # the first of equal peaks
+    assert "| Hopper-v5 | trpo | 1 | 4 | 4 | 400 | never |" in out
+    assert "| Hopper-v5 | trpo | 2 | 3 | 6 | 1 of 2 |" in out
+    with pytest.raises(SystemExit) as stop:
+        peaks.main([str(tmp_path / "nothing"), "--above", "5"])
+    assert stop.value.code == 2
 
 
 def test_loading_resolves_interpolations_and_reads_choices(tmp_path):

@@ -32,3 +32,25 @@ def final_score_of_rows(rows: Sequence[Mapping[str, Any]]) -> float:
     with ``env_steps`` and, where evaluated, ``eval_return_mean``); NaN for no rows."""
     return final_score([row.get("env_steps") for row in rows],
                        [row.get("eval_return_mean") for row in rows])
+
+
+def peak_score(env_steps: np.ndarray, values: np.ndarray,
+               window: float = FINAL_WINDOW) -> tuple[float, float]:
+    """The best :func:`final_score` the run would have had, had it stopped at one of its logged
+    rows: the highest mean of ``values`` over ``window``·(its last ``env_steps``) steps ending
+    at a logged row at least that far in (both ends included, as the final score's), the final
+    score among them; returned with the steps where that stretch ends. NaN, NaN if nothing was
+    logged. How far a run's end falls below its best stretch: late collapse against a plateau."""
+    env_steps, values = np.asarray(env_steps, float), np.asarray(values, float)
+    final = final_score(env_steps, values, window)
+    if math.isnan(final):
+        return math.nan, math.nan
+    best, at = final, float(env_steps[-1])
+    width = window * env_steps[-1]
+    logged = ~np.isnan(values)
+    for end in env_steps[logged & (env_steps >= width)]:
+        stretch = logged & (env_steps >= end - width) & (env_steps <= end)
+        score = float(values[stretch].mean())
+        if score > best:
+            best, at = score, float(end)
+    return best, at
