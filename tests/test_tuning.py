@@ -79,11 +79,14 @@ def test_a_stopped_tuning_resumes_its_running_trial_under_its_number(tmp_path):
     assert rows["iteration"].tolist() == [1, 2]  # resumed from its checkpoint
 
 
-def a_trial(tmp_path, extra=(), startup_trials=2):
-    """A study in ``tmp_path`` with one trial asked, and that trial's run config."""
-    chosen = settings(trials=1, parallel=1, startup_trials=startup_trials)
+def a_trial(tmp_path, extra=(), startup_trials=2, finished=()):
+    """A study in ``tmp_path`` with the ``finished`` trials (Optuna's FrozenTrial) and then one
+    trial asked, and that trial's run config."""
+    chosen = settings(trials=1 + len(finished), parallel=1, startup_trials=startup_trials)
     plan = tuning.plan([*BASE, *extra], chosen)
     study = tuning.open_study(tmp_path, chosen, plan)
+    for trial in finished:
+        study.add_trial(trial)
     [(number, params)] = tuning.next_batch(study, plan.space, chosen)
     overrides = tuning.trial_overrides(plan.base_overrides, number, params,
                                        tmp_path / tuning.JOURNAL, "tune")
@@ -91,23 +94,38 @@ def a_trial(tmp_path, extra=(), startup_trials=2):
 
 
 def test_a_trial_below_the_finished_trials_is_pruned_and_not_launched_again(tmp_path):
-    study, number, cfg = a_trial(tmp_path, ["total_steps=384"], startup_trials=1)
     # A finished trial far above anything CartPole gives, at the steps this run evaluates.
-    study.add_trial(optuna.trial.create_trial(
-        params={}, distributions={}, value=1e9,
-        intermediate_values={128: 1e9, 256: 1e9}))
-    assert math.isnan(train(cfg, tmp_path / "trial_0000"))
-    folder = RunFolder(tmp_path / "trial_0000")
+    high = optuna.trial.create_trial(params={}, distributions={}, value=1e9,
+                                     intermediate_values={128: 1e9, 256: 1e9})
+    study, number, cfg = a_trial(tmp_path, ["total_steps=384"], startup_trials=1,
+                                 finished=[high])
+    assert math.isnan(train(cfg, tmp_path / "trial_0001"))
+    folder = RunFolder(tmp_path / "trial_0001")
     assert folder.state() == "pruned" and folder.read_status()["iteration"] == 1
     assert folder.has_checkpoint()
-    assert list(study.trials[0].intermediate_values) == [128]
+    assert list(study.trials[1].intermediate_values) == [128]
     # The driver stopped before telling the study: a new driver settles it, launching nothing.
     launched = []
     plan = tuning.plan([*BASE, "total_steps=384"], settings(trials=2, startup_trials=1))
     tuning.drive(plan, settings(trials=2, startup_trials=1), tmp_path,
                  launch_in_process(tmp_path, launched))
     assert launched == []
-    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert study.trials[1].state == optuna.trial.TrialState.PRUNED
+
+
+def test_a_trial_is_pruned_only_against_trials_finished_before_its_batch(tmp_path):
+    study, number, _ = a_trial(tmp_path, startup_trials=1)
+    reporter = tuning.TrialReporter(str(tmp_path / tuning.JOURNAL), "tune", number)
+    # a trial of the same batch that finished first, far above: not a peer of this one
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1e9,
+                                              intermediate_values={128: 1e9}))
+    assert reporter.report(128, 10.0) is False
+    low = optuna.trial.create_trial(params={}, distributions={}, value=1.0,
+                                    intermediate_values={128: 1.0})
+    (tmp_path / "later").mkdir()
+    study, number, _ = a_trial(tmp_path / "later", startup_trials=1, finished=[low])
+    reporter = tuning.TrialReporter(str(tmp_path / "later" / tuning.JOURNAL), "tune", number)
+    assert reporter.report(128, 0.5) is True  # below the one finished before its batch
 
 
 def test_a_step_reported_again_by_a_resumed_run_is_not_sent_twice(tmp_path):
@@ -284,3 +302,26 @@ def test_a_committed_tuning_is_copied_and_goes_on_where_it_stopped(tmp_path, mon
     assert launched == [1]  # the stopped trial resumes; the finished one is not run again
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert (source / tuning.JOURNAL).read_bytes() == journal  # the committed copy is untouched
+
+
+def test_a_tuning_stopped_and_resumed_asks_for_and_prunes_the_same_trials_as_one_straight_run(
+        tmp_path):
+    chosen = settings(trials=6, parallel=2, startup_trials=2)
+    plan = tuning.plan([*BASE, "total_steps=384"], chosen)
+
+    def history(study):
+        # The interrupted trial's first evaluation is its helper run's last, which a trial does
+        # not report (the objective): its intermediate values are compared from 256 steps on.
+        return [(t.number, t.state.name, t.params, t.value,
+                 {s: v for s, v in t.intermediate_values.items() if t.number != 3 or s > 128})
+                for t in study.trials]
+
+    straight = tuning.drive(plan, chosen, tmp_path / "straight",
+                            launch_in_process(tmp_path / "straight", []))
+    stopped = tmp_path / "stopped"
+    launched = []
+    tuning.drive(plan, chosen, stopped, launch_in_process(stopped, launched, interrupt={3}))
+    resumed = tuning.drive(plan, chosen, stopped, launch_in_process(stopped, launched))
+    assert launched == [0, 1, 2, 3, 3, 4, 5]  # trial 3 again, alone, before the next batch
+    assert history(resumed) == history(straight)
+    assert "PRUNED" in [t.state.name for t in straight.trials]  # the pruner had a say

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -95,8 +96,40 @@ def make_pruner(spec: dict[str, Any]):
     optuna = import_optuna()
     if spec["name"] == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=spec["startup_trials"],
-                                       n_warmup_steps=spec["warmup_steps"])
+    return batch_median_pruner(spec["startup_trials"], spec["warmup_steps"])
+
+
+# A trial's user attribute: the number of the first trial of the batch it was launched in.
+BATCH_START = "batch_start"
+
+
+def batch_median_pruner(startup_trials: int, warmup_steps: int):
+    """Optuna's median rule (``MedianPruner``) over the trials that had finished when the
+    trial's batch was launched (those numbered below its :data:`BATCH_START`), not those that
+    finish while it runs: a stopped and resumed tuning then prunes as one run straight through.
+    A trial stops at an evaluation below the median of those trials' evaluations at the same
+    step, once ``startup_trials`` of them have finished and from ``warmup_steps`` steps on."""
+    optuna = import_optuna()
+
+    class BatchMedianPruner(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            step = trial.last_step
+            if step is None or step < warmup_steps:
+                return False
+            before = trial.user_attrs.get(BATCH_START, trial.number)
+            finished = [t for t in study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.number < before]
+            if not finished or len(finished) < startup_trials:
+                return False
+            score = trial.intermediate_values[step]
+            if math.isnan(score):
+                return True
+            peers = [t.intermediate_values[step] for t in finished
+                     if step in t.intermediate_values]
+            peers = [value for value in peers if not math.isnan(value)]
+            return bool(peers) and score < statistics.median(peers)
+
+    return BatchMedianPruner()
 
 
 # ------------------------------------------------------------------------------- the driver
@@ -244,10 +277,6 @@ def open_study(sweep_dir: Path, settings: TuningSettings, tuning: Tuning) -> "op
     study = optuna.create_study(study_name=settings.study, storage=storage,
                                 pruner=make_pruner(tuning.pruner), direction="maximize",
                                 load_if_exists=True)
-    # Seeded by the trials so far too: a resumed tuning does not draw its first values again.
-    study.sampler = optuna.samplers.TPESampler(
-        n_startup_trials=settings.startup_trials, seed=settings.sampler_seed + len(study.trials),
-        multivariate=True, constant_liar=True)
     recorded = study.user_attrs.get("tuning")
     if recorded is None:
         study.set_user_attr("tuning", _jsonable(tuning.record()))
@@ -292,18 +321,29 @@ def counted(study: "optuna.Study") -> int:
 
 def next_batch(study: "optuna.Study", space: Sequence[Parameter], settings: TuningSettings
                ) -> list[tuple[int, dict[str, Any]]]:
-    """Up to ``settings.parallel`` trials to launch, as (number, parameters): first those left
-    running by a stopped tuning (their runs resume), then new ones while the budget allows."""
+    """Up to ``settings.parallel`` trials to launch, as (number, parameters): those left running
+    by a stopped tuning (their runs resume) as a batch of their own, else new ones while the
+    budget allows.
+
+    Trial n's values are drawn by a TPE sampler seeded with ``sampler_seed + n`` from the trials
+    before it, and it is pruned against the trials finished before its batch
+    (:func:`batch_median_pruner`); so a tuning stopped and resumed, in any session, asks for and
+    prunes the same trials as one run straight through."""
     import optuna
 
     running = [t for t in study.get_trials(deepcopy=False)
                if t.state == optuna.trial.TrialState.RUNNING]
-    batch = [(t.number, dict(t.params)) for t in running[:settings.parallel]]
-    in_flight = len(running)
-    while len(batch) < settings.parallel and counted(study) + in_flight < settings.trials:
+    if running:
+        return [(t.number, dict(t.params)) for t in running[:settings.parallel]]
+    batch: list[tuple[int, dict[str, Any]]] = []
+    while len(batch) < settings.parallel and counted(study) + len(batch) < settings.trials:
+        number = len(study.trials)
+        study.sampler = optuna.samplers.TPESampler(
+            n_startup_trials=settings.startup_trials, seed=settings.sampler_seed + number,
+            multivariate=True, constant_liar=True)
         trial = study.ask()
+        trial.set_user_attr(BATCH_START, batch[0][0] if batch else trial.number)
         batch.append((trial.number, {p.key: p.suggest(trial) for p in space}))
-        in_flight += 1
     return batch
 
 
