@@ -143,6 +143,9 @@ def main(argv=None) -> int:
             if status:
                 print(f"the sweep exited with {status} (a run failed); going on, then analysing "
                       "the runs that finished", file=sys.stderr)
+    if not args.analyse_only and not sweep_dir.is_dir():  # stopped before its first sweep
+        print(f"no runs in {sweep_dir} yet: nothing to analyse", file=sys.stderr)
+        return sweep_status or 1
     committed = ROOT / "experiments" / "results"  # what RESULTS.md shows
     out = args.out or (committed if args.update_results else ROOT / "results") / args.study
     status = analyse([str(sweep_dir), "--out", str(out), "--reps", str(args.reps),
