@@ -29,10 +29,11 @@ def first_at_or_above(steps, values, level: float) -> Optional[float]:
 
 
 def peak_tables(dirs: list[Path], above: float, group_by: Optional[list[str]] = None) -> str:
-    """The two tables :mod:`analysis.peaks` prints, as markdown."""
+    """The two tables :mod:`analysis.peaks` prints, as markdown; ValueError if ``dirs`` hold
+    no finished run."""
     runs = load_runs(dirs).runs
     if not runs:
-        raise SystemExit(f"error: no finished run below {', '.join(map(str, dirs))}")
+        raise ValueError(f"no finished run below {', '.join(map(str, dirs))}")
     groups = make_groups(runs, group_by if group_by is not None else detect_group_keys(runs))
     per_run = ["| env | line | seed | final score | peak score | peak ends at (steps) | "
                f"first evaluation ≥ {above:g} (steps) |", "|---|---|---|---|---|---|---|"]
@@ -74,7 +75,10 @@ def main(argv=None) -> int:
     if missing:
         parser.exit(2, f"error: no such folder: {', '.join(missing)}\n")
     group_by = args.group_by.split(",") if args.group_by else None
-    sys.stdout.write(peak_tables(args.dirs, args.above, group_by))
+    try:
+        sys.stdout.write(peak_tables(args.dirs, args.above, group_by))
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     return 0
 
 

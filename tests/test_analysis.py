@@ -275,9 +275,12 @@ def test_peaks_prints_each_runs_final_and_peak_score_and_counts_the_runs_above(t
     assert "| Hopper-v5 | trpo | 0 | 2 | 9 | 200 | 200 |" in out  # the first of equal peaks
     assert "| Hopper-v5 | trpo | 1 | 4 | 4 | 400 | never |" in out
     assert "| Hopper-v5 | trpo | 2 | 3 | 6 | 1 of 2 |" in out
-    with pytest.raises(SystemExit) as stop:
-        peaks.main([str(tmp_path / "nothing"), "--above", "5"])
-    assert stop.value.code == 2
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "nothing", tmp_path / "empty"):
+        with pytest.raises(SystemExit) as stop:
+            peaks.main([str(folder), "--above", "5"])
+        assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: no finished run below {folder}"
 
 
 def test_loading_resolves_interpolations_and_reads_choices(tmp_path):
