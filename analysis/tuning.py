@@ -87,9 +87,9 @@ def _diverged(run_dir: Path) -> bool:
 def _pruner_text(spec: dict[str, Any]) -> str:
     if spec["name"] == "none":
         return "none: every trial runs to its end"
-    return ("Optuna's median pruner: a trial whose best evaluation so far is below the median "
-            f"of the finished trials' evaluations at its step stops, once "
-            f"{spec['startup_trials']} trials have finished and after its first "
+    return ("Optuna's median rule: a trial whose evaluation is below the median of the "
+            "evaluations at that step of the trials finished before its batch was launched "
+            f"stops, once {spec['startup_trials']} trials have finished and after its first "
             f"{spec['warmup_steps']:,} steps")
 
 
