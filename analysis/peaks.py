@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from analysis.load import detect_group_keys, load_runs
-from analysis.report import evaluations, make_groups
+from analysis.report import evaluations, final_score, make_groups
 from analysis.stats import interquartile_mean
 from trpo import scores
 
@@ -42,9 +42,9 @@ def peak_tables(dirs: list[Path], above: float, group_by: Optional[list[str]] = 
     for group in groups:
         finals, peaks = [], []
         for run in sorted(group.runs, key=lambda r: r.seed):
-            steps = run.progress["env_steps"].to_numpy(float)
-            final = scores.final_score(steps, run.progress[METRIC].to_numpy(float))
-            peak, at = scores.peak_score(steps, run.progress[METRIC].to_numpy(float))
+            final = final_score(run.progress, METRIC)
+            peak, at = scores.peak_score(run.progress["env_steps"].to_numpy(float),
+                                         run.progress[METRIC].to_numpy(float))
             first = first_at_or_above(*evaluations(run.progress, METRIC), above)
             finals.append(final)
             peaks.append(peak)
