@@ -21,7 +21,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis.load import CONFIG_ERRORS, run_budget
-from trpo.config import compose, config_changes, trains_the_same
+from trpo.config import compose, config_changes, twin_test
 from trpo.io.run_folder import RunFolder, find_run_folders
 
 # What a planned run can be, in the order the summary counts them. Part-way runs are running
@@ -116,8 +116,8 @@ def mark_runs_to_copy(states: list[RunState], runs: list[PlannedRun], study: str
             except CONFIG_ERRORS:
                 continue
     for state, run in waiting:
-        cfg = compose([f"experiment={study}", *run.overrides])
-        source = next((path for path, saved in finished if trains_the_same(saved, cfg)), None)
+        trains_the_same = twin_test(compose([f"experiment={study}", *run.overrides]))
+        source = next((path for path, saved in finished if trains_the_same(saved)), None)
         if source is not None:
             state.state, state.detail = "to be copied", f"from {source}"
 

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
@@ -688,14 +688,31 @@ def trains_the_same(saved: dict[str, Any], current: DictConfig) -> bool:
     """Whether a finished run with config ``saved`` (resolved, nested) is the run ``current``
     asks for, so that it can be copied rather than trained again: the same total_steps and no
     change but result-neutral keys."""
-    return saved.get("total_steps") == current.total_steps and not config_changes(saved, current)
+    return twin_test(current)(saved)
+
+
+def twin_test(current: DictConfig) -> Callable[[dict[str, Any]], bool]:
+    """:func:`trains_the_same` against ``current`` for many saved configs: ``current`` is
+    resolved once, as resolving its interpolations costs far more than a comparison and a
+    search for a finished twin compares hundreds of runs."""
+    after, allowed = resolved_flat(current), resumable_changes(current)
+    return lambda saved: (saved.get("total_steps") == current.total_steps
+                          and not changed_keys(flatten(saved), after, allowed))
 
 
 def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
     """The keys whose values differ between a checkpoint's config and ``current`` and may not."""
-    before = flatten(saved)
-    after = flatten(OmegaConf.to_container(current, resolve=True, enum_to_str=True))
-    allowed = resumable_changes(current)
+    return changed_keys(flatten(saved), resolved_flat(current), resumable_changes(current))
+
+
+def resolved_flat(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` with its interpolations resolved, flattened as :func:`flatten` does."""
+    return flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any],
+                 allowed: Sequence[str]) -> list[str]:
+    """The flattened keys whose values differ, but result-neutral ones and ``allowed``."""
     return sorted(k for k in set(before) | set(after)
                   if before.get(k) != after.get(k) and not is_result_neutral(k)
                   and k not in allowed)

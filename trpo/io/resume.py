@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from trpo.config import ConfigError, config_changes, trains_the_same
+from trpo.config import ConfigError, config_changes, twin_test
 from trpo.io.checkpoint import CheckpointError
 from trpo.io.run_folder import HistoryError, RunFolder, find_run_folders
 
@@ -105,11 +105,12 @@ def find_finished_twin(search_root: Path, cfg: DictConfig, folder: RunFolder
     history: the run, the checkpoint's path and contents; ``None`` if there is none."""
     here = folder.path.resolve()
     iterations = -(-cfg.total_steps // cfg.steps_per_iteration)
+    trains_the_same = twin_test(cfg)
     for source in find_run_folders([search_root]):
         if source.path == here or source.state() != "completed":
             continue
         try:  # the recorded config first: reading every checkpoint of a large tree takes minutes
-            if not trains_the_same(source.read_resolved_config(), cfg):
+            if not trains_the_same(source.read_resolved_config()):
                 continue
         except Exception:
             pass  # no readable record: the checkpoint's own config decides
@@ -117,7 +118,7 @@ def find_finished_twin(search_root: Path, cfg: DictConfig, folder: RunFolder
         if not isinstance(checkpoint, dict):
             continue  # damaged, or none: not one to copy
         saved = checkpoint["config"]
-        if not trains_the_same(saved, cfg):
+        if not trains_the_same(saved):
             continue
         if int(checkpoint["iteration"]) != iterations:
             continue
