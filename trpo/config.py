@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
@@ -697,12 +697,13 @@ def twin_test(current: DictConfig) -> Callable[[dict[str, Any]], bool]:
     search for a finished twin compares hundreds of runs."""
     after, allowed = resolved_flat(current), resumable_changes(current)
     return lambda saved: (saved.get("total_steps") == current.total_steps
-                          and not changed_keys(flatten(saved), after, allowed))
+                          and next(differing_keys(flatten(saved), after, allowed), None) is None)
 
 
 def config_changes(saved: dict[str, Any], current: DictConfig) -> list[str]:
     """The keys whose values differ between a checkpoint's config and ``current`` and may not."""
-    return changed_keys(flatten(saved), resolved_flat(current), resumable_changes(current))
+    return sorted(differing_keys(flatten(saved), resolved_flat(current),
+                                 resumable_changes(current)))
 
 
 def resolved_flat(cfg: DictConfig) -> dict[str, Any]:
@@ -710,12 +711,11 @@ def resolved_flat(cfg: DictConfig) -> dict[str, Any]:
     return flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
 
-def changed_keys(before: dict[str, Any], after: dict[str, Any],
-                 allowed: Sequence[str]) -> list[str]:
+def differing_keys(before: dict[str, Any], after: dict[str, Any],
+                   allowed: Sequence[str]) -> Iterator[str]:
     """The flattened keys whose values differ, but result-neutral ones and ``allowed``."""
-    return sorted(k for k in set(before) | set(after)
-                  if before.get(k) != after.get(k) and not is_result_neutral(k)
-                  and k not in allowed)
+    return (k for k in before.keys() | after.keys()
+            if before.get(k) != after.get(k) and not is_result_neutral(k) and k not in allowed)
 
 
 # Sections of the config that hold a schema of their own: the five groups, ``critic``, ``trial``.
