@@ -36,11 +36,11 @@ from omegaconf import OmegaConf
 
 from analysis.__main__ import main as analyse
 from analysis.stats import BOOTSTRAP_REPS
-from trpo.config import CONF_DIR, result_neutral_keys
-from experiments.status import (format_status, mark_runs_to_copy, mark_stale_runs, planned_runs,
-                                study_status)
-from experiments.tuned import (EXCLUDED_FROM_NAMES, copy_tunings, for_sweeps, tune_commands,
-                               tuned_sweeps, tuning_root, tuning_status, tunings)
+from trpo.config import CONF_DIR, compose, result_neutral_keys
+from experiments.status import (EXCLUDED_FROM_NAMES, format_status, mark_runs_to_copy,
+                                mark_stale_runs, planned_runs, study_status, time_left)
+from experiments.tuned import (copy_tunings, for_sweeps, tune_commands, tuned_run_count,
+                               tuned_sweeps, tuning_pace, tuning_root, tuning_status, tunings)
 from experiments.tuned import write_report as write_tuning_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,19 +89,7 @@ def main(argv=None) -> int:
         parser.error("--update-results writes to experiments/results/STUDY: leave out --out")
 
     if args.status:
-        sweep_dir = (args.sweep_dir or ROOT / "multirun" / args.study).resolve()
-        runs = [run for overrides in study_sweeps(args.study, for_sweeps(args.overrides))
-                for run in planned_runs(args.study, overrides, NOT_IN_RUN_NAMES)]
-        states = study_status(sweep_dir, [run.name for run in runs])
-        mark_stale_runs(states, runs, args.study, sweep_dir)
-        if not args.no_reuse:
-            mark_runs_to_copy(states, runs, args.study, reuse_root(sweep_dir, args.overrides))
-        tuning_lines = tuning_status(args.study, sweep_dir, None if args.no_reuse
-                                     else reuse_root(sweep_dir, args.overrides))
-        if tuning_lines:  # the tunings come first; their best configurations' sweeps after
-            print(f"{args.study}: {len(tuning_lines)} tunings, in {tuning_root(sweep_dir)}",
-                  *tuning_lines, sep="\n")
-        print(format_status(args.study, sweep_dir, states))
+        print(study_status_text(args.study, args.overrides, args.sweep_dir, args.no_reuse))
         return 0
     sweep_status = 0
     if args.analyse_only:
@@ -154,6 +142,40 @@ def main(argv=None) -> int:
     if status == 0 and args.update_results and refresh_results_page(RESULTS_PAGE, args.study, out):
         print(f"updated the {args.study} section of {RESULTS_PAGE.name}")
     return sweep_status or status
+
+
+def study_status_text(study: str, overrides: list[str], sweep_dir: Path | None,
+                      no_reuse: bool) -> str:
+    """What ``--status`` prints: a line per tuning, the runs of the study's sweeps (its tuned
+    lines' once its tunings have ended) and the training time left."""
+    sweep_dir = (sweep_dir or ROOT / "multirun" / study).resolve()
+    reuse = None if no_reuse else reuse_root(sweep_dir, overrides)
+    sweeps = study_sweeps(study, for_sweeps(overrides))
+    later_runs = 0
+    if tunings(study):
+        try:
+            sweeps += [[*tuned, *for_sweeps(overrides)]
+                       for tuned in tuned_sweeps(study, sweep_dir, NOT_IN_RUN_NAMES, reuse)]
+        except RuntimeError:  # planned once the tunings end
+            later_runs = tuned_run_count(study)
+    runs = [run for overrides in sweeps
+            for run in planned_runs(study, overrides, NOT_IN_RUN_NAMES)]
+    states = study_status(sweep_dir, [run.name for run in runs])
+    mark_stale_runs(states, runs, study, sweep_dir)
+    if reuse is not None:
+        mark_runs_to_copy(states, runs, study, reuse)
+    lines = []
+    tuning_lines = tuning_status(study, sweep_dir, reuse)
+    if tuning_lines:  # the tunings come first; their best configurations' sweeps after
+        lines += [f"{study}: {len(tuning_lines)} tunings, in {tuning_root(sweep_dir)}",
+                  *tuning_lines]
+    lines.append(format_status(study, sweep_dir, states))
+    if later_runs:
+        lines.append(f"  and {later_runs} runs of the tuned lines, planned once the tunings end")
+    pace = tuning_pace(study, sweep_dir, reuse) if tunings(study) else None
+    per_run_s = pace.step_s * compose([f"experiment={study}"]).total_steps if pace else None
+    lines.append(time_left(states, per_run_s, later_runs, pace.hours_left if pace else 0.0))
+    return "\n".join(lines)
 
 
 def run_sweep(command: list[str]) -> int:

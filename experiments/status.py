@@ -15,7 +15,7 @@ import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,6 +23,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from analysis.load import CONFIG_ERRORS, run_budget
 from trpo.config import compose, config_changes, twin_test
 from trpo.io.run_folder import RunFolder, find_run_folders
+
+# The key of Hydra's that names the keys a run folder's name leaves out.
+EXCLUDED_FROM_NAMES = "hydra.job.config.override_dirname.exclude_keys"
+DIRNAME = "${hydra:job.override_dirname}"  # a run folder's name, as sweeps set it
 
 # What a planned run can be, in the order the summary counts them. Part-way runs are running
 # or interrupted (the study's command resumes them from their last checkpoint).
@@ -53,17 +57,24 @@ class PlannedRun:
 def planned_runs(study: str, overrides: list[str],
                  excluded_keys: tuple[str, ...]) -> list[PlannedRun]:
     """The runs the study's sweep launches, in order, each named by its folder (Hydra's
-    ``override_dirname`` of the job, without ``excluded_keys``)."""
+    ``override_dirname`` of the job, without ``excluded_keys`` or the keys the sweep's own
+    ``exclude_keys`` override names, followed by what its ``hydra.sweep.subdir`` override adds,
+    as a tuned line's ``,tuned_trial=7``)."""
     hydra_overrides = [o for o in overrides if o.startswith(("hydra.", "hydra/"))]
     cfg = compose([f"experiment={study}", *hydra_overrides], return_hydra_config=True)
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
     task = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
     parsed = OverridesParser.create().parse_overrides([*params, *task])
+    own = {o.key_or_group: o.value()
+           for o in OverridesParser.create().parse_overrides(hydra_overrides)}
+    excluded_keys = tuple(own.get(EXCLUDED_FROM_NAMES, excluded_keys))
+    suffix = own.get("hydra.sweep.subdir", DIRNAME).removeprefix(DIRNAME)
     # The basic sweeper's own expansion (what it launches), so the names cannot drift from it;
     # a private module of Hydra's, checked end to end by tests/test_run.py.
     [jobs] = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return [PlannedRun(",".join(sorted(o for o in job if o.split("=", 1)[0].lstrip("+~")
-                                       not in excluded_keys)), list(job)) for job in jobs]
+                                       not in excluded_keys)) + suffix, list(job))
+            for job in jobs]
 
 
 def run_folders_by_name(sweep_dir: Path) -> dict[str, RunFolder]:
@@ -141,20 +152,60 @@ def run_state(name: str, folder: Optional[RunFolder]) -> RunState:
     return RunState(name, state, done, last.get("wall_s"), detail)
 
 
-def remaining_hours(states: list[RunState]) -> Optional[float]:
-    """Training hours left, from the median training time of the study's runs trained here to
-    the end (two side by side on this project's machine); None before one has finished."""
+def seconds_per_step(folders: Iterable[RunFolder]) -> Optional[float]:
+    """Training seconds per environment step over the runs or trials among ``folders`` that
+    finished here (completed or pruned, not copied), from their last rows; None if none did."""
+    wall = steps = 0.0
+    for folder in folders:
+        if folder.state() not in ("completed", "pruned") or "reused_from" in folder.read_status():
+            continue
+        rows = folder.progress.read().rows
+        if rows and rows[-1].get("wall_s") and rows[-1].get("env_steps"):
+            wall, steps = wall + rows[-1]["wall_s"], steps + rows[-1]["env_steps"]
+    return wall / steps if steps else None
+
+
+def remaining_hours(states: list[RunState], per_run_s: Optional[float] = None,
+                    later_runs: int = 0) -> Optional[float]:
+    """Training hours left to the runs: each one's share left times the median training time
+    of the study's runs trained here to the end, or ``per_run_s`` before one has; ``later_runs``
+    (runs planned once the tunings end) count whole. None with neither to go by."""
     trained = [s.wall_s for s in states if s.state == "completed" and s.wall_s]
-    if not trained:
+    per_run = statistics.median(trained) if trained else per_run_s
+    if per_run is None:
         return None
-    per_run = statistics.median(trained)
-    return sum((1 - s.done) * per_run for s in states
-               if s.state not in ("completed", "copied", "to be copied")) / 3600
+    return (sum(1 - s.done for s in states if s.state not in ("completed", "copied",
+                                                            "to be copied"))
+            + later_runs) * per_run / 3600
+
+
+def time_left(states: list[RunState], per_run_s: Optional[float] = None, later_runs: int = 0,
+              tuning_hours: float = 0.0) -> str:
+    """The line that ends ``--status``: nothing left, or the hours of training left (the
+    tunings' and the runs') and what they are estimated from."""
+    counts = {state: sum(s.state == state for s in states) for state in STATES}
+    finished = all(s.state in ("completed", "copied") for s in states)
+    if finished and not later_runs and not tuning_hours:
+        return "every run has finished"
+    if (all(s.state in ("completed", "copied", "to be copied") for s in states)
+            and not later_runs and not tuning_hours):
+        return (f"nothing left to train: the study's command copies the "
+                f"{counts['to be copied']} runs to be copied")
+    hours = remaining_hours(states, per_run_s, later_runs)
+    if hours is None:
+        return "time left: no estimate until one of its runs or trials has finished here"
+    jobs = os.cpu_count() or 1
+    total = hours + tuning_hours
+    parts = f" ({tuning_hours:.1f} of tuning, {hours:.1f} of runs)" if tuning_hours else ""
+    return (f"time left: about {total:.1f} run-hours of training{parts}, {total / jobs:.1f} "
+            f"hours with {jobs} runs side by side (from the median training time of its "
+            "finished runs, or before one has finished the training time per step of its "
+            "tunings' trials; runs another study has already trained are copied and take less)")
 
 
 def format_status(study: str, sweep_dir: Path, states: list[RunState]) -> str:
-    """A summary line, a line per run (part-way and failed ones with the share of steps done,
-    failed ones with their error) and the time left."""
+    """A summary line and a line per run (part-way and failed ones with the share of steps
+    done, failed ones with their error)."""
     counts = {state: sum(s.state == state for s in states) for state in STATES}
     part_way = sum(counts[state] for state in PART_WAY)
     summary = [f"{counts['completed']} completed", f"{counts['copied']} copied",
@@ -169,18 +220,4 @@ def format_status(study: str, sweep_dir: Path, states: list[RunState]) -> str:
         detail = f"{s.done:5.0%}  " if s.state in (*PART_WAY, "failed", "unknown") else ""
         detail += s.detail if s.state in ("to be copied", "stale") else s.detail[:100]
         lines.append(f"  {s.name:<{width}}  {s.state:<{max(state_width, 11)}} {detail}".rstrip())
-    hours = remaining_hours(states)
-    if all(s.state in ("completed", "copied") for s in states):
-        lines.append("every run has finished")
-    elif all(s.state in ("completed", "copied", "to be copied") for s in states):
-        lines.append(f"nothing left to train: the study's command copies the "
-                     f"{counts['to be copied']} runs to be copied")
-    elif hours is None:
-        lines.append("time left: no estimate until one of its runs has finished here")
-    else:
-        jobs = os.cpu_count() or 1
-        lines.append(f"time left: about {hours:.1f} run-hours of training, {hours / jobs:.1f} "
-                     f"hours with {jobs} runs side by side (from the median training time of "
-                     "its finished runs; runs another study has already trained are copied "
-                     "and take less)")
     return "\n".join(lines)

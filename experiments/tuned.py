@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from trpo.config import CONF_DIR
+from experiments.status import EXCLUDED_FROM_NAMES, seconds_per_step
+from trpo.config import CONF_DIR, compose
+from trpo.io.run_folder import RunFolder, find_run_folders
 from trpo.tuning import JOURNAL, best_overrides, counted, reopen
 
 ROOT = Path(__file__).resolve().parents[1]
-# The keys a run folder's name leaves out (Hydra's override_dirname).
-EXCLUDED_FROM_NAMES = "hydra.job.config.override_dirname.exclude_keys"
 
 
 def study_config(study: str):
@@ -83,6 +86,51 @@ def copy_tunings(study: str, sweep_dir: Path, reuse_root: Path) -> None:
         print(f"tuning {name}: copied from {source}", flush=True)
 
 
+def tuning_folders(study: str, sweep_dir: Path, reuse_root: Path | None = None
+                   ) -> dict[str, Path]:
+    """Each tuning's folder by name: in the sweep's tuning folder, or under ``reuse_root`` for
+    one the study would copy from there."""
+    to_copy = tunings_to_copy(study, sweep_dir, reuse_root) if reuse_root else {}
+    return {name: to_copy.get(name, tuning_root(sweep_dir) / name) for name in tunings(study)}
+
+
+@dataclass
+class TuningPace:
+    """What the study's tunings have left, measured on the trials that finished here."""
+
+    hours_left: float  # training time of the trials left, two side by side
+    step_s: float  # training seconds per environment step of the finished trials
+
+
+def tuning_pace(study: str, sweep_dir: Path, reuse_root: Path | None = None
+                ) -> Optional[TuningPace]:
+    """The trials left in the study's tunings times the mean training time of those finished
+    (pruned ones included, so pruning's savings count), and their time per step; None if no
+    trial has finished. A trial cut mid-way counts whole."""
+    budget = list(study_config(study).get("tune_budget", []))
+    folders, left = [], 0
+    for name, folder in tuning_folders(study, sweep_dir, reuse_root).items():
+        if (folder / JOURNAL).is_file():
+            found, _, settings = reopen(folder)
+            left += max(settings.trials - counted(found), 0)
+            folders += find_run_folders([folder])
+        else:
+            cfg = compose(["hydra/sweeper=tune", *tunings(study)[name], *budget],
+                          return_hydra_config=True)
+            left += cfg.hydra.sweeper.trials
+    finished = [f for f in folders if f.state() in ("completed", "pruned")]
+    step_s = seconds_per_step(finished)
+    if step_s is None:
+        return None
+    trial_s = sum(trial_training_s(f) for f in finished) / len(finished)
+    return TuningPace(left * trial_s / 3600, step_s)
+
+
+def trial_training_s(folder: RunFolder) -> float:
+    rows = folder.progress.read().rows
+    return float(rows[-1].get("wall_s") or 0.0) if rows else 0.0
+
+
 def tuning_status(study: str, sweep_dir: Path, reuse_root: Path | None = None) -> list[str]:
     """A line per tuning of the study: trials counted against its budget (completed, pruned,
     failed), those running or left running by a stopped tuning, and the best score so far; a
@@ -91,8 +139,7 @@ def tuning_status(study: str, sweep_dir: Path, reuse_root: Path | None = None) -
 
     to_copy = tunings_to_copy(study, sweep_dir, reuse_root) if reuse_root else {}
     lines = []
-    for name in tunings(study):
-        folder = to_copy.get(name, tuning_root(sweep_dir) / name)
+    for name, folder in tuning_folders(study, sweep_dir, reuse_root).items():
         if not (folder / JOURNAL).is_file():
             lines.append(f"  tuning {name}: not started ({folder})")
             continue
@@ -110,25 +157,39 @@ def tuning_status(study: str, sweep_dir: Path, reuse_root: Path | None = None) -
     return lines
 
 
-def tuned_sweeps(study: str, sweep_dir: Path, not_in_names: Sequence[str]) -> list[list[str]]:
+def tuned_sweeps(study: str, sweep_dir: Path, not_in_names: Sequence[str],
+                 reuse_root: Path | None = None) -> list[list[str]]:
     """A sweep of each tuning's best configuration over the study's seeds, as
     ``ablation=tuned``, its run folders named by the best trial's number rather than by the
     searched values (``ablation=tuned,env=hopper,seed=0,solver=trpo,tuned_trial=7``; a longer
     tuning whose best changes trains new folders) and without ``not_in_names``; raises
-    ``RuntimeError`` naming a tuning that has not used its budget."""
+    ``RuntimeError`` naming a tuning that has not used its budget (or not started). A tuning
+    still to be copied from ``reuse_root`` is read there."""
     seeds = study_config(study).hydra.sweeper.params.seed
     sweeps = []
     for name, entry in tunings(study).items():
-        found, tuning, settings = reopen(tuning_root(sweep_dir) / name)
+        folder = tuning_folders(study, sweep_dir, reuse_root)[name]
+        if not (folder / JOURNAL).is_file():
+            raise RuntimeError(f"the tuning {name} has not started")
+        found, tuning, settings = reopen(folder)
         if counted(found) < settings.trials:
             raise RuntimeError(f"the tuning {name} has run {counted(found)} of its "
                                f"{settings.trials} trials; the same command resumes it")
         unnamed = [*not_in_names, *(p.key for p in tuning.space)]
         sweeps.append([*entry, "ablation=tuned", *best_overrides(found.best_params),
                        f"seed={seeds}", f"{EXCLUDED_FROM_NAMES}=[{','.join(unnamed)}]",
-                       "hydra.sweep.subdir=${hydra:job.override_dirname},tuned_trial="
-                       f"{found.best_trial.number}"])
+                       # quoted: unquoted, Hydra reads the comma as a sweep
+                       "hydra.sweep.subdir='${hydra:job.override_dirname},tuned_trial="
+                       f"{found.best_trial.number}'"])
     return sweeps
+
+
+def tuned_run_count(study: str) -> int:
+    """How many runs the tuned lines make: one per tuning and seed of the study's sweep."""
+    seeds = OverridesParser.create().parse_overrides(
+        [f"seed={study_config(study).hydra.sweeper.params.seed}"])
+    [jobs] = BasicSweeper.split_arguments(seeds, max_batch_size=None)
+    return len(tunings(study)) * len(jobs)
 
 
 def write_report(study: str, sweep_dir: Path, out: Path) -> None:

@@ -923,7 +923,7 @@ def test_results_page_shows_each_study_as_its_committed_outputs_say():
 def test_study_status_names_each_planned_run_and_estimates_the_time_left(tmp_path):
     """Each state RunFolder.state() tells apart; before, a failed run was listed as not
     started and a killed one as part-way like a live one."""
-    from experiments.status import format_status, remaining_hours, study_status
+    from experiments.status import format_status, remaining_hours, study_status, time_left
 
     sweep = tmp_path / "sweep"
     write_run(sweep, "seed=0", returns=[1.0] * 10)  # finished: 10 iterations, wall_s 9
@@ -945,6 +945,17 @@ def test_study_status_names_each_planned_run_and_estimates_the_time_left(tmp_pat
         ("seed=5", "not started", 0.0)]
     # 9 s per finished run: 70%, 60% and 80% of one run and one whole run are left
     assert remaining_hours(states) * 3600 == pytest.approx(9 * (0.7 + 0.6 + 0.8 + 1))
+    # the runs' own time wins over an estimate from elsewhere; runs planned later count whole
+    assert remaining_hours(states, per_run_s=100, later_runs=2) * 3600 == pytest.approx(
+        9 * (0.7 + 0.6 + 0.8 + 1 + 2))
+    waiting = [s for s in states if s.state != "completed"]
+    assert remaining_hours(waiting) is None
+    assert remaining_hours(waiting, per_run_s=100) * 3600 == pytest.approx(100 * 3.1)
+    assert time_left(waiting).endswith("no estimate until one of its runs or trials has "
+                                       "finished here")
+    line = time_left(waiting, per_run_s=3600, later_runs=2, tuning_hours=1.0)
+    assert line.startswith("time left: about 6.1 run-hours of training (1.0 of tuning, 5.1 of "
+                           "runs), ")
     text = format_status("study", sweep, states)
     assert text.splitlines()[0].endswith(
         "1 completed, 1 copied, 2 part-way (1 running, 1 interrupted), 1 failed, 1 not started")

@@ -9,7 +9,10 @@ import optuna
 import pandas as pd
 import pytest
 
+from experiments.status import planned_runs
 from tests.conftest import TINY, run_py
+
+TINY_KEYS = [o.split("=", 1)[0] for o in TINY]
 from trpo import tuning
 from trpo.config import compose
 from trpo.io.run_folder import RunFolder
@@ -249,6 +252,10 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
     plan = tuning.plan(["solver=trpo", "env=cartpole", *base], settings(trials=2, parallel=1))
     assert tuned.tuning_status("study", sweep_dir) == [
         f"  tuning trpo-cartpole: not started ({folder})"]
+    with pytest.raises(RuntimeError, match="the tuning trpo-cartpole has not started"):
+        tuned.tuned_sweeps("study", sweep_dir, [])
+    assert tuned.tuning_pace("study", sweep_dir) is None  # no trial to time yet
+    assert tuned.tuned_run_count("study") == 3
     tuning.drive(plan, settings(trials=2, parallel=1), folder,
                  launch_in_process(folder, [], interrupt={1}))
     with pytest.raises(RuntimeError, match="the tuning trpo-cartpole has run 1 of its 2 trials"):
@@ -256,15 +263,32 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
     [line] = tuned.tuning_status("study", sweep_dir)
     assert line.startswith("  tuning trpo-cartpole: 1 of 2 trials (1 completed, 0 pruned, 0 "
                            "failed), 1 running or to resume; best so far ")
+    # the trial cut mid-way is left, counted as long as the finished one took
+    last = RunFolder(folder / "trial_0000").progress.read().rows[-1]
+    pace = tuned.tuning_pace("study", sweep_dir)
+    assert pace.hours_left * 3600 == pytest.approx(last["wall_s"])
+    assert pace.step_s == pytest.approx(last["wall_s"] / last["env_steps"])
     study = tuning.drive(plan, settings(trials=2, parallel=1), folder,
                          launch_in_process(folder, []))
+    assert tuned.tuning_pace("study", sweep_dir).hours_left == 0
     [sweep] = tuned.tuned_sweeps("study", sweep_dir, ["name"])
     searched = ",".join(p.key for p in plan.space)
     assert sweep == ["solver=trpo", "env=cartpole", "ablation=tuned",
                      *tuning.best_overrides(study.best_params), "seed=range(3)",
                      f"hydra.job.config.override_dirname.exclude_keys=[name,{searched}]",
-                     "hydra.sweep.subdir=${hydra:job.override_dirname},tuned_trial="
-                     f"{study.best_trial.number}"]
+                     "hydra.sweep.subdir='${hydra:job.override_dirname},tuned_trial="
+                     f"{study.best_trial.number}'"]
+    # --status plans the tuned line's runs by their folders' names: the searched keys left out,
+    # the best trial's number added; the line's sweep runs and makes those folders
+    names = [f"ablation=tuned,env=cartpole,seed={n},solver=trpo,"
+             f"tuned_trial={study.best_trial.number}" for n in range(3)]
+    [sweep] = tuned.tuned_sweeps("study", sweep_dir, ["experiment", *TINY_KEYS])
+    assert [run.name for run in planned_runs("tuned_solver_comparison", [*sweep, *TINY],
+                                             ())] == names
+    done = run_py("-m", "experiment=tuned_solver_comparison", *sweep, *TINY,
+                  f"hydra.sweep.dir={tmp_path / 'tuned_line'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "tuned_line").iterdir() if p.is_dir()) == names
     tuned.write_report("study", sweep_dir, tmp_path / "out")
     table = (tmp_path / "out" / "tuning.md").read_text()
     assert "the same for every tuning: 2 trials × 256 steps each" in table
