@@ -16,10 +16,10 @@ A study that lists tunings (``tune_first``: tuned_solver_comparison) runs them f
 the study's ``tune_budget``, and then a sweep of each one's best configuration
 (experiments/tuned.py); a tuning not started here whose folder is below ``reuse_from``
 (``<study>_tuning/<name>``, as committed) is copied first, and goes on from there.
-``--status`` gives each tuning's trials so far, then the study's own sweeps.
 ``--analyse-only DIR`` skips the sweep and analyses runs that are already there; ``--status``
-lists the study's runs as finished, copied, part-way, to be copied or not started, with the
-time left.
+gives each tuning's trials so far, then lists the study's runs (its tuned lines' once its
+tunings have ended) as finished, copied, part-way, to be copied or not started, with the
+training time left.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ from omegaconf import OmegaConf
 
 from analysis.__main__ import main as analyse
 from analysis.stats import BOOTSTRAP_REPS
-from trpo.config import CONF_DIR, compose, result_neutral_keys
-from experiments.status import (EXCLUDED_FROM_NAMES, format_status, mark_runs_to_copy,
-                                mark_stale_runs, planned_runs, study_status, time_left)
-from experiments.tuned import (copy_tunings, for_sweeps, tune_commands, tuned_run_count,
+from trpo.config import CONF_DIR, result_neutral_keys
+from experiments.status import (DIRNAME, EXCLUDED_FROM_NAMES, format_status, mark_runs_to_copy,
+                                mark_stale_runs, planned_budget, planned_runs, study_status,
+                                time_left, UnnamedRuns)
+from experiments.tuned import (copy_tunings, for_sweeps, line_before_tuning, tune_commands,
                                tuned_sweeps, tuning_pace, tuning_root, tuning_status, tunings)
 from experiments.tuned import write_report as write_tuning_report
 
@@ -52,7 +53,7 @@ RESULTS_PAGE = ROOT / "RESULTS.md"
 NOT_IN_RUN_NAMES = ("experiment", *result_neutral_keys())
 # What run.py exits with when SIGINT or SIGTERM stopped it.
 INTERRUPTED = (130, 143)
-SWEEP_LAYOUT = ("hydra.sweep.subdir=${hydra:job.override_dirname}",
+SWEEP_LAYOUT = (f"hydra.sweep.subdir={DIRNAME}",
                 f"{EXCLUDED_FROM_NAMES}=[{','.join(NOT_IN_RUN_NAMES)}]")
 
 
@@ -89,7 +90,11 @@ def main(argv=None) -> int:
         parser.error("--update-results writes to experiments/results/STUDY: leave out --out")
 
     if args.status:
-        print(study_status_text(args.study, args.overrides, args.sweep_dir, args.no_reuse))
+        try:
+            print(study_status_text(args.study, args.overrides, args.sweep_dir, args.no_reuse))
+        except UnnamedRuns as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         return 0
     sweep_status = 0
     if args.analyse_only:
@@ -147,19 +152,19 @@ def main(argv=None) -> int:
 def study_status_text(study: str, overrides: list[str], sweep_dir: Path | None,
                       no_reuse: bool) -> str:
     """What ``--status`` prints: a line per tuning, the runs of the study's sweeps (its tuned
-    lines' once its tunings have ended) and the training time left."""
+    lines' once its tunings have ended, counted before) and the training time left."""
     sweep_dir = (sweep_dir or ROOT / "multirun" / study).resolve()
     reuse = None if no_reuse else reuse_root(sweep_dir, overrides)
-    sweeps = study_sweeps(study, for_sweeps(overrides))
-    later_runs = 0
+    user = for_sweeps(overrides)
+    sweeps, later = study_sweeps(study, user), []
     if tunings(study):
         try:
-            sweeps += [[*tuned, *for_sweeps(overrides)]
-                       for tuned in tuned_sweeps(study, sweep_dir, NOT_IN_RUN_NAMES, reuse)]
-        except RuntimeError:  # planned once the tunings end
-            later_runs = tuned_run_count(study)
-    runs = [run for overrides in sweeps
-            for run in planned_runs(study, overrides, NOT_IN_RUN_NAMES)]
+            sweeps += [[*line, *user]
+                       for line in tuned_sweeps(study, sweep_dir, NOT_IN_RUN_NAMES, reuse)]
+        except RuntimeError:  # the tuned lines' runs, planned once their values are known
+            later = [run for name in tunings(study) for run in
+                     planned_runs(study, [*line_before_tuning(study, name), *user], ())]
+    runs = [run for sweep in sweeps for run in planned_runs(study, sweep, NOT_IN_RUN_NAMES)]
     states = study_status(sweep_dir, [run.name for run in runs])
     mark_stale_runs(states, runs, study, sweep_dir)
     if reuse is not None:
@@ -170,11 +175,15 @@ def study_status_text(study: str, overrides: list[str], sweep_dir: Path | None,
         lines += [f"{study}: {len(tuning_lines)} tunings, in {tuning_root(sweep_dir)}",
                   *tuning_lines]
     lines.append(format_status(study, sweep_dir, states))
-    if later_runs:
-        lines.append(f"  and {later_runs} runs of the tuned lines, planned once the tunings end")
+    if later:
+        lines.append(f"  and {len(later)} runs of the tuned lines, planned once the tunings end")
+    for state, run in zip(states, runs):
+        if state.budget is None:
+            state.budget = planned_budget(study, run.overrides)
     pace = tuning_pace(study, sweep_dir, reuse) if tunings(study) else None
-    per_run_s = pace.step_s * compose([f"experiment={study}"]).total_steps if pace else None
-    lines.append(time_left(states, per_run_s, later_runs, pace.hours_left if pace else 0.0))
+    lines.append(time_left(states, pace.step_s if pace else None,
+                           sum(planned_budget(study, run.overrides) for run in later),
+                           pace.hours_left if pace else 0.0))
     return "\n".join(lines)
 
 

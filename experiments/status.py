@@ -5,14 +5,15 @@ another study (``reuse_from``), part-way (running, or interrupted and waiting to
 the share of its steps done), failed (with its error), stale (its folder holds a run of another
 config, as after a default changed: the sweep refuses it), to be copied (not started, but a
 finished run with its config is below the reuse folder) or not started, and estimates the time
-left to train from the study's own finished runs. Nothing is started or changed. Run folders
-are read through :mod:`trpo.io.run_folder` alone (no torch, no trainer).
+left to train from the training time per step of the study's own finished runs (before one has
+finished, of its tunings' trials). Nothing is started or changed. Run folders are read through
+:mod:`trpo.io.run_folder` alone (no torch, no trainer).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -35,6 +36,10 @@ STATES = ("completed", "copied", "running", "interrupted", "failed", "unknown", 
 PART_WAY = ("running", "interrupted")
 
 
+class UnnamedRuns(ValueError):
+    """A sweep whose run folders are not named by their overrides: --status cannot find them."""
+
+
 @dataclass
 class RunState:
     """One planned run: its folder name, what state it is in and how much of it is done."""
@@ -44,6 +49,7 @@ class RunState:
     done: float  # fraction of its steps logged, 0 to 1
     wall_s: Optional[float]  # training time so far (progress.csv); None if not started
     detail: str = ""  # a failed run's error; the folder a run to be copied comes from
+    budget: Optional[int] = None  # steps it trains in all; None until known
 
 
 @dataclass
@@ -56,25 +62,44 @@ class PlannedRun:
 
 def planned_runs(study: str, overrides: list[str],
                  excluded_keys: tuple[str, ...]) -> list[PlannedRun]:
-    """The runs the study's sweep launches, in order, each named by its folder (Hydra's
-    ``override_dirname`` of the job, without ``excluded_keys`` or the keys the sweep's own
-    ``exclude_keys`` override names, followed by what its ``hydra.sweep.subdir`` override adds,
-    as a tuned line's ``,tuned_trial=7``)."""
+    """The runs the study's sweep launches, in order, each named by its folder: Hydra's
+    ``override_dirname`` of the job without ``excluded_keys`` (without the keys of the sweep's
+    own ``exclude_keys`` override instead, where it has one), then what the sweep's own
+    ``hydra.sweep.subdir`` override adds after it (a tuned line's ``,tuned_trial=7``). Raises
+    :class:`UnnamedRuns` for a subdir that does not start with the override_dirname."""
     hydra_overrides = [o for o in overrides if o.startswith(("hydra.", "hydra/"))]
     cfg = compose([f"experiment={study}", *hydra_overrides], return_hydra_config=True)
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
     task = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
     parsed = OverridesParser.create().parse_overrides([*params, *task])
-    own = {o.key_or_group: o.value()
-           for o in OverridesParser.create().parse_overrides(hydra_overrides)}
-    excluded_keys = tuple(own.get(EXCLUDED_FROM_NAMES, excluded_keys))
-    suffix = own.get("hydra.sweep.subdir", DIRNAME).removeprefix(DIRNAME)
+    sweep_settings = {o.key_or_group: o.value()
+                      for o in OverridesParser.create().parse_overrides(hydra_overrides)}
+    excluded_keys = tuple(sweep_settings.get(EXCLUDED_FROM_NAMES, excluded_keys))
+    subdir = sweep_settings.get("hydra.sweep.subdir", DIRNAME)
+    if not subdir.startswith(DIRNAME):
+        raise UnnamedRuns(f"hydra.sweep.subdir={subdir!r}: --status names a study's runs by "
+                         f"{DIRNAME}, and this sweep's folders are named otherwise")
     # The basic sweeper's own expansion (what it launches), so the names cannot drift from it;
     # a private module of Hydra's, checked end to end by tests/test_run.py.
     [jobs] = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return [PlannedRun(",".join(sorted(o for o in job if o.split("=", 1)[0].lstrip("+~")
-                                       not in excluded_keys)) + suffix, list(job))
+                                       not in excluded_keys)) + subdir.removeprefix(DIRNAME),
+                       list(job))
             for job in jobs]
+
+
+@functools.lru_cache(maxsize=None)
+def planned_config(study: str, overrides: tuple[str, ...]):
+    """The config of a planned run of the study (composed once per call of ``--status``)."""
+    return compose([f"experiment={study}", *overrides])
+
+
+def planned_budget(study: str, overrides: list[str]) -> int:
+    """The steps a planned run trains: its config's, composed without its seed (which does
+    not change them), so that a line's seeds compose once."""
+    config = planned_config(study, tuple(o for o in overrides if not o.startswith("seed=")))
+    return run_budget({"total_steps": config.total_steps,
+                       "steps_per_iteration": config.steps_per_iteration})
 
 
 def run_folders_by_name(sweep_dir: Path) -> dict[str, RunFolder]:
@@ -104,7 +129,7 @@ def mark_stale_runs(states: list[RunState], runs: list[PlannedRun], study: str,
             saved = folder.read_resolved_config()
         except CONFIG_ERRORS:
             continue
-        changed = config_changes(saved, compose([f"experiment={study}", *run.overrides]))
+        changed = config_changes(saved, planned_config(study, tuple(run.overrides)))
         if changed:
             state.state, state.done = "stale", 0.0
             state.detail = (f"trained with other values of {', '.join(changed)}; move its "
@@ -127,7 +152,7 @@ def mark_runs_to_copy(states: list[RunState], runs: list[PlannedRun], study: str
             except CONFIG_ERRORS:
                 continue
     for state, run in waiting:
-        trains_the_same = twin_test(compose([f"experiment={study}", *run.overrides]))
+        trains_the_same = twin_test(planned_config(study, tuple(run.overrides)))
         source = next((path for path, saved in finished if trains_the_same(saved)), None)
         if source is not None:
             state.state, state.detail = "to be copied", f"from {source}"
@@ -149,58 +174,68 @@ def run_state(name: str, folder: Optional[RunFolder]) -> RunState:
     if state == "completed" and "reused_from" in record:
         state = "copied"
     detail = str(record.get("error", "")) if state == "failed" else ""
-    return RunState(name, state, done, last.get("wall_s"), detail)
+    return RunState(name, state, done, last.get("wall_s"), detail, budget)
 
 
-def seconds_per_step(folders: Iterable[RunFolder]) -> Optional[float]:
-    """Training seconds per environment step over the runs or trials among ``folders`` that
-    finished here (completed or pruned, not copied), from their last rows; None if none did."""
-    wall = steps = 0.0
+def trained_here(folders: Iterable[RunFolder]) -> list[tuple[float, float]]:
+    """Training seconds and steps of each run or trial among ``folders`` that finished here
+    (completed or pruned, not copied from elsewhere), from its last row."""
+    timed = []
     for folder in folders:
         if folder.state() not in ("completed", "pruned") or "reused_from" in folder.read_status():
             continue
         rows = folder.progress.read().rows
         if rows and rows[-1].get("wall_s") and rows[-1].get("env_steps"):
-            wall, steps = wall + rows[-1]["wall_s"], steps + rows[-1]["env_steps"]
-    return wall / steps if steps else None
+            timed.append((float(rows[-1]["wall_s"]), float(rows[-1]["env_steps"])))
+    return timed
 
 
-def remaining_hours(states: list[RunState], per_run_s: Optional[float] = None,
-                    later_runs: int = 0) -> Optional[float]:
-    """Training hours left to the runs: each one's share left times the median training time
-    of the study's runs trained here to the end, or ``per_run_s`` before one has; ``later_runs``
-    (runs planned once the tunings end) count whole. None with neither to go by."""
-    trained = [s.wall_s for s in states if s.state == "completed" and s.wall_s]
-    per_run = statistics.median(trained) if trained else per_run_s
-    if per_run is None:
+def remaining_hours(states: list[RunState], step_s: Optional[float] = None,
+                    later_steps: float = 0.0) -> Optional[float]:
+    """Run-hours of training left: the steps left to the study's runs (each one's budget, less
+    what it has done; ``later_steps`` for runs planned later) times the training time per step
+    of its runs finished here, or ``step_s`` before one has finished; None with neither."""
+    timed = [(s.wall_s, s.budget) for s in states if s.state == "completed" and s.wall_s
+             and s.budget]
+    if timed:
+        step_s = sum(wall for wall, _ in timed) / sum(steps for _, steps in timed)
+    if step_s is None:
         return None
-    return (sum(1 - s.done for s in states if s.state not in ("completed", "copied",
-                                                            "to be copied"))
-            + later_runs) * per_run / 3600
+    steps = sum((1 - s.done) * (s.budget or 0) for s in states
+                if s.state not in ("completed", "copied", "to be copied"))
+    return (steps + later_steps) * step_s / 3600
 
 
-def time_left(states: list[RunState], per_run_s: Optional[float] = None, later_runs: int = 0,
-              tuning_hours: float = 0.0) -> str:
-    """The line that ends ``--status``: nothing left, or the hours of training left (the
-    tunings' and the runs') and what they are estimated from."""
-    counts = {state: sum(s.state == state for s in states) for state in STATES}
-    finished = all(s.state in ("completed", "copied") for s in states)
-    if finished and not later_runs and not tuning_hours:
-        return "every run has finished"
-    if (all(s.state in ("completed", "copied", "to be copied") for s in states)
-            and not later_runs and not tuning_hours):
-        return (f"nothing left to train: the study's command copies the "
-                f"{counts['to be copied']} runs to be copied")
-    hours = remaining_hours(states, per_run_s, later_runs)
+def time_left(states: list[RunState], step_s: Optional[float] = None, later_steps: float = 0.0,
+              tuning_hours: Optional[float] = 0.0) -> str:
+    """The line that ends ``--status``: nothing left, or the run-hours of training left and
+    what they come from. ``step_s`` is the training time per step to go by before one of the
+    runs has finished (its tunings' trials'); ``later_steps`` are those of runs planned later;
+    ``tuning_hours`` is the tunings' part, None if trials are left and none has finished."""
+    untimed_trials = tuning_hours is None
+    if not later_steps and not tuning_hours and not untimed_trials:
+        if all(s.state in ("completed", "copied") for s in states):
+            return "every run has finished"
+        if all(s.state in ("completed", "copied", "to be copied") for s in states):
+            to_copy = sum(s.state == "to be copied" for s in states)
+            return (f"nothing left to train: the study's command copies the {to_copy} runs to "
+                    "be copied")
+    hours = remaining_hours(states, step_s, later_steps)
     if hours is None:
         return "time left: no estimate until one of its runs or trials has finished here"
+    total = hours + (tuning_hours or 0.0)
+    if untimed_trials:
+        part = ", and its tunings' trials, none of which has finished to time them by"
+    else:
+        part = f" ({tuning_hours:.1f} of tuning, {hours:.1f} of runs)" if tuning_hours else ""
+    source = "the training time per step of its runs finished here"
+    if step_s is not None or tuning_hours:
+        source += (", or before one has, of its tunings' trials; the tunings' from the mean "
+                   "time of their finished trials")
     jobs = os.cpu_count() or 1
-    total = hours + tuning_hours
-    parts = f" ({tuning_hours:.1f} of tuning, {hours:.1f} of runs)" if tuning_hours else ""
-    return (f"time left: about {total:.1f} run-hours of training{parts}, {total / jobs:.1f} "
-            f"hours with {jobs} runs side by side (from the median training time of its "
-            "finished runs, or before one has finished the training time per step of its "
-            "tunings' trials; runs another study has already trained are copied and take less)")
+    return (f"time left: about {total:.1f} run-hours of training{part}, {total / jobs:.1f} "
+            f"hours with {jobs} runs side by side (from {source}; runs another study has "
+            "already trained are copied and take less)")
 
 
 def format_status(study: str, sweep_dir: Path, states: list[RunState]) -> str:

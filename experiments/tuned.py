@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from experiments.status import EXCLUDED_FROM_NAMES, seconds_per_step
+from experiments.status import DIRNAME, EXCLUDED_FROM_NAMES, trained_here
 from trpo.config import CONF_DIR, compose
-from trpo.io.run_folder import RunFolder, find_run_folders
+from trpo.io.run_folder import find_run_folders
 from trpo.tuning import JOURNAL, best_overrides, counted, reopen
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,39 +94,39 @@ def tuning_folders(study: str, sweep_dir: Path, reuse_root: Path | None = None
 
 @dataclass
 class TuningPace:
-    """What the study's tunings have left, measured on the trials that finished here."""
+    """What the study's tunings have left, timed by the trials that finished here."""
 
-    hours_left: float  # training time of the trials left, two side by side
-    step_s: float  # training seconds per environment step of the finished trials
+    trials_left: int  # a trial cut mid-way counts whole
+    trial_s: Optional[float]  # mean training time of a finished trial; None before one has
+    step_s: Optional[float]  # training seconds per environment step of the finished trials
+
+    @property
+    def hours_left(self) -> Optional[float]:
+        """Run-hours of training the trials left take (a sum, not divided among the cores);
+        None if trials are left and none has finished to time them by."""
+        if not self.trials_left:
+            return 0.0
+        return None if self.trial_s is None else self.trials_left * self.trial_s / 3600
 
 
-def tuning_pace(study: str, sweep_dir: Path, reuse_root: Path | None = None
-                ) -> Optional[TuningPace]:
-    """The trials left in the study's tunings times the mean training time of those finished
-    (pruned ones included, so pruning's savings count), and their time per step; None if no
-    trial has finished. A trial cut mid-way counts whole."""
+def tuning_pace(study: str, sweep_dir: Path, reuse_root: Path | None = None) -> TuningPace:
+    """The trials left in the study's tunings, and the mean training time and time per step of
+    its trials that finished here (pruned ones included, so that pruning's savings count)."""
     budget = list(study_config(study).get("tune_budget", []))
-    folders, left = [], 0
+    timed, left = [], 0
     for name, folder in tuning_folders(study, sweep_dir, reuse_root).items():
         if (folder / JOURNAL).is_file():
             found, _, settings = reopen(folder)
             left += max(settings.trials - counted(found), 0)
-            folders += find_run_folders([folder])
+            timed += trained_here(find_run_folders([folder]))
         else:
             cfg = compose(["hydra/sweeper=tune", *tunings(study)[name], *budget],
                           return_hydra_config=True)
             left += cfg.hydra.sweeper.trials
-    finished = [f for f in folders if f.state() in ("completed", "pruned")]
-    step_s = seconds_per_step(finished)
-    if step_s is None:
-        return None
-    trial_s = sum(trial_training_s(f) for f in finished) / len(finished)
-    return TuningPace(left * trial_s / 3600, step_s)
-
-
-def trial_training_s(folder: RunFolder) -> float:
-    rows = folder.progress.read().rows
-    return float(rows[-1].get("wall_s") or 0.0) if rows else 0.0
+    if not timed:
+        return TuningPace(left, None, None)
+    wall, steps = (sum(column) for column in zip(*timed))
+    return TuningPace(left, wall / len(timed), wall / steps)
 
 
 def tuning_status(study: str, sweep_dir: Path, reuse_root: Path | None = None) -> list[str]:
@@ -137,9 +135,9 @@ def tuning_status(study: str, sweep_dir: Path, reuse_root: Path | None = None) -
     tuning the study would copy from ``reuse_root`` is counted there."""
     import optuna
 
-    to_copy = tunings_to_copy(study, sweep_dir, reuse_root) if reuse_root else {}
+    folders = tuning_folders(study, sweep_dir, reuse_root)
     lines = []
-    for name, folder in tuning_folders(study, sweep_dir, reuse_root).items():
+    for name, folder in folders.items():
         if not (folder / JOURNAL).is_file():
             lines.append(f"  tuning {name}: not started ({folder})")
             continue
@@ -153,7 +151,8 @@ def tuning_status(study: str, sweep_dir: Path, reuse_root: Path | None = None) -
                      f"{count[optuna.trial.TrialState.PRUNED]} pruned, "
                      f"{count[optuna.trial.TrialState.FAIL]} failed), "
                      f"{count[optuna.trial.TrialState.RUNNING]} running or to resume{best}"
-                     + (f"; to be copied from {folder}" if name in to_copy else ""))
+                     + (f"; to be copied from {folder}"
+                        if folder != tuning_root(sweep_dir) / name else ""))
     return lines
 
 
@@ -163,33 +162,32 @@ def tuned_sweeps(study: str, sweep_dir: Path, not_in_names: Sequence[str],
     ``ablation=tuned``, its run folders named by the best trial's number rather than by the
     searched values (``ablation=tuned,env=hopper,seed=0,solver=trpo,tuned_trial=7``; a longer
     tuning whose best changes trains new folders) and without ``not_in_names``; raises
-    ``RuntimeError`` naming a tuning that has not used its budget (or not started). A tuning
-    still to be copied from ``reuse_root`` is read there."""
-    seeds = study_config(study).hydra.sweeper.params.seed
+    ``RuntimeError`` naming a tuning that has not started, not used its budget or completed no
+    trial. A tuning still to be copied from ``reuse_root`` is read there."""
     sweeps = []
-    for name, entry in tunings(study).items():
-        folder = tuning_folders(study, sweep_dir, reuse_root)[name]
+    for name, folder in tuning_folders(study, sweep_dir, reuse_root).items():
         if not (folder / JOURNAL).is_file():
             raise RuntimeError(f"the tuning {name} has not started")
         found, tuning, settings = reopen(folder)
         if counted(found) < settings.trials:
             raise RuntimeError(f"the tuning {name} has run {counted(found)} of its "
                                f"{settings.trials} trials; the same command resumes it")
+        if not any(t.state.name == "COMPLETE" for t in found.get_trials(deepcopy=False)):
+            raise RuntimeError(f"the tuning {name} has no completed trial to take values from")
         unnamed = [*not_in_names, *(p.key for p in tuning.space)]
-        sweeps.append([*entry, "ablation=tuned", *best_overrides(found.best_params),
-                       f"seed={seeds}", f"{EXCLUDED_FROM_NAMES}=[{','.join(unnamed)}]",
+        sweeps.append([*line_before_tuning(study, name),
+                       *best_overrides(found.best_params),
+                       f"{EXCLUDED_FROM_NAMES}=[{','.join(unnamed)}]",
                        # quoted: unquoted, Hydra reads the comma as a sweep
-                       "hydra.sweep.subdir='${hydra:job.override_dirname},tuned_trial="
-                       f"{found.best_trial.number}'"])
+                       f"hydra.sweep.subdir='{DIRNAME},tuned_trial={found.best_trial.number}'"])
     return sweeps
 
 
-def tuned_run_count(study: str) -> int:
-    """How many runs the tuned lines make: one per tuning and seed of the study's sweep."""
-    seeds = OverridesParser.create().parse_overrides(
-        [f"seed={study_config(study).hydra.sweeper.params.seed}"])
-    [jobs] = BasicSweeper.split_arguments(seeds, max_batch_size=None)
-    return len(tunings(study)) * len(jobs)
+def line_before_tuning(study: str, name: str) -> list[str]:
+    """The overrides of a tuning's line but its tuned values: its entry, ``ablation=tuned``
+    and the study's seeds."""
+    seeds = study_config(study).hydra.sweeper.params.seed
+    return [*tunings(study)[name], "ablation=tuned", f"seed={seeds}"]
 
 
 def write_report(study: str, sweep_dir: Path, out: Path) -> None:

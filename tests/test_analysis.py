@@ -943,19 +943,25 @@ def test_study_status_names_each_planned_run_and_estimates_the_time_left(tmp_pat
         ("seed=0", "completed", 1.0), ("seed=1", "copied", 1.0), ("seed=2", "running", 0.3),
         ("seed=3", "interrupted", 0.4), ("seed=4", "failed", 0.2),
         ("seed=5", "not started", 0.0)]
-    # 9 s per finished run: 70%, 60% and 80% of one run and one whole run are left
+    states[5].budget = 1000  # --status composes a run not started for its budget
+    # 9 s per 1,000 steps of the finished run (the copied one is not timed); 70%, 60% and 80%
+    # of one run and one whole run are left
     assert remaining_hours(states) * 3600 == pytest.approx(9 * (0.7 + 0.6 + 0.8 + 1))
-    # the runs' own time wins over an estimate from elsewhere; runs planned later count whole
-    assert remaining_hours(states, per_run_s=100, later_runs=2) * 3600 == pytest.approx(
+    # the runs' own pace wins over one from elsewhere; runs planned later add their steps
+    assert remaining_hours(states, step_s=1.0, later_steps=2000) * 3600 == pytest.approx(
         9 * (0.7 + 0.6 + 0.8 + 1 + 2))
     waiting = [s for s in states if s.state != "completed"]
     assert remaining_hours(waiting) is None
-    assert remaining_hours(waiting, per_run_s=100) * 3600 == pytest.approx(100 * 3.1)
+    assert remaining_hours(waiting, step_s=0.1) * 3600 == pytest.approx(0.1 * 3100)
     assert time_left(waiting).endswith("no estimate until one of its runs or trials has "
                                        "finished here")
-    line = time_left(waiting, per_run_s=3600, later_runs=2, tuning_hours=1.0)
-    assert line.startswith("time left: about 6.1 run-hours of training (1.0 of tuning, 5.1 of "
-                           "runs), ")
+    assert time_left(waiting, step_s=3.6, later_steps=2000, tuning_hours=1.0).startswith(
+        "time left: about 6.1 run-hours of training (1.0 of tuning, 5.1 of runs), ")
+    assert ", and its tunings' trials, none of which has finished" in time_left(
+        waiting, step_s=3.6, tuning_hours=None)
+    finished = states[:2]
+    assert time_left(finished) == "every run has finished"
+    assert time_left(finished, tuning_hours=None).startswith("time left: about 0.0 run-hours")
     text = format_status("study", sweep, states)
     assert text.splitlines()[0].endswith(
         "1 completed, 1 copied, 2 part-way (1 running, 1 interrupted), 1 failed, 1 not started")

@@ -11,8 +11,6 @@ import pytest
 
 from experiments.status import planned_runs
 from tests.conftest import TINY, run_py
-
-TINY_KEYS = [o.split("=", 1)[0] for o in TINY]
 from trpo import tuning
 from trpo.config import compose
 from trpo.io.run_folder import RunFolder
@@ -20,6 +18,7 @@ from trpo.train import train
 
 # A tiny run, less what the search space draws (critic.epochs).
 BASE = ["env=cartpole", *(o for o in TINY if not o.startswith("critic.epochs="))]
+TINY_KEYS = [o.split("=", 1)[0] for o in TINY]  # left out of a tiny run's folder name
 
 
 def settings(**changes):
@@ -254,8 +253,10 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
         f"  tuning trpo-cartpole: not started ({folder})"]
     with pytest.raises(RuntimeError, match="the tuning trpo-cartpole has not started"):
         tuned.tuned_sweeps("study", sweep_dir, [])
-    assert tuned.tuning_pace("study", sweep_dir) is None  # no trial to time yet
-    assert tuned.tuned_run_count("study") == 3
+    pace = tuned.tuning_pace("study", sweep_dir)  # its budget is left, with no trial to time
+    assert (pace.trials_left, pace.hours_left, pace.step_s) == (2, None, None)
+    assert tuned.line_before_tuning("study", "trpo-cartpole") == [
+        "solver=trpo", "env=cartpole", "ablation=tuned", "seed=range(3)"]
     tuning.drive(plan, settings(trials=2, parallel=1), folder,
                  launch_in_process(folder, [], interrupt={1}))
     with pytest.raises(RuntimeError, match="the tuning trpo-cartpole has run 1 of its 2 trials"):
@@ -266,6 +267,7 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
     # the trial cut mid-way is left, counted as long as the finished one took
     last = RunFolder(folder / "trial_0000").progress.read().rows[-1]
     pace = tuned.tuning_pace("study", sweep_dir)
+    assert pace.trials_left == 1
     assert pace.hours_left * 3600 == pytest.approx(last["wall_s"])
     assert pace.step_s == pytest.approx(last["wall_s"] / last["env_steps"])
     study = tuning.drive(plan, settings(trials=2, parallel=1), folder,
@@ -273,8 +275,8 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
     assert tuned.tuning_pace("study", sweep_dir).hours_left == 0
     [sweep] = tuned.tuned_sweeps("study", sweep_dir, ["name"])
     searched = ",".join(p.key for p in plan.space)
-    assert sweep == ["solver=trpo", "env=cartpole", "ablation=tuned",
-                     *tuning.best_overrides(study.best_params), "seed=range(3)",
+    assert sweep == ["solver=trpo", "env=cartpole", "ablation=tuned", "seed=range(3)",
+                     *tuning.best_overrides(study.best_params),
                      f"hydra.job.config.override_dirname.exclude_keys=[name,{searched}]",
                      "hydra.sweep.subdir='${hydra:job.override_dirname},tuned_trial="
                      f"{study.best_trial.number}'"]

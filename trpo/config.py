@@ -696,7 +696,7 @@ def twin_test(current: DictConfig) -> Callable[[dict[str, Any]], bool]:
     resolved once, as resolving its interpolations costs far more than a comparison and a
     search for a finished twin compares hundreds of runs."""
     after, allowed = resolved_flat(current), resumable_changes(current)
-    return lambda saved: (saved.get("total_steps") == current.total_steps
+    return lambda saved: (saved.get("total_steps") == after["total_steps"]
                           and next(differing_keys(flatten(saved), after, allowed), None) is None)
 
 
