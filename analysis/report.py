@@ -271,6 +271,7 @@ METRIC_LABELS = {
     "kl": "KL(π_old ‖ π_new)",
     "kl_obs_stats": "KL from new observation statistics",
     "update_accepted": "Updates accepted (%)",
+    "linesearch_backtracks": "Line-search backtracks per update",
     "entropy": "Policy entropy (nats)",
     "episode_length_mean": "Episode length",
     "terminated_fraction": "Episodes ended by termination (%)",
@@ -284,7 +285,8 @@ METRIC_LABELS = {
 }
 # The training signals of the diagnostics table: (progress.csv column, whether it is averaged
 # over the final score's window rather than over the whole run).
-DIAGNOSTICS = (("kl", False), ("update_accepted", False), ("entropy", True),
+DIAGNOSTICS = (("kl", False), ("update_accepted", False), ("linesearch_backtracks", False),
+               ("entropy", True),
                ("episode_length_mean", True), ("terminated_fraction", True),
                ("reward_ctrl", True), ("reward_contact", True), ("reward_survive", True),
                ("explained_variance", True),
@@ -347,7 +349,9 @@ def diagnostics_markdown(table: pd.DataFrame) -> str:
          "score's window)"] if window else [])
     lines += ["", f"Training diagnostics: the mean over seeds (lowest to highest run) of each "
               f"run's average of {', and of '.join(spans)}. KL per update is over accepted "
-              "updates."]
+              "updates."
+              + (" Natural PG has no line search and logs 0 backtracks."
+                 if any(c == "linesearch_backtracks" for c, _ in columns) else "")]
     return "\n".join(lines) + "\n"
 
 

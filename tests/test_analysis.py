@@ -438,7 +438,7 @@ def test_diagnostics_average_over_the_run_or_the_final_window_by_hand():
     # episodes that terminated and the control term logged by one run.
     runs = [run(0, [0.01, 0.02, 0.03], [9.0, 5.0, 1.0], episode_length_mean=[2.0, 4.0, 8.0],
                 terminated_fraction=[1.0, 1.0, 0.25], reward_ctrl=[-2.0, -1.0, -0.5],
-                update_accepted=[1.0, 1.0, 1.0]),
+                update_accepted=[1.0, 1.0, 1.0], linesearch_backtracks=[0.0, 2.0, 0.0]),
             run(1, [0.04, 0.0, 0.05], [9.0, 5.0, 3.0], update_accepted=[1.0, 0.0, 1.0]),
             run(0, [0.1, 0.1, 0.1], [1.0, 1.0, float("inf")], solver="npg")]
     table = diagnostics_table(make_groups(runs, ["solver"])).set_index("group")
@@ -451,17 +451,21 @@ def test_diagnostics_average_over_the_run_or_the_final_window_by_hand():
     markdown = diagnostics_markdown(table.reset_index())
     head, _, npg_row, trpo_row = markdown.splitlines()[:4]
     assert head == ("| env | group | seeds | KL(π_old ‖ π_new) | Updates accepted (%) | "
-                    "Policy entropy (nats) | Episode length | Episodes ended by termination (%) | "
-                    "Control reward per step (−cost) |")  # no value loss: never logged
+                    "Line-search backtracks per update | Policy entropy (nats) | Episode length | "
+                    "Episodes ended by termination (%) | Control reward per step (−cost) |")
+    # no value loss: never logged; backtracks over the whole run: 2 in 3 updates
     assert trpo_row == ("| Hopper-v5 | trpo | 2 | 0.0325 (0.02 to 0.045) | 83.3 (66.7 to 100) | "
-                        "2 (1 to 3) | 8 (one run) | 25 (one run) | -0.5 (one run) |")
-    assert npg_row == "| Hopper-v5 | npg | 1 | 0.1 (one run) | – | inf (one run) | – | – | – |"
+                        "0.667 (one run) | 2 (1 to 3) | 8 (one run) | 25 (one run) | "
+                        "-0.5 (one run) |")
+    assert npg_row == ("| Hopper-v5 | npg | 1 | 0.1 (one run) | – | – | inf (one run) | – | – "
+                       "| – |")
     assert markdown.splitlines()[-1] == (
         "Training diagnostics: the mean over seeds (lowest to highest run) of each run's average "
-        "of KL(π_old ‖ π_new) and updates accepted (%) over its whole training, and of policy "
-        "entropy (nats), episode length, episodes ended by termination (%) and control reward "
-        "per step (−cost) over its last 10% of environment steps (the final score's window). KL "
-        "per update is over accepted updates.")
+        "of KL(π_old ‖ π_new), updates accepted (%) and line-search backtracks per update over "
+        "its whole training, and of policy entropy (nats), episode length, episodes ended by "
+        "termination (%) and control reward per step (−cost) over its last 10% of environment "
+        "steps (the final score's window). KL per update is over accepted updates. Natural PG "
+        "has no line search and logs 0 backtracks.")
     assert diagnostics_markdown(diagnostics_table([])) == ""
 
 
