@@ -90,7 +90,8 @@ def planned_runs(study: str, overrides: list[str],
 
 @functools.lru_cache(maxsize=None)
 def planned_config(study: str, overrides: tuple[str, ...]):
-    """The config of a planned run of the study (composed once per call of ``--status``)."""
+    """The config of a planned run of the study, composed once per process: ``--status``
+    reads it for the stale check, the copy check and the budget."""
     return compose([f"experiment={study}", *overrides])
 
 
