@@ -39,8 +39,9 @@ def write_summary(study, tuning: Tuning, settings: TuningSettings, sweep_dir: Pa
              "| budget | |", "|---|---|",
              f"| trials | {settings.trials}, {settings.parallel} at a time |",
              f"| steps per trial | {tuning.total_steps:,} |",
-             f"| environment steps in all | at most {settings.trials * tuning.total_steps:,} "
-             "(pruned trials stop sooner) |",
+             f"| environment steps in all | at most {settings.trials * tuning.total_steps:,}; "
+             f"{_steps_trained(trials, state, tuning.total_steps):,} trained (a pruned trial "
+             "up to the evaluation that stopped it) |",
              f"| seeds | {TRIAL_SEED_BASE} + the trial's number |",
              f"| objective | the trial's final score: mean evaluation return over its last "
              f"{FINAL_WINDOW:.0%} of steps |",
@@ -76,6 +77,13 @@ def write_summary(study, tuning: Tuning, settings: TuningSettings, sweep_dir: Pa
     page = sweep_dir / "tuning.md"
     page.write_text("\n".join(lines))
     return page
+
+
+def _steps_trained(trials, state, total_steps: int) -> int:
+    """The environment steps the trials have trained: a completed one its budget, any other up
+    to its last evaluation reported to the study."""
+    return sum(total_steps if t.state == state.COMPLETE else max(t.intermediate_values, default=0)
+               for t in trials)
 
 
 def _diverged(run_dir: Path) -> bool:

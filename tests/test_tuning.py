@@ -226,8 +226,20 @@ def test_the_journal_records_what_is_tuned_and_the_report_is_written(tmp_path):
     assert f"**Best**: trial {best.number}" in page
     assert " ".join(tuning.best_overrides(best.params)) in page
     assert "| trials | 2, 2 at a time |" in page
+    assert "| environment steps in all | at most 512; 512 trained " in page
     assert (tmp_path / "history.png").exists() and (tmp_path / "importances.png").exists()
     assert json.loads(json.dumps(study.user_attrs["tuning"]))["total_steps"] == 256
+
+
+def test_the_steps_trained_count_a_pruned_trial_to_its_last_evaluation():
+    from analysis.tuning import _steps_trained
+
+    state = optuna.trial.TrialState
+    trials = [optuna.trial.create_trial(state=state.COMPLETE, value=1.0),
+              optuna.trial.create_trial(state=state.PRUNED, intermediate_values={128: 1.0,
+                                                                                   192: 0.5}),
+              optuna.trial.create_trial(state=state.RUNNING)]
+    assert _steps_trained(trials, state, total_steps=256) == 256 + 192 + 0
 
 
 def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_path,
