@@ -40,7 +40,7 @@ def write_summary(study, tuning: Tuning, settings: TuningSettings, sweep_dir: Pa
              f"| trials | {settings.trials}, {settings.parallel} at a time |",
              f"| steps per trial | {tuning.total_steps:,} |",
              f"| environment steps in all | at most {settings.trials * tuning.total_steps:,}; "
-             f"{_steps_trained(trials, state, tuning.total_steps):,} trained (a pruned trial "
+             f"{steps_trained(trials, tuning.total_steps):,} trained (a pruned trial "
              "up to the evaluation that stopped it) |",
              f"| seeds | {TRIAL_SEED_BASE} + the trial's number |",
              f"| objective | the trial's final score: mean evaluation return over its last "
@@ -79,10 +79,11 @@ def write_summary(study, tuning: Tuning, settings: TuningSettings, sweep_dir: Pa
     return page
 
 
-def _steps_trained(trials, state, total_steps: int) -> int:
-    """The environment steps the trials have trained: a completed one its budget, any other up
-    to its last evaluation reported to the study."""
-    return sum(total_steps if t.state == state.COMPLETE else max(t.intermediate_values, default=0)
+def steps_trained(trials, total_steps: int) -> int:
+    """The environment steps a tuning's trials have trained: a completed one its budget, any
+    other up to its last evaluation reported to the study."""
+    complete = import_optuna().trial.TrialState.COMPLETE
+    return sum(total_steps if t.state == complete else max(t.intermediate_values, default=0)
                for t in trials)
 
 

@@ -193,7 +193,7 @@ def line_before_tuning(study: str, name: str) -> list[str]:
 def write_report(study: str, sweep_dir: Path, out: Path) -> None:
     """``out/tuning.md`` and each tuning's report under ``out/tuning/<name>/``; nothing if the
     study tunes nothing or a tuning has not started."""
-    from analysis.tuning import write_summary
+    from analysis.tuning import steps_trained, write_summary
 
     rows, budgets = [], set()
     for name, entry in tunings(study).items():
@@ -211,10 +211,12 @@ def write_report(study: str, sweep_dir: Path, out: Path) -> None:
         best = found.best_trial if "COMPLETE" in states else None
         budgets.add((settings.trials, tuning.total_steps, settings.pruner,
                      settings.startup_trials, settings.warmup))
+        trained = steps_trained(found.trials, tuning.total_steps)
+        best_cells = (f"{best.value:.0f} | `{' '.join(best_overrides(best.params))}`"
+                      if best else "– | –")
         rows.append(f"| {' '.join(entry)} | {states.count('COMPLETE')} | {states.count('PRUNED')}"
-                    f" | {states.count('FAIL')} | "
-                    + (f"{best.value:.0f} | `{' '.join(best_overrides(best.params))}`"
-                       if best else "– | –") + f" | [report](tuning/{name}/tuning.md) |")
+                    f" | {states.count('FAIL')} | {trained:,} | {best_cells} | "
+                    f"[report](tuning/{name}/tuning.md) |")
     if not rows:
         return
     trials, steps, pruner, startup, warmup = sorted(budgets)[0]
@@ -224,9 +226,10 @@ def write_report(study: str, sweep_dir: Path, out: Path) -> None:
              f"{trials * steps:,} steps per solver and task), seeds 1000 + the trial's number; "
              f"Optuna's TPE (multivariate, constant liar, {startup} random trials first), "
              f"{pruner} pruning after {warmup:.0%} of a trial's steps.", "",
-             "| tuned | completed | pruned | failed | best tuning score | best values | |",
-             "|---|---|---|---|---|---|---|", *rows, "",
+             "| tuned | completed | pruned | failed | steps trained | best tuning score | "
+             "best values | |", "|---|---|---|---|---|---|---|---|", *rows, "",
              "Tuning score: a trial's final score (its mean evaluation return over its last 10% "
-             "of steps) at the tuning's steps, on its own seed."]
+             "of steps) at the tuning's steps, on its own seed. Steps trained: a pruned trial's "
+             "up to the evaluation that stopped it."]
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.md").write_text("\n".join(lines) + "\n")

@@ -232,14 +232,14 @@ def test_the_journal_records_what_is_tuned_and_the_report_is_written(tmp_path):
 
 
 def test_the_steps_trained_count_a_pruned_trial_to_its_last_evaluation():
-    from analysis.tuning import _steps_trained
+    from analysis.tuning import steps_trained
 
     state = optuna.trial.TrialState
     trials = [optuna.trial.create_trial(state=state.COMPLETE, value=1.0),
               optuna.trial.create_trial(state=state.PRUNED, intermediate_values={128: 1.0,
                                                                                    192: 0.5}),
               optuna.trial.create_trial(state=state.RUNNING)]
-    assert _steps_trained(trials, state, total_steps=256) == 256 + 192 + 0
+    assert steps_trained(trials, total_steps=256) == 256 + 192 + 0
 
 
 def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_path,
@@ -306,7 +306,7 @@ def test_a_study_tunes_first_then_sweeps_each_best_configuration_as_tuned(tmp_pa
     tuned.write_report("study", sweep_dir, tmp_path / "out")
     table = (tmp_path / "out" / "tuning.md").read_text()
     assert "the same for every tuning: 2 trials × 256 steps each" in table
-    assert f"| solver=trpo env=cartpole | 2 | 0 | 0 | {study.best_value:.0f} |" in table
+    assert f"| solver=trpo env=cartpole | 2 | 0 | 0 | 512 | {study.best_value:.0f} |" in table
     assert (tmp_path / "out" / "tuning" / "trpo-cartpole" / "tuning.md").exists()
 
 
