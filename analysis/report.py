@@ -269,6 +269,7 @@ METRIC_LABELS = {
     "eval_return_mean": "Evaluation return",
     "return_mean": "Training episode return",
     "kl": "KL(π_old ‖ π_new)",
+    "kl_share": "KL per update / δ",
     "kl_obs_stats": "KL from new observation statistics",
     "update_accepted": "Updates accepted (%)",
     "linesearch_backtracks": "Line-search backtracks per update",
@@ -285,7 +286,8 @@ METRIC_LABELS = {
 }
 # The training signals of the diagnostics table: (progress.csv column, whether it is averaged
 # over the final score's window rather than over the whole run).
-DIAGNOSTICS = (("kl", False), ("update_accepted", False), ("linesearch_backtracks", False),
+DIAGNOSTICS = (("kl", False), ("kl_share", False), ("update_accepted", False),
+               ("linesearch_backtracks", False),
                ("entropy", True),
                ("episode_length_mean", True), ("terminated_fraction", True),
                ("reward_ctrl", True), ("reward_contact", True), ("reward_survive", True),
@@ -298,15 +300,22 @@ def run_diagnostic(progress: pd.DataFrame, column: str, final_window: bool) -> f
     :func:`final_score`) or over all its logged rows; NaN if the run never logged it.
 
     ``kl`` over the whole run is the mean over accepted updates: a rejected one restores the
-    policy and logs 0, which would mix the rejections into the step size.
+    policy and logs 0, which would mix the rejections into the step size. ``kl_share`` is not
+    logged but derived: the mean over accepted updates of ``kl / trust_region``, the step's KL
+    as a share of the δ it was allowed (TRPO and natural PG; a share near 1 is where TRPO's
+    line search can shrink a step).
     """
+    if column == "kl_share":
+        if "trust_region" not in progress or "kl" not in progress:
+            return math.nan
+        progress = progress.assign(kl_share=progress["kl"] / progress["trust_region"])
     if column not in progress or progress[column].isna().all():
         return math.nan
     if final_window:
         return final_score(progress, column)
-    if column == "kl" and "update_accepted" in progress:
+    if column in ("kl", "kl_share") and "update_accepted" in progress:
         accepted = progress[progress["update_accepted"] == 1]
-        return float(accepted["kl"].mean()) if not accepted.empty else math.nan
+        return float(accepted[column].mean()) if not accepted.empty else math.nan
     return float(progress[column].mean())
 
 
@@ -348,8 +357,10 @@ def diagnostics_markdown(table: pd.DataFrame) -> str:
         [f"{_and(window)} over its last {FINAL_WINDOW:.0%} of environment steps (the final "
          "score's window)"] if window else [])
     lines += ["", f"Training diagnostics: the mean over seeds (lowest to highest run) of each "
-              f"run's average of {', and of '.join(spans)}. KL per update is over accepted "
-              "updates."
+              f"run's average of {', and of '.join(spans)}. KL per update"
+              + (" and its share of TRPO's δ are" if any(c == "kl_share" for c, _ in columns)
+                 else " is")
+              + " over accepted updates."
               + (" Natural PG has no line search and logs 0 backtracks."
                  if any(c == "linesearch_backtracks" for c, _ in columns) else "")]
     return "\n".join(lines) + "\n"

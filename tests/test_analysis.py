@@ -436,10 +436,13 @@ def test_diagnostics_average_over_the_run_or_the_final_window_by_hand():
     # KL over the run's accepted updates: 0.02, and 0.045 (the rejected update logged 0);
     # entropy over the last 10% (step 1000 only): 1 and 3; episode length, the share of
     # episodes that terminated and the control term logged by one run.
+    # KL per update / δ over accepted updates: (0.5 + 0.5 + 0.75) / 3 and (0.8 + 1.0) / 2.
     runs = [run(0, [0.01, 0.02, 0.03], [9.0, 5.0, 1.0], episode_length_mean=[2.0, 4.0, 8.0],
                 terminated_fraction=[1.0, 1.0, 0.25], reward_ctrl=[-2.0, -1.0, -0.5],
-                update_accepted=[1.0, 1.0, 1.0], linesearch_backtracks=[0.0, 2.0, 0.0]),
-            run(1, [0.04, 0.0, 0.05], [9.0, 5.0, 3.0], update_accepted=[1.0, 0.0, 1.0]),
+                update_accepted=[1.0, 1.0, 1.0], linesearch_backtracks=[0.0, 2.0, 0.0],
+                trust_region=[0.02, 0.04, 0.04]),
+            run(1, [0.04, 0.0, 0.05], [9.0, 5.0, 3.0], update_accepted=[1.0, 0.0, 1.0],
+                trust_region=[0.05, 0.05, 0.05]),
             run(0, [0.1, 0.1, 0.1], [1.0, 1.0, float("inf")], solver="npg")]
     table = diagnostics_table(make_groups(runs, ["solver"])).set_index("group")
     trpo = table.loc["trpo"]
@@ -447,24 +450,30 @@ def test_diagnostics_average_over_the_run_or_the_final_window_by_hand():
     assert (trpo.kl, trpo.kl_lo, trpo.kl_hi) == pytest.approx((0.0325, 0.02, 0.045))
     assert (trpo.entropy, trpo.entropy_lo, trpo.entropy_hi) == (2.0, 1.0, 3.0)
     assert trpo.update_accepted == pytest.approx(5 / 6)
+    assert (trpo.kl_share, trpo.kl_share_lo, trpo.kl_share_hi) == pytest.approx(
+        ((1.75 / 3 + 0.9) / 2, 1.75 / 3, 0.9))
     assert trpo.episode_length_mean == 8.0 and np.isnan(trpo.value_loss)
     markdown = diagnostics_markdown(table.reset_index())
     head, _, npg_row, trpo_row = markdown.splitlines()[:4]
-    assert head == ("| env | group | seeds | KL(π_old ‖ π_new) | Updates accepted (%) | "
+    assert head == ("| env | group | seeds | KL(π_old ‖ π_new) | KL per update / δ | "
+                    "Updates accepted (%) | "
                     "Line-search backtracks per update | Policy entropy (nats) | Episode length | "
                     "Episodes ended by termination (%) | Control reward per step (−cost) |")
     # no value loss: never logged; backtracks over the whole run: 2 in 3 updates
-    assert trpo_row == ("| Hopper-v5 | trpo | 2 | 0.0325 (0.02 to 0.045) | 83.3 (66.7 to 100) | "
+    assert trpo_row == ("| Hopper-v5 | trpo | 2 | 0.0325 (0.02 to 0.045) | "
+                        "0.742 (0.583 to 0.9) | 83.3 (66.7 to 100) | "
                         "0.667 (one run) | 2 (1 to 3) | 8 (one run) | 25 (one run) | "
                         "-0.5 (one run) |")
-    assert npg_row == ("| Hopper-v5 | npg | 1 | 0.1 (one run) | – | – | inf (one run) | – | – "
+    assert npg_row == ("| Hopper-v5 | npg | 1 | 0.1 (one run) | – | – | – | inf (one run) | – | – "
                        "| – |")
     assert markdown.splitlines()[-1] == (
         "Training diagnostics: the mean over seeds (lowest to highest run) of each run's average "
-        "of KL(π_old ‖ π_new), updates accepted (%) and line-search backtracks per update over "
+        "of KL(π_old ‖ π_new), KL per update / δ, updates accepted (%) and line-search "
+        "backtracks per update over "
         "its whole training, and of policy entropy (nats), episode length, episodes ended by "
         "termination (%) and control reward per step (−cost) over its last 10% of environment "
-        "steps (the final score's window). KL per update is over accepted updates. Natural PG "
+        "steps (the final score's window). KL per update and its share of TRPO's δ are over "
+        "accepted updates. Natural PG "
         "has no line search and logs 0 backtracks.")
     assert diagnostics_markdown(diagnostics_table([])) == ""
 
