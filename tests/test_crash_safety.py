@@ -20,6 +20,7 @@ import tests.toy_envs  # noqa: F401  (registers Counter-v0)
 from tests.conftest import ROOT, TINY, run_py, without_timing
 from trpo.envs.state import env_state, set_env_state
 from trpo.io.checkpoint import CheckpointError, read_checkpoint
+from trpo.io.provenance import cpu_name
 from trpo.config import ConfigError
 from trpo.io.run_folder import CHECKPOINT, PREVIOUS, RunFolder
 from trpo.train import TrainingError, train
@@ -223,6 +224,7 @@ def test_status_and_checkpoint_record_the_code_that_ran(compose_config, tmp_path
     assert status["code"]["commit"] == checkpoint["code"]["commit"] == head
     assert status["code"]["torch"] == torch.__version__
     assert status["code"]["gymnasium"] == gym.__version__
+    assert status["code"]["cpu"] == checkpoint["code"]["cpu"] == cpu_name() != ""
 
 
 def test_resuming_a_checkpoint_of_other_code_says_what_changed(compose_config, tmp_path,
@@ -235,12 +237,14 @@ def test_resuming_a_checkpoint_of_other_code_says_what_changed(compose_config, t
     assert "resuming" in caplog.text and "other code" not in caplog.text
 
     checkpoint = read_checkpoint(tmp_path / CHECKPOINT)
-    checkpoint["code"] = {**checkpoint["code"], "commit": "0" * 40, "torch": "1.0.0"}
+    checkpoint["code"] = {**checkpoint["code"], "commit": "0" * 40, "torch": "1.0.0",
+                          "cpu": "another CPU"}
     save_checkpoint(tmp_path, checkpoint)
     caplog.clear()
     train(compose_config([*overrides, "total_steps=512"]), tmp_path)
     message = next(r.getMessage() for r in caplog.records if "other code" in r.getMessage())
     assert f"commit: {'0' * 40} →" in message and f"torch: 1.0.0 → {torch.__version__}" in message
+    assert f"cpu: another CPU → {cpu_name()}" in message
 
 
 def test_resume_false_starts_afresh_beside_the_existing_run(compose_config, tmp_path):

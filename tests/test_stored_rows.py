@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import sys
 import tempfile
 import warnings
@@ -31,6 +30,7 @@ import pytest
 
 from tests.conftest import without_timing
 from trpo.config import compose
+from trpo.io.provenance import cpu_name
 from trpo.train import train
 
 STORED = Path(__file__).parent / "stored"
@@ -58,14 +58,7 @@ def this_machine() -> dict[str, str]:
     import numpy
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"cpu": cpu_name(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "numpy": numpy.__version__,
             "mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__}
 

@@ -127,9 +127,9 @@ class TrainingLoop:
             self.folder.progress.rewrite(history)
             trained_by = code_differences(candidate.state.get("code"))
             if trained_by:
-                log.warning("the checkpoint %s was written by other code (%s): going on assumes "
-                            "the change does not alter what the run computes", candidate.path,
-                            "; ".join(trained_by))
+                log.warning("the checkpoint %s was written by other code or on another CPU "
+                            "(%s): going on assumes the difference does not alter what the run "
+                            "computes", candidate.path, "; ".join(trained_by))
             return True
         if plan.candidates:
             raise CheckpointError("no usable checkpoint: " + "; ".join(problems))

@@ -1,4 +1,5 @@
-"""Which code computed a run: the git commit of this checkout and the versions that set the numbers.
+"""Which code computed a run: the git commit of this checkout, the versions that set the numbers and
+the CPU (another CPU's kernels round differently, so a run is exact on one CPU only).
 
 Recorded in every ``status.json`` and checkpoint. Resuming a run, or copying a finished twin
 (``reuse_from``), trusts that the code computes what it computed when the run was trained; when
@@ -34,9 +35,20 @@ def _git(*args: str) -> Optional[str]:
 
 
 @functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what :mod:`platform` knows of it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+@functools.cache
 def code_version() -> dict[str, Any]:
     """``commit`` (``None`` outside a git checkout), ``dirty`` (tracked files edited since that
-    commit), and the Python and package versions."""
+    commit), the Python and package versions, and the ``cpu``."""
     commit = _git("rev-parse", "HEAD")
     edited = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     versions = {}
@@ -46,7 +58,7 @@ def code_version() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {"commit": commit, "dirty": bool(edited) if commit else None,
-            "python": platform.python_version(), **versions}
+            "python": platform.python_version(), **versions, "cpu": cpu_name()}
 
 
 def code_differences(recorded: Optional[dict[str, Any]]) -> list[str]:
