@@ -4,17 +4,23 @@ sweeps the tests check, each submitted once per session with the project's
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from tests.slurm.helpers import (LONG_RUN, TIME_LIMIT, Cluster, Sweep, data_rows, read_status,
-                                 slurm_launcher)
+                                 process_state, slurm_launcher)
 
 PREEMPT_AFTER_ROWS = 3  # scontrol requeue once the run has logged this many iterations
 SCENARIO_TIMEOUT_S = 1200
+# SLURM warns the timed-out job 20-50 s after it starts (see `interruptions`): a held task that has
+# had no warning after this long is let go, and the time-out test fails on `Interruptions.held`.
+HOLD_LIMIT_S = 90
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +46,13 @@ def sweep_of_six(slurm, tmp_path_factory) -> Sweep:
         sweep.stop()
 
 
+def continue_process(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
 @dataclass
 class Snapshot:
     """A run folder as it was while its job waited to start again after a requeue."""
@@ -60,6 +73,10 @@ class Interruptions:
     snapshots: dict[str, list[Snapshot]] = field(default_factory=dict)
     # Per run folder: (status, progress rows) the moment its sweep command exited.
     at_exit: dict[Path, tuple[str, int]] = field(default_factory=dict)
+    # How the timed-out job's held task was let go: "continued" (by SLURM, which continues a
+    # stopped task before it signals it), "ended", "too long"; None if it was never held (its
+    # warning came first).
+    held: Optional[str] = None
 
     @property
     def preempted(self) -> tuple[Path, str]:
@@ -81,7 +98,10 @@ def interruptions(slurm, tmp_path_factory) -> Interruptions:
     The timed-out run has ``timeout_min=1`` and ``signal_delay_s=10``: slurmctld looks at time
     limits every 30 s and sends the warning (USR2) up to 30 s early, so it arrives 20-50 s after
     the job starts; submitit's handler calls the launcher's checkpoint() and requeues the job,
-    which resumes from the run's last checkpoint. The preempted run is requeued with ``scontrol
+    which resumes from the run's last checkpoint. A run that finished before the warning would
+    test nothing (on a quiet AMD EPYC core the run takes 25 s): once it has logged a row, its task
+    is stopped (SIGSTOP) and left stopped until SLURM continues it to deliver the warning, so that
+    the warning finds it part-way on any machine. The preempted run is requeued with ``scontrol
     requeue`` once it has logged ``PREEMPT_AFTER_ROWS`` rows. SLURM holds a requeued job for the
     credential lifetime (10 s on the test cluster, 120 s by default); the other jobs run
     meanwhile, so the node is seldom idle.
@@ -90,7 +110,7 @@ def interruptions(slurm, tmp_path_factory) -> Interruptions:
     timed = Sweep(slurm, root / "timed", [*LONG_RUN, "name=timed_out", *slurm_launcher(slurm),
                                           "hydra.launcher.timeout_min=1",
                                           "hydra.launcher.signal_delay_s=10"])
-    requeued = None
+    requeued, held_pid = None, None
     try:
         timed.wait_submitted(jobs=1)
         requeued = Sweep(slurm, root / "requeued", [*LONG_RUN, "name=preempted,reference",
@@ -98,9 +118,11 @@ def interruptions(slurm, tmp_path_factory) -> Interruptions:
         requeued.wait_submitted(jobs=2)
         scenario = Interruptions(requeued, timed)
         preempted_dir, preempted_id = scenario.preempted
-        watched = {preempted_id: preempted_dir, scenario.timed_out[1]: scenario.timed_out[0]}
+        timed_dir, timed_id = scenario.timed_out
+        watched = {preempted_id: preempted_dir, timed_id: timed_dir}
         scenario.snapshots = {job: [] for job in watched}
         last_state = dict.fromkeys(watched)
+        held_since = 0.0
         deadline = time.monotonic() + SCENARIO_TIMEOUT_S
         while True:
             # Whether each command had exited before this look at the runs.
@@ -121,6 +143,23 @@ def interruptions(slurm, tmp_path_factory) -> Interruptions:
                     scenario.preempted_at_rows = data_rows(run_dir)
                     result = slurm.slurm("scontrol", "requeue", job)
                     assert result.returncode == 0, result.stderr
+                if (job == timed_id and held_since == 0.0 and state == "RUNNING"
+                        and data_rows(run_dir) >= 1 and "SIGUSR2" not in timed.log(job)):
+                    held_pid = slurm.task_pid(job)
+                    if held_pid is not None:
+                        os.kill(held_pid, signal.SIGSTOP)
+                        held_since = time.monotonic()
+            if held_pid is not None:
+                held_state = process_state(held_pid)
+                if held_state is None:
+                    scenario.held = "ended"
+                elif held_state != "T":
+                    scenario.held = "continued"
+                elif time.monotonic() - held_since > HOLD_LIMIT_S:
+                    scenario.held = "too long"
+                    continue_process(held_pid)
+                if scenario.held:
+                    held_pid = None
             for sweep in exited:
                 for run_dir in sorted(p for p in sweep.dir.iterdir() if p.name.isdigit()):
                     scenario.at_exit.setdefault(run_dir, (read_status(run_dir).get("status"),
@@ -130,6 +169,8 @@ def interruptions(slurm, tmp_path_factory) -> Interruptions:
             time.sleep(0.5)
         yield scenario
     finally:
+        if held_pid is not None:
+            continue_process(held_pid)
         for sweep in (requeued, timed):
             if sweep is not None:
                 sweep.stop()

@@ -52,6 +52,16 @@ def data_rows(run_dir: Path) -> int:
         return 0
 
 
+def process_state(pid: int) -> Optional[str]:
+    """The state letter of ``/proc/<pid>/stat`` (R running, S sleeping, T stopped, ...);
+    ``None`` if the process has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 def tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -129,6 +139,16 @@ class Cluster:
         found = re.search(r"\bRestarts=(\d+)", out)
         assert found, f"scontrol show job {job_id}: {out}"
         return int(found.group(1))
+
+    def task_pid(self, job_id: str) -> Optional[int]:
+        """The process of the job's task (step 0, task 0: submitit's ``_submit`` under srun),
+        from ``scontrol listpids``; ``None`` while it has none."""
+        out = self.slurm("scontrol", "listpids", job_id).stdout
+        for line in out.splitlines()[1:]:
+            pid, _, step, local_id, *_ = line.split() + [""] * 4
+            if step == "0" and local_id == "0":
+                return int(pid)
+        return None
 
     def queue(self) -> str:
         """squeue with each job's state and the reason it waits, for failure messages."""

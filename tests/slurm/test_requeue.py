@@ -71,6 +71,8 @@ def test_a_job_past_its_time_limit_is_requeued_by_submitit_and_logs_the_uninterr
     reference_dir, _ = interruptions.reference
     assert interruptions.timed.returncode == 0, interruptions.timed.describe()
     assert interruptions.at_exit[run_dir] == ("completed", ITERATIONS)
+    assert interruptions.held in (None, "continued"), (
+        f"the job's task, stopped until SLURM's warning, was let go: {interruptions.held}")
     log = interruptions.timed.log(job)
     # Each time, submitit's USR2 handler called the launcher's checkpoint() and requeued the job
     # (the rest of what it logs may be cut short by the SIGTERM that the requeue sends).
