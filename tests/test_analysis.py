@@ -867,7 +867,7 @@ def test_two_values_or_a_choice_make_no_final_score_figure(tmp_path):
 
 def test_a_study_leaves_the_committed_results_alone_unless_asked_to_update_them(tmp_path,
                                                                                monkeypatch):
-    """Before, every study rewrote experiments/results/ and RESULTS.md (#30 item 3)."""
+    """Before, every study rewrote experiments/results/ and RESULTS.md."""
     import experiments.__main__ as entry
 
     sweep(tmp_path / "runs")
@@ -1009,8 +1009,8 @@ def test_study_status_imports_neither_torch_nor_the_trainer(tmp_path):
 
 
 def test_tables_and_the_console_say_when_a_group_has_fewer_than_five_seeds(tmp_path, caplog):
-    """Before: two seeds gave `P(npg > trpo) = 0.00 [0.00, 0.00]` with no word on sample size
-    (#30 item 9)."""
+    """Before: two seeds gave `P(npg > trpo) = 0.00 [0.00, 0.00]` with no word on sample
+    size."""
     sweep(tmp_path / "few", envs=("hopper", "walker"), seeds=(0, 1))
     assert main([str(tmp_path / "few"), "--out", str(tmp_path / "out"), "--reps", "20"]) == 0
     for name in ("final.md", "aggregate.md"):

@@ -98,7 +98,7 @@ def test_a_sweep_tags_each_line_with_its_job_and_ends_with_a_summary(tmp_path):
 
 def test_the_sweep_summary_sorts_jobs_as_numbers_and_scores_runs_as_the_analysis(tmp_path):
     """Before: runs sorted as text (0, 1, 10, 11, 2), named by job number only, scored by
-    their last evaluation (#30 item 7)."""
+    their last evaluation."""
     from analysis.report import final_score
     from trpo.cli import sweep_summary
 
@@ -143,7 +143,7 @@ def test_a_wrong_option_type_or_enum_value_is_one_line_exit_2_and_nothing_writte
 def test_two_jobs_of_a_sweep_given_one_folder_are_refused_before_anything_is_written(
         tmp_path, subdir, shared):
     """Before: one job was 'skipped', the sweep said '1 runs, 1 completed', exit 0, and a seed
-    never trained (#31 item 7)."""
+    never trained."""
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "env=cartpole",
                              "seed=0,1", f"hydra.sweep.subdir={subdir}",
                              f"hydra.sweep.dir={tmp_path / 'sweep'}"],

@@ -189,7 +189,7 @@ def test_status_json_says_the_iteration_of_the_last_checkpoint_during_a_run(comp
 
 def test_a_finished_run_ends_with_its_final_score_folder_and_agent(compose_config, tmp_path,
                                                                    caplog):
-    """Before, a run that finished printed nothing after its last iteration (#30 item 4)."""
+    """Before, a run that finished printed nothing after its last iteration."""
     from analysis.report import final_score
 
     caplog.set_level("INFO", logger="trpo")
@@ -230,7 +230,7 @@ FILLING = ["env=cartpole", "total_steps=2560", "steps_per_iteration=128", "num_e
 
 def test_a_full_disk_stops_the_run_in_one_line_leaving_a_folder_that_resumes(small_disk):
     """Before: a traceback-free but unhelpful `OSError: [Errno 28]`, `*.tmp` files left behind,
-    and Python's "--- Logging error ---" tracebacks from run.log (#31 item 9)."""
+    and Python's "--- Logging error ---" tracebacks from run.log."""
     disk = small_disk("300k")
     run_dir = disk / "run"
     result = run_py(*FILLING, f"hydra.run.dir={run_dir}", timeout=120)
@@ -270,7 +270,7 @@ def test_a_disk_full_at_the_start_leaves_no_folder_and_a_read_only_one_is_refuse
 def test_a_signal_before_training_ends_the_command_in_one_line_leaving_no_folder(tmp_path,
                                                                                  signum):
     """Before: a KeyboardInterrupt traceback and exit -2 while the imports ran, exit -15 and a
-    folder holding only run.lock for a SIGTERM as the run started (#31 item 10)."""
+    folder holding only run.lock for a SIGTERM as the run started."""
     marker, run_dir = tmp_path / "made", tmp_path / "run"
     command = [sys.executable, "run.py", "env.id=tests.toy_envs:SlowMake-v0",
                f"+env.kwargs.marker={marker}", "logger.writers=[]", f"hydra.run.dir={run_dir}"]
@@ -299,7 +299,7 @@ def test_a_signal_before_training_ends_the_command_in_one_line_leaving_no_folder
 def test_a_signal_while_a_finished_run_saves_its_agent_lets_it_complete(compose_config, tmp_path,
                                                                          monkeypatch):
     """Before: a SIGINT just after the last iteration gave exit 130, -2 or an atexit traceback,
-    and no agent.pt (#31 item 10)."""
+    and no agent.pt."""
     save_agent = RunFolder.save_agent
 
     def interrupted_save(folder, agent):

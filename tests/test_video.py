@@ -95,7 +95,7 @@ def test_no_offscreen_opengl_names_the_package_and_the_variable(monkeypatch):
                                   "Swimmer-v5"])
 def test_the_camera_follows_the_agent_across_an_episode(task):
     """Before: Gymnasium's renderer reset its camera to a free one at every frame, and a
-    hopper left the picture by frame 48 of 152, the rest empty floor (#30 item 1). The agent is
+    hopper left the picture by frame 48 of 152, the rest empty floor. The agent is
     carried 20 m along the track and the camera must look at it."""
     import gymnasium as gym
     import mujoco
